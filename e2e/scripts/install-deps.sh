@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Makes sure this machine has what `make test` needs, installing what it can, idempotently:
+# Debian packages, the Rust components, and the Kubernetes binaries (built from the Go
+# modules, cached). When something is missing and cannot be installed, it says so in one
+# sentence and fails; nothing is skipped.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+fail() { echo "ferrolb: $*" >&2; exit 1; }
+
+# Debian packages: command -> package.
+declare -A need=(
+  [cc]=gcc
+  [git]=git
+  [curl]=curl
+  [ip]=iproute2
+)
+missing=()
+for cmd in "${!need[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || fail "missing Debian packages (${missing[*]}); run 'make test' as root or install them with apt-get."
+  command -v apt-get >/dev/null 2>&1 || fail "missing packages (${missing[*]}) and no apt-get to install them; install them by hand."
+  echo "ferrolb: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null || fail "apt-get update failed; check that Debian's package mirrors are reachable."
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+    fail "apt-get could not install ${missing[*]}; check that Debian's package mirrors are reachable."
+fi
+
+command -v cargo >/dev/null 2>&1 || fail "the Rust toolchain is missing; install it with rustup (https://rustup.rs) and put cargo on PATH."
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt >/dev/null 2>&1 ||
+  fail "rustfmt is missing and 'rustup component add rustfmt' failed; install it for the active toolchain."
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy >/dev/null 2>&1 ||
+  fail "clippy is missing and 'rustup component add clippy' failed; install it for the active toolchain."
+command -v go >/dev/null 2>&1 || fail "the Go toolchain is missing; install Go 1.26 or newer (https://go.dev/doc/install) and put 'go' on PATH."
+
+bash "$here/build-kube.sh"
