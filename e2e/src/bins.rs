@@ -32,7 +32,10 @@ pub fn bin_dir() -> PathBuf {
 
 /// Path of one binary, or an error that says how to build it.
 pub fn binary(name: &str) -> Result<PathBuf> {
-    let dir = bin_dir();
+    binary_in(&bin_dir(), name)
+}
+
+fn binary_in(dir: &std::path::Path, name: &str) -> Result<PathBuf> {
     let path = dir.join(name);
     if path.is_file() {
         Ok(path)
@@ -47,6 +50,68 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::symlink;
+    use std::process::Command;
+
+    #[test]
+    fn a_missing_binary_says_how_to_build_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let msg = binary_in(dir.path(), "kube-apiserver")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("kube-apiserver not found"), "{msg}");
+        assert!(msg.contains("make kube-bins"), "{msg}");
+    }
+
+    /// Runs install-deps.sh with a PATH holding only the given tools (as links, or as
+    /// stand-ins that succeed) and returns its exit code and stderr.
+    fn install_deps_with(real: &[&str], fake: &[&str]) -> (Option<i32>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        for tool in real {
+            let found = ["/usr/bin", "/bin"]
+                .iter()
+                .map(|d| std::path::Path::new(d).join(tool))
+                .find(|p| p.exists())
+                .unwrap();
+            symlink(found, dir.path().join(tool)).unwrap();
+        }
+        for tool in fake {
+            symlink("/bin/true", dir.path().join(tool)).unwrap();
+        }
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-deps.sh");
+        let out = Command::new(dir.path().join("bash"))
+            .arg(script)
+            .env_clear()
+            .env("PATH", dir.path())
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn install_deps_names_what_is_missing_in_one_sentence() {
+        let base = ["bash", "dirname", "id"];
+        let debian = ["cc", "git", "curl", "ip"];
+        let (code, err) = install_deps_with(&base, &debian);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains("the Rust toolchain is missing; install it with rustup"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+
+        let mut with_rust: Vec<&str> = debian.to_vec();
+        with_rust.extend(["cargo", "rustup"]);
+        let (code, err) = install_deps_with(&base, &with_rust);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("the Go toolchain is missing"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
 
     #[test]
     fn version_is_pinned_in_versions_env() {
