@@ -253,6 +253,19 @@ impl TestControlPlane {
         Ok(())
     }
 
+    /// A kubeconfig file that authenticates as a ServiceAccount (with a token from the
+    /// TokenRequest API), so a binary under test runs with exactly that account's RBAC.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        let token = self.kubectl(&["create", "token", name, "-n", namespace, "--duration=24h"])?;
+        let ca_path = self.dir().join("ca.crt");
+        let ca = std::fs::read_to_string(&ca_path).map_err(io_err(&ca_path))?;
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        let text = kubeconfig_token_yaml(&self.server, &ca, &user, token.trim());
+        let file = format!("kubeconfig-{namespace}-{name}");
+        write(self.dir(), &file, &text)?;
+        Ok(self.dir().join(file))
+    }
+
     /// Runs the pinned `kubectl` against this control plane and returns its stdout.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(bins::binary("kubectl")?)
@@ -338,6 +351,14 @@ pub fn kubeconfig_yaml(server: &str, ca_pem: &str, user: &str, cert: &CertPem) -
         ca = b64(ca_pem),
         crt = b64(&cert.cert),
         key = b64(&cert.key),
+    )
+}
+
+/// A kubeconfig with one cluster, one user authenticated by a bearer token.
+pub fn kubeconfig_token_yaml(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: ferrolb\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: ferrolb\n  context:\n    cluster: ferrolb\n    user: {user}\ncurrent-context: ferrolb\n"
     )
 }
 
