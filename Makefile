@@ -3,8 +3,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export CARGO_TERM_COLOR ?= never
 
-# Tests against a real control plane (etcd + kube-apiserver): e2e/tests/cp_*.rs
-CP_TESTS := $(patsubst e2e/tests/%.rs,--test %,$(wildcard e2e/tests/cp_*.rs))
+# Tests against a real control plane (etcd + kube-apiserver): <crate>/tests/cp_*.rs
+CP_TESTS_E2E := $(patsubst e2e/tests/%.rs,--test %,$(wildcard e2e/tests/cp_*.rs))
+CP_TESTS_CONTROLLER := $(patsubst controller/tests/%.rs,--test %,$(wildcard controller/tests/cp_*.rs))
 
 .PHONY: help test lab deps kube-bins crds check-crds fmt-check clippy unit cp-tests
 
@@ -41,4 +42,5 @@ unit:
 	cargo test --workspace --lib --bins
 
 cp-tests:
-	cargo test -p ferrolb-e2e $(CP_TESTS)
+	cargo test -p ferrolb-e2e $(CP_TESTS_E2E)
+	cargo test -p ferrolb-controller $(CP_TESTS_CONTROLLER)

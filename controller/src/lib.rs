@@ -1,3 +1,15 @@
 //! ferrolb's controller: allocates LoadBalancer IPs from `IPPool`s and writes them into
-//! Service status. The allocator and reconcile arrive with the controller issue; this
-//! crate exists so the workspace has its final shape from the start.
+//! Service status.
+//!
+//! - [`allocator`]: the pure core (pools and Service requests in, decisions out);
+//! - [`selector`]: label selectors evaluated without the API server;
+//! - [`leader`], [`admin`]: Lease-based leadership, health and metrics endpoints.
+
+pub mod admin;
+pub mod allocator;
+pub mod app;
+pub mod leader;
+pub mod plan;
+pub mod reconcile;
+pub mod selector;
+pub mod service;

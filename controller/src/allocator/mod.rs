@@ -1,0 +1,748 @@
+//! The allocator: which Service holds which LoadBalancer IP. Pure and synchronous: pools
+//! and Service requests in, decisions out; no clock, no client.
+//!
+//! Invariants (property-tested below):
+//! - an IP is held by two Services only when they validly share it;
+//! - every held IP lies in an existing pool;
+//! - the same sequence of inputs gives the same allocations;
+//! - cost per operation grows with the number of allocations and pools, never with a
+//!   pool's size: free addresses are found through [`runs::UsedRuns`].
+
+pub mod count;
+pub mod pool;
+pub mod runs;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ferrolb_crds::Family;
+use ferrolb_crds::address::{ip_to_u128, u128_to_ip};
+use ferrolb_crds::names::AllocationReason;
+
+pub use count::Count;
+pub use pool::{Pool, PoolAge};
+use runs::UsedRuns;
+
+/// `namespace/name` of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceKey {
+    pub fn new(namespace: &str, name: &str) -> ServiceKey {
+        ServiceKey {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// `spec.ipFamilyPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FamilyPolicy {
+    SingleStack,
+    PreferDualStack,
+    RequireDualStack,
+}
+
+/// A protocol/port pair of a Service, for sharing.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortKey {
+    pub protocol: String,
+    pub port: u16,
+}
+
+/// What a Service that may share its IP brings to the table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sharing {
+    /// `ferrolb.io/allow-shared-ip`.
+    pub key: String,
+    pub ports: BTreeSet<PortKey>,
+    /// `externalTrafficPolicy: Local`.
+    pub local: bool,
+    /// `spec.selector` (compared for Local Services).
+    pub selector: BTreeMap<String, String>,
+}
+
+/// Everything the allocator needs to know about one Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRequest {
+    pub key: ServiceKey,
+    pub labels: BTreeMap<String, String>,
+    pub namespace_labels: BTreeMap<String, String>,
+    /// `spec.ipFamilies`, in order.
+    pub families: Vec<Family>,
+    pub policy: FamilyPolicy,
+    /// Requested IPs, at most one per family.
+    pub requested: Vec<IpAddr>,
+    /// `ferrolb.io/ip-pool`.
+    pub pool: Option<String>,
+    pub sharing: Option<Sharing>,
+}
+
+impl ServiceRequest {
+    /// The families this Service should get an address of, in preference order.
+    pub fn wanted_families(&self) -> Vec<Family> {
+        let mut fams: Vec<Family> = Vec::new();
+        for f in &self.families {
+            if !fams.contains(f) {
+                fams.push(*f);
+            }
+        }
+        if fams.is_empty() {
+            fams.push(Family::V4);
+        }
+        if self.policy == FamilyPolicy::SingleStack {
+            fams.truncate(1);
+        }
+        fams
+    }
+
+    fn requested_for(&self, family: Family) -> Option<IpAddr> {
+        self.requested
+            .iter()
+            .copied()
+            .find(|ip| Family::of(*ip) == family)
+    }
+}
+
+/// Why a family could not be served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: AllocationReason,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(reason: AllocationReason, message: impl Into<String>) -> Failure {
+        Failure {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// One held address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldIp {
+    pub ip: IpAddr,
+    pub pool: String,
+}
+
+/// The result of [`Allocator::ensure`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// What the Service holds now, in its family order.
+    pub ips: Vec<HeldIp>,
+    /// Addresses it held before and no longer holds, each with the reason it lost it.
+    pub released: Vec<(IpAddr, String)>,
+    /// The first family that could not be served, if any.
+    pub failure: Option<Failure>,
+}
+
+impl Outcome {
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        self.ips.iter().map(|h| h.ip).collect()
+    }
+}
+
+/// Who holds one IP.
+#[derive(Clone, Debug, Default)]
+struct IpEntry {
+    holders: BTreeMap<ServiceKey, Option<Sharing>>,
+}
+
+/// Can `svc` hold `ip` alongside its current holders?
+enum Compat {
+    Ok,
+    Taken(ServiceKey),
+    SharingConflict(String),
+}
+
+impl IpEntry {
+    fn compat(&self, key: &ServiceKey, sharing: Option<&Sharing>) -> Compat {
+        let others: Vec<(&ServiceKey, &Option<Sharing>)> =
+            self.holders.iter().filter(|(k, _)| *k != key).collect();
+        let Some((first_key, _)) = others.first() else {
+            return Compat::Ok;
+        };
+        let Some(mine) = sharing else {
+            return Compat::Taken((*first_key).clone());
+        };
+        for (k, theirs) in &others {
+            let Some(theirs) = theirs else {
+                return Compat::Taken((*k).clone());
+            };
+            if theirs.key != mine.key {
+                return Compat::Taken((*k).clone());
+            }
+            if theirs.local != mine.local {
+                return Compat::SharingConflict(format!(
+                    "{k} has a different externalTrafficPolicy"
+                ));
+            }
+            if mine.local && theirs.selector != mine.selector {
+                return Compat::SharingConflict(format!(
+                    "{k} uses externalTrafficPolicy Local with a different pod selector"
+                ));
+            }
+            if let Some(p) = theirs.ports.intersection(&mine.ports).next() {
+                return Compat::SharingConflict(format!(
+                    "{k} already uses {}/{}",
+                    p.protocol, p.port
+                ));
+            }
+        }
+        Compat::Ok
+    }
+}
+
+#[derive(Clone, Debug)]
+struct PoolState {
+    pool: Pool,
+    /// The older pool this one overlaps, if any: then it allocates nothing.
+    conflict: Option<String>,
+    used_v4: UsedRuns,
+    used_v6: UsedRuns,
+}
+
+impl PoolState {
+    fn used(&self, f: Family) -> &UsedRuns {
+        match f {
+            Family::V4 => &self.used_v4,
+            Family::V6 => &self.used_v6,
+        }
+    }
+
+    fn used_mut(&mut self, f: Family) -> &mut UsedRuns {
+        match f {
+            Family::V4 => &mut self.used_v4,
+            Family::V6 => &mut self.used_v6,
+        }
+    }
+
+    fn allocates(&self) -> bool {
+        self.pool.allocates() && self.conflict.is_none()
+    }
+}
+
+/// Per-family use of one pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FamilyUse {
+    pub total: Count,
+    pub used: u128,
+}
+
+/// What a pool's status should say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolReport {
+    pub v4: Option<FamilyUse>,
+    pub v6: Option<FamilyUse>,
+    /// Older pool it overlaps.
+    pub conflict: Option<String>,
+    /// Why its spec is unusable.
+    pub invalid: Option<String>,
+}
+
+/// The allocation state of the whole cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Allocator {
+    pools: BTreeMap<String, PoolState>,
+    ips: BTreeMap<IpAddr, IpEntry>,
+    held: BTreeMap<ServiceKey, BTreeMap<Family, HeldIp>>,
+    /// Sharing key -> addresses held under it, so joining a shared address does not scan
+    /// every allocation.
+    shared: BTreeMap<String, BTreeSet<IpAddr>>,
+}
+
+impl Allocator {
+    pub fn new() -> Allocator {
+        Allocator::default()
+    }
+
+    // ----- pools -----
+
+    /// Adds or replaces a pool. Returns the Services whose addresses lie in its old or new
+    /// range (they may need a second look).
+    pub fn set_pool(&mut self, pool: Pool) -> BTreeSet<ServiceKey> {
+        let name = pool.name.clone();
+        let mut affected = self.holders_in_pool(&name);
+        let state = PoolState {
+            used_v4: UsedRuns::new(pool.skips(Family::V4)),
+            used_v6: UsedRuns::new(false),
+            pool,
+            conflict: None,
+        };
+        self.pools.insert(name.clone(), state);
+        self.rebuild_usage(&name);
+        self.recompute_conflicts();
+        affected.extend(self.holders_in_pool(&name));
+        affected
+    }
+
+    /// Removes a pool. Returns the Services that held addresses in it.
+    pub fn remove_pool(&mut self, name: &str) -> BTreeSet<ServiceKey> {
+        let affected = self.holders_in_pool(name);
+        self.pools.remove(name);
+        self.recompute_conflicts();
+        affected
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.get(name).map(|p| &p.pool)
+    }
+
+    pub fn pool_names(&self) -> impl Iterator<Item = &str> {
+        self.pools.keys().map(String::as_str)
+    }
+
+    /// Capacity, use and conflicts of one pool.
+    pub fn report(&self, name: &str) -> Option<PoolReport> {
+        let st = self.pools.get(name)?;
+        let fam = |f: Family| {
+            st.pool.has_family(f).then(|| FamilyUse {
+                total: st.pool.capacity(f),
+                used: st.used(f).count(),
+            })
+        };
+        Some(PoolReport {
+            v4: fam(Family::V4),
+            v6: fam(Family::V6),
+            conflict: st.conflict.clone(),
+            invalid: st.pool.invalid.clone(),
+        })
+    }
+
+    fn holders_in_pool(&self, name: &str) -> BTreeSet<ServiceKey> {
+        let Some(st) = self.pools.get(name) else {
+            return BTreeSet::new();
+        };
+        let mut out = BTreeSet::new();
+        for b in st.pool.blocks() {
+            let (Some(lo), Some(hi)) = (
+                u128_to_ip(b.family(), b.first_u128()),
+                u128_to_ip(b.family(), b.last_u128()),
+            ) else {
+                continue;
+            };
+            for (_, e) in self.ips.range(lo..=hi) {
+                out.extend(e.holders.keys().cloned());
+            }
+        }
+        out
+    }
+
+    fn rebuild_usage(&mut self, name: &str) {
+        let Some(st) = self.pools.get_mut(name) else {
+            return;
+        };
+        for b in st.pool.blocks().to_vec() {
+            let (Some(lo), Some(hi)) = (
+                u128_to_ip(b.family(), b.first_u128()),
+                u128_to_ip(b.family(), b.last_u128()),
+            ) else {
+                continue;
+            };
+            for ip in self.ips.range(lo..=hi).map(|(ip, _)| *ip) {
+                st.used_mut(b.family()).insert(ip_to_u128(ip));
+            }
+        }
+    }
+
+    fn recompute_conflicts(&mut self) {
+        let mut by_age: Vec<(PoolAge, String)> = self
+            .pools
+            .iter()
+            .map(|(n, s)| (s.pool.age.clone(), n.clone()))
+            .collect();
+        by_age.sort();
+        let mut conflicts = BTreeMap::new();
+        for (i, (_, name)) in by_age.iter().enumerate() {
+            let me = &self.pools[name].pool;
+            let older = by_age[..i]
+                .iter()
+                .find(|(_, other)| self.pools[other].pool.overlaps(me))
+                .map(|(_, other)| other.clone());
+            conflicts.insert(name.clone(), older);
+        }
+        for (name, c) in conflicts {
+            if let Some(st) = self.pools.get_mut(&name) {
+                st.conflict = c;
+            }
+        }
+    }
+
+    // ----- services -----
+
+    /// What a Service holds now.
+    pub fn held(&self, key: &ServiceKey) -> Vec<HeldIp> {
+        self.held
+            .get(key)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every Service that holds something.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.held.keys()
+    }
+
+    /// The Services holding `ip`.
+    pub fn holders(&self, ip: IpAddr) -> Vec<ServiceKey> {
+        self.ips
+            .get(&ip)
+            .map(|e| e.holders.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The oldest existing pool that contains `ip`.
+    fn owning_pool(&self, ip: IpAddr) -> Option<&PoolState> {
+        self.pools
+            .values()
+            .filter(|s| s.pool.can_hold(ip))
+            .min_by(|a, b| a.pool.age.cmp(&b.pool.age))
+    }
+
+    /// Takes back addresses a Service held before a restart (from its status), before
+    /// anything new is allocated. Addresses that are not valid for it any more, or that
+    /// an earlier (older) Service already holds without valid sharing, are refused with
+    /// the reason; the caller re-allocates those Services.
+    pub fn restore(&mut self, svc: &ServiceRequest, ips: &[IpAddr]) -> Vec<(IpAddr, String)> {
+        let mut refused = Vec::new();
+        let wanted = svc.wanted_families();
+        for ip in ips {
+            let f = Family::of(*ip);
+            let already = self
+                .held
+                .get(&svc.key)
+                .and_then(|m| m.get(&f))
+                .map(|h| h.ip);
+            let verdict = if already == Some(*ip) {
+                Ok(())
+            } else if !wanted.contains(&f) || already.is_some() {
+                Err(format!(
+                    "{ip}: the Service does not ask for another {f} address"
+                ))
+            } else {
+                self.check_held(svc, *ip)
+            };
+            match verdict {
+                Ok(()) => {
+                    if already.is_none() {
+                        self.attach(svc, *ip);
+                    }
+                }
+                Err(why) => refused.push((*ip, why)),
+            }
+        }
+        refused
+    }
+
+    /// Can `svc` keep holding `ip`? (It is not attached while this is asked.)
+    fn check_held(&self, svc: &ServiceRequest, ip: IpAddr) -> Result<(), String> {
+        let f = Family::of(ip);
+        if self.owning_pool(ip).is_none() {
+            return Err(format!("{ip} is not in any IPPool any more"));
+        }
+        if let Some(req) = svc.requested_for(f)
+            && req != ip
+        {
+            return Err(format!("{ip} is not the requested {req}"));
+        }
+        if let Some(p) = &svc.pool
+            && !self.pools.get(p).is_some_and(|s| s.pool.can_hold(ip))
+        {
+            return Err(format!("{ip} is not in the requested pool {p}"));
+        }
+        match self
+            .ips
+            .get(&ip)
+            .map(|e| e.compat(&svc.key, svc.sharing.as_ref()))
+        {
+            None | Some(Compat::Ok) => Ok(()),
+            Some(Compat::Taken(k)) => Err(format!("{ip} is held by {k}, which was there first")),
+            Some(Compat::SharingConflict(why)) => Err(format!("{ip} cannot be shared: {why}")),
+        }
+    }
+
+    /// Makes sure the Service holds what it asks for: keeps every address that is still
+    /// valid, allocates what is missing, and returns what changed.
+    pub fn ensure(&mut self, svc: &ServiceRequest) -> Outcome {
+        let wanted = svc.wanted_families();
+        let before: BTreeMap<Family, HeldIp> = self.held.get(&svc.key).cloned().unwrap_or_default();
+        // Detach, then decide each family afresh (keeping what is still valid).
+        self.release_quiet(&svc.key);
+
+        if let Some(f) = self.invalid_request(svc, &wanted) {
+            let released = before.values().map(|h| (h.ip, f.message.clone())).collect();
+            return Outcome {
+                ips: Vec::new(),
+                released,
+                failure: Some(f),
+            };
+        }
+
+        let mut chosen: Vec<HeldIp> = Vec::new();
+        let mut released = Vec::new();
+        let mut failure = None;
+        for f in &wanted {
+            if let Some(old) = before.get(f) {
+                match self.check_held(svc, old.ip) {
+                    Ok(()) => {
+                        let pool = self.owning_pool(old.ip).map(|p| p.pool.name.clone());
+                        self.attach(svc, old.ip);
+                        chosen.push(HeldIp {
+                            ip: old.ip,
+                            pool: pool.unwrap_or_else(|| old.pool.clone()),
+                        });
+                        continue;
+                    }
+                    Err(why) => released.push((old.ip, why)),
+                }
+            }
+            match self.pick(svc, *f) {
+                Ok(h) => {
+                    self.attach(svc, h.ip);
+                    chosen.push(h);
+                }
+                Err(e) => {
+                    if failure.is_none() {
+                        failure = Some(e);
+                    }
+                }
+            }
+        }
+        for (f, old) in &before {
+            if !wanted.contains(f) {
+                released.push((old.ip, format!("the Service no longer asks for {f}")));
+            }
+        }
+        if svc.policy == FamilyPolicy::RequireDualStack && failure.is_some() {
+            // All or nothing.
+            for h in &chosen {
+                if before.values().any(|b| b.ip == h.ip) {
+                    released.push((h.ip, "RequireDualStack needs both families".into()));
+                }
+            }
+            self.release_quiet(&svc.key);
+            chosen.clear();
+        }
+        released.retain(|(ip, _)| !chosen.iter().any(|h| h.ip == *ip));
+        Outcome {
+            ips: chosen,
+            released,
+            failure,
+        }
+    }
+
+    /// Releases everything a Service holds; returns the addresses.
+    pub fn release(&mut self, key: &ServiceKey) -> Vec<IpAddr> {
+        self.release_quiet(key)
+    }
+
+    fn release_quiet(&mut self, key: &ServiceKey) -> Vec<IpAddr> {
+        let Some(held) = self.held.remove(key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for h in held.into_values() {
+            let now_free = match self.ips.get_mut(&h.ip) {
+                Some(e) => {
+                    if let Some(Some(sh)) = e.holders.remove(key)
+                        && !e
+                            .holders
+                            .values()
+                            .any(|s| s.as_ref().is_some_and(|s| s.key == sh.key))
+                        && let Some(set) = self.shared.get_mut(&sh.key)
+                    {
+                        set.remove(&h.ip);
+                        if set.is_empty() {
+                            self.shared.remove(&sh.key);
+                        }
+                    }
+                    e.holders.is_empty()
+                }
+                None => false,
+            };
+            if now_free {
+                self.ips.remove(&h.ip);
+                let f = Family::of(h.ip);
+                for st in self.pools.values_mut() {
+                    if st.pool.contains(h.ip) {
+                        st.used_mut(f).remove(ip_to_u128(h.ip));
+                    }
+                }
+            }
+            out.push(h.ip);
+        }
+        out
+    }
+
+    fn attach(&mut self, svc: &ServiceRequest, ip: IpAddr) {
+        let f = Family::of(ip);
+        let pool = self
+            .owning_pool(ip)
+            .map(|p| p.pool.name.clone())
+            .unwrap_or_default();
+        let entry = self.ips.entry(ip).or_default();
+        let first = entry.holders.is_empty();
+        entry.holders.insert(svc.key.clone(), svc.sharing.clone());
+        if let Some(sh) = &svc.sharing {
+            self.shared.entry(sh.key.clone()).or_default().insert(ip);
+        }
+        if first {
+            for st in self.pools.values_mut() {
+                if st.pool.contains(ip) {
+                    st.used_mut(f).insert(ip_to_u128(ip));
+                }
+            }
+        }
+        self.held
+            .entry(svc.key.clone())
+            .or_default()
+            .insert(f, HeldIp { ip, pool });
+    }
+
+    fn invalid_request(&self, svc: &ServiceRequest, wanted: &[Family]) -> Option<Failure> {
+        let mut seen = BTreeSet::new();
+        for ip in &svc.requested {
+            let f = Family::of(*ip);
+            if !seen.insert(f) {
+                return Some(Failure::new(
+                    AllocationReason::InvalidRequest,
+                    format!("more than one {f} address requested"),
+                ));
+            }
+            if !wanted.contains(&f) {
+                return Some(Failure::new(
+                    AllocationReason::InvalidRequest,
+                    format!("{ip} is {f}, but the Service's ipFamilies do not include {f}"),
+                ));
+            }
+        }
+        if let Some(p) = &svc.pool
+            && !self.pools.contains_key(p)
+        {
+            return Some(Failure::new(
+                AllocationReason::NoMatchingPool,
+                format!("IPPool {p} does not exist"),
+            ));
+        }
+        None
+    }
+
+    /// Pools that may give `svc` a new address, best first (priority, then name).
+    fn candidate_pools(&self, svc: &ServiceRequest, requested: bool) -> Vec<&PoolState> {
+        let mut v: Vec<&PoolState> = self
+            .pools
+            .values()
+            .filter(|s| s.allocates())
+            .filter(|s| match &svc.pool {
+                Some(p) => &s.pool.name == p,
+                None => requested || s.pool.auto_assign,
+            })
+            .filter(|s| s.pool.service_selector.matches(&svc.labels))
+            .filter(|s| s.pool.namespace_selector.matches(&svc.namespace_labels))
+            .collect();
+        v.sort_by(|a, b| (a.pool.priority, &a.pool.name).cmp(&(b.pool.priority, &b.pool.name)));
+        v
+    }
+
+    fn pick(&self, svc: &ServiceRequest, f: Family) -> Result<HeldIp, Failure> {
+        use AllocationReason::*;
+        if let Some(ip) = svc.requested_for(f) {
+            let pools = self.candidate_pools(svc, true);
+            let Some(pool) = pools.iter().find(|s| s.pool.can_hold(ip)) else {
+                return Err(Failure::new(
+                    RequestedIPUnavailable,
+                    format!("{ip} is not in any IPPool this Service may use"),
+                ));
+            };
+            return match self
+                .ips
+                .get(&ip)
+                .map(|e| e.compat(&svc.key, svc.sharing.as_ref()))
+            {
+                None | Some(Compat::Ok) => Ok(HeldIp {
+                    ip,
+                    pool: pool.pool.name.clone(),
+                }),
+                Some(Compat::Taken(k)) => Err(Failure::new(
+                    RequestedIPUnavailable,
+                    format!("{ip} is already used by {k}"),
+                )),
+                Some(Compat::SharingConflict(why)) => Err(Failure::new(
+                    SharingConflict,
+                    format!("{ip} cannot be shared: {why}"),
+                )),
+            };
+        }
+
+        let pools = self.candidate_pools(svc, false);
+        if pools.is_empty() {
+            let why = match &svc.pool {
+                Some(p) => format!(
+                    "IPPool {p} is disabled, in conflict, invalid or does not select this Service"
+                ),
+                None => "no IPPool selects this Service".to_string(),
+            };
+            return Err(Failure::new(NoMatchingPool, why));
+        }
+        let with_family: Vec<&&PoolState> = pools.iter().filter(|s| s.pool.has_family(f)).collect();
+        if with_family.is_empty() {
+            return Err(Failure::new(
+                FamilyUnavailable,
+                format!("no IPPool available to this Service has {f} addresses"),
+            ));
+        }
+
+        // Join an address already shared under the same key, if one fits.
+        if let Some(sharing) = &svc.sharing {
+            let shared = self.shared.get(&sharing.key).into_iter().flatten();
+            for ip in shared.filter(|ip| Family::of(**ip) == f) {
+                let Some(e) = self.ips.get(ip) else {
+                    continue;
+                };
+                if let Some(pool) = with_family.iter().find(|s| s.pool.can_hold(*ip))
+                    && matches!(e.compat(&svc.key, Some(sharing)), Compat::Ok)
+                {
+                    return Ok(HeldIp {
+                        ip: *ip,
+                        pool: pool.pool.name.clone(),
+                    });
+                }
+            }
+        }
+
+        for s in &with_family {
+            let used = s.used(f);
+            for b in s.pool.blocks_of(f) {
+                if let Some(n) = used.lowest_free(b.first_u128(), b.last_u128())
+                    && let Some(ip) = u128_to_ip(f, n)
+                {
+                    return Ok(HeldIp {
+                        ip,
+                        pool: s.pool.name.clone(),
+                    });
+                }
+            }
+        }
+        let names: Vec<&str> = with_family.iter().map(|s| s.pool.name.as_str()).collect();
+        Err(Failure::new(
+            PoolExhausted,
+            format!("no free {f} address in {}", names.join(", ")),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,661 @@
+use super::*;
+use AllocationReason::*;
+use ferrolb_crds::IPPoolSpec;
+use proptest::prelude::*;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn spec(addresses: &[&str]) -> IPPoolSpec {
+    serde_json::from_value(serde_json::json!({ "addresses": addresses })).unwrap()
+}
+
+fn pool(name: &str, created: i64, addresses: &[&str]) -> Pool {
+    Pool::from_spec(name, Some(created), &spec(addresses))
+}
+
+fn pool_with(
+    name: &str,
+    created: i64,
+    addresses: &[&str],
+    f: impl FnOnce(&mut IPPoolSpec),
+) -> Pool {
+    let mut s = spec(addresses);
+    f(&mut s);
+    Pool::from_spec(name, Some(created), &s)
+}
+
+fn svc(name: &str) -> ServiceRequest {
+    ServiceRequest {
+        key: ServiceKey::new("default", name),
+        labels: BTreeMap::new(),
+        namespace_labels: BTreeMap::new(),
+        families: vec![Family::V4],
+        policy: FamilyPolicy::SingleStack,
+        requested: Vec::new(),
+        pool: None,
+        sharing: None,
+    }
+}
+
+fn shared(name: &str, key: &str, ports: &[u16]) -> ServiceRequest {
+    let mut s = svc(name);
+    s.sharing = Some(Sharing {
+        key: key.into(),
+        ports: ports
+            .iter()
+            .map(|p| PortKey {
+                protocol: "TCP".into(),
+                port: *p,
+            })
+            .collect(),
+        local: false,
+        selector: BTreeMap::new(),
+    });
+    s
+}
+
+fn reason(o: &Outcome) -> Option<AllocationReason> {
+    o.failure.as_ref().map(|f| f.reason)
+}
+
+#[test]
+fn allocates_lowest_free_from_ranges_and_cidrs() {
+    let mut a = Allocator::new();
+    a.set_pool(pool(
+        "lan",
+        1,
+        &["192.168.10.200-192.168.10.202", "10.0.0.0/31"],
+    ));
+    let got: Vec<IpAddr> = (0..5)
+        .map(|i| a.ensure(&svc(&format!("s{i}"))).ips[0].ip)
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ip("10.0.0.0"),
+            ip("10.0.0.1"),
+            ip("192.168.10.200"),
+            ip("192.168.10.201"),
+            ip("192.168.10.202")
+        ]
+    );
+    let o = a.ensure(&svc("s5"));
+    assert_eq!(reason(&o), Some(PoolExhausted));
+    assert!(o.ips.is_empty());
+    // Freeing one makes it available again.
+    a.release(&ServiceKey::new("default", "s1"));
+    assert_eq!(a.ensure(&svc("s5")).addresses(), [ip("10.0.0.1")]);
+    // Ensuring again changes nothing.
+    let again = a.ensure(&svc("s5"));
+    assert_eq!(again.addresses(), [ip("10.0.0.1")]);
+    assert!(again.released.is_empty());
+}
+
+#[test]
+fn avoid_buggy_ips_skips_dot_zero_and_dot_255() {
+    let mut a = Allocator::new();
+    a.set_pool(pool_with("p", 1, &["10.0.0.254-10.0.1.1"], |s| {
+        s.avoid_buggy_ips = true
+    }));
+    assert_eq!(a.ensure(&svc("a")).addresses(), [ip("10.0.0.254")]);
+    assert_eq!(a.ensure(&svc("b")).addresses(), [ip("10.0.1.1")]);
+    assert_eq!(reason(&a.ensure(&svc("c"))), Some(PoolExhausted));
+}
+
+#[test]
+fn requested_ip_is_honoured_or_refused_with_the_reason() {
+    let mut a = Allocator::new();
+    a.set_pool(pool("p", 1, &["10.0.0.0/24"]));
+    let mut s = svc("want");
+    s.requested = vec![ip("10.0.0.77")];
+    assert_eq!(a.ensure(&s).addresses(), [ip("10.0.0.77")]);
+
+    let mut t = svc("also-want");
+    t.requested = vec![ip("10.0.0.77")];
+    let o = a.ensure(&t);
+    assert_eq!(reason(&o), Some(RequestedIPUnavailable));
+    assert!(o.failure.unwrap().message.contains("default/want"));
+
+    t.requested = vec![ip("172.16.0.1")];
+    assert_eq!(reason(&a.ensure(&t)), Some(RequestedIPUnavailable));
+
+    t.requested = vec![ip("2001:db8::1")];
+    assert_eq!(reason(&a.ensure(&t)), Some(InvalidRequest));
+}
+
+#[test]
+fn named_pool_works_with_auto_assign_false_and_others_skip_it() {
+    let mut a = Allocator::new();
+    a.set_pool(pool_with("private", 1, &["10.9.0.0/30"], |s| {
+        s.auto_assign = false
+    }));
+    assert_eq!(reason(&a.ensure(&svc("plain"))), Some(NoMatchingPool));
+    let mut s = svc("named");
+    s.pool = Some("private".into());
+    assert_eq!(a.ensure(&s).ips[0].pool, "private");
+    // A requested IP in a non-auto-assign pool is honoured too.
+    let mut r = svc("requested");
+    r.requested = vec![ip("10.9.0.3")];
+    assert_eq!(a.ensure(&r).addresses(), [ip("10.9.0.3")]);
+    let mut m = svc("missing");
+    m.pool = Some("nope".into());
+    let o = a.ensure(&m);
+    assert_eq!(reason(&o), Some(NoMatchingPool));
+    assert!(o.failure.unwrap().message.contains("nope"));
+}
+
+#[test]
+fn priority_then_name_orders_pools_and_selectors_filter() {
+    let mut a = Allocator::new();
+    a.set_pool(pool_with("b-low", 1, &["10.2.0.1"], |s| s.priority = 1));
+    a.set_pool(pool_with("a-low", 2, &["10.1.0.1"], |s| s.priority = 1));
+    a.set_pool(pool_with("z-high", 3, &["10.3.0.1"], |s| s.priority = -5));
+    let order: Vec<String> = (0..3)
+        .map(|i| a.ensure(&svc(&format!("s{i}"))).ips[0].pool.clone())
+        .collect();
+    assert_eq!(order, ["z-high", "a-low", "b-low"]);
+
+    let mut a = Allocator::new();
+    a.set_pool(pool_with("edge", 1, &["10.5.0.1"], |s| {
+        s.service_selector = Some(
+            serde_json::from_value(serde_json::json!({"matchLabels": {"tier": "edge"}})).unwrap(),
+        );
+        s.namespace_selector = Some(
+            serde_json::from_value(serde_json::json!({"matchLabels": {"team": "a"}})).unwrap(),
+        );
+    }));
+    let mut s = svc("s");
+    assert_eq!(reason(&a.ensure(&s)), Some(NoMatchingPool));
+    s.labels.insert("tier".into(), "edge".into());
+    assert_eq!(
+        reason(&a.ensure(&s)),
+        Some(NoMatchingPool),
+        "namespace does not match yet"
+    );
+    s.namespace_labels.insert("team".into(), "a".into());
+    assert_eq!(a.ensure(&s).addresses(), [ip("10.5.0.1")]);
+}
+
+#[test]
+fn dual_stack_policies() {
+    let mut a = Allocator::new();
+    a.set_pool(pool("v4", 1, &["10.0.0.1"]));
+    a.set_pool(pool("v6", 2, &["2001:db8::1"]));
+
+    let mut single = svc("single");
+    single.families = vec![Family::V6, Family::V4];
+    assert_eq!(a.ensure(&single).addresses(), [ip("2001:db8::1")]);
+
+    // RequireDualStack: both or none (the only IPv6 address is taken).
+    let mut req = svc("require");
+    req.families = vec![Family::V4, Family::V6];
+    req.policy = FamilyPolicy::RequireDualStack;
+    let o = a.ensure(&req);
+    assert!(o.ips.is_empty());
+    assert_eq!(reason(&o), Some(PoolExhausted));
+    assert_eq!(
+        a.ensure(&svc("v4-only")).addresses(),
+        [ip("10.0.0.1")],
+        "the IPv4 address stayed free"
+    );
+    a.release(&ServiceKey::new("default", "v4-only"));
+
+    // PreferDualStack: takes what it can, adds the rest later.
+    let mut pref = svc("prefer");
+    pref.families = vec![Family::V4, Family::V6];
+    pref.policy = FamilyPolicy::PreferDualStack;
+    let o = a.ensure(&pref);
+    assert_eq!(o.addresses(), [ip("10.0.0.1")]);
+    assert_eq!(reason(&o), Some(PoolExhausted));
+    a.release(&single.key);
+    let o = a.ensure(&pref);
+    assert_eq!(o.addresses(), [ip("10.0.0.1"), ip("2001:db8::1")]);
+    assert!(o.failure.is_none() && o.released.is_empty());
+
+    // A family no pool has.
+    let mut a = Allocator::new();
+    a.set_pool(pool("v4", 1, &["10.0.0.1"]));
+    let mut s = svc("v6");
+    s.families = vec![Family::V6];
+    assert_eq!(reason(&a.ensure(&s)), Some(FamilyUnavailable));
+}
+
+#[test]
+fn sharing_allowed_and_refused() {
+    let mut a = Allocator::new();
+    a.set_pool(pool("p", 1, &["10.0.0.1-10.0.0.2"]));
+    let web = a.ensure(&shared("web", "k", &[80])).addresses();
+    assert_eq!(
+        a.ensure(&shared("tls", "k", &[443])).addresses(),
+        web,
+        "same key, other port: shared"
+    );
+    assert_eq!(a.holders(web[0]).len(), 2);
+    // Same port: a new address, not a collision.
+    assert_eq!(
+        a.ensure(&shared("web2", "k", &[80])).addresses(),
+        [ip("10.0.0.2")]
+    );
+    // Requesting a shared address with a colliding port is a SharingConflict.
+    let mut clash = shared("clash", "k", &[443]);
+    clash.requested = vec![web[0]];
+    assert_eq!(reason(&a.ensure(&clash)), Some(SharingConflict));
+    // Another key, or no key: the address is simply taken.
+    let mut other = shared("other", "x", &[8080]);
+    other.requested = vec![web[0]];
+    assert_eq!(reason(&a.ensure(&other)), Some(RequestedIPUnavailable));
+    // Local vs Cluster may not share.
+    let mut local = shared("local", "k", &[9000]);
+    local.requested = vec![web[0]];
+    if let Some(s) = local.sharing.as_mut() {
+        s.local = true;
+    }
+    assert_eq!(reason(&a.ensure(&local)), Some(SharingConflict));
+    // Releasing one sharer keeps the address for the other.
+    a.release(&ServiceKey::new("default", "web"));
+    assert_eq!(a.holders(web[0]), [ServiceKey::new("default", "tls")]);
+}
+
+#[test]
+fn a_deleted_or_shrunk_pool_moves_its_services() {
+    let mut a = Allocator::new();
+    a.set_pool(pool("a-old", 1, &["10.0.0.1-10.0.0.2"]));
+    a.set_pool(pool("b-new", 2, &["10.1.0.1"]));
+    let s1 = svc("s1");
+    let s2 = svc("s2");
+    assert_eq!(a.ensure(&s1).addresses(), [ip("10.0.0.1")]);
+    assert_eq!(a.ensure(&s2).addresses(), [ip("10.0.0.2")]);
+
+    let affected = a.set_pool(pool("a-old", 1, &["10.0.0.1"]));
+    assert!(affected.contains(&s2.key));
+    let o = a.ensure(&s2);
+    assert_eq!(o.addresses(), [ip("10.1.0.1")]);
+    assert_eq!(o.released[0].0, ip("10.0.0.2"));
+    assert!(
+        o.released[0].1.contains("not in any IPPool"),
+        "{:?}",
+        o.released
+    );
+
+    let affected = a.remove_pool("a-old");
+    assert_eq!(affected, BTreeSet::from([s1.key.clone()]));
+    let o = a.ensure(&s1);
+    assert!(o.ips.is_empty());
+    assert_eq!(reason(&o), Some(PoolExhausted));
+    assert_eq!(o.released.len(), 1);
+}
+
+#[test]
+fn overlapping_pools_conflict_and_the_newer_allocates_nothing() {
+    let mut a = Allocator::new();
+    a.set_pool(pool("newer", 20, &["10.0.0.0/24"]));
+    a.set_pool(pool("older", 10, &["10.0.0.128/25", "10.9.0.1"]));
+    assert_eq!(
+        a.report("newer").unwrap().conflict.as_deref(),
+        Some("older")
+    );
+    assert_eq!(a.report("older").unwrap().conflict, None);
+    // Only "older" allocates: its lowest address first.
+    assert_eq!(a.ensure(&svc("s")).addresses(), [ip("10.0.0.128")]);
+    a.remove_pool("older");
+    assert_eq!(a.report("newer").unwrap().conflict, None);
+    // The address stays valid: it is still in a pool.
+    assert_eq!(a.ensure(&svc("s")).addresses(), [ip("10.0.0.128")]);
+}
+
+#[test]
+fn restore_keeps_existing_ips_and_the_older_claim_wins() {
+    let mut a = Allocator::new();
+    a.set_pool(pool("p", 1, &["10.0.0.0/29"]));
+    let (old, new) = (svc("old"), svc("new"));
+    assert!(a.restore(&old, &[ip("10.0.0.5")]).is_empty());
+    let refused = a.restore(&new, &[ip("10.0.0.5")]);
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0].1.contains("default/old"));
+    // Restored addresses are kept by ensure; the newer claimant is moved.
+    assert_eq!(a.ensure(&old).addresses(), [ip("10.0.0.5")]);
+    assert_eq!(a.ensure(&new).addresses(), [ip("10.0.0.0")]);
+    // A restored address outside every pool is refused.
+    assert_eq!(a.restore(&svc("x"), &[ip("192.0.2.1")]).len(), 1);
+}
+
+#[test]
+fn disabled_pools_keep_allocations_but_give_no_new_ones() {
+    let mut a = Allocator::new();
+    a.set_pool(pool("p", 1, &["10.0.0.0/30"]));
+    assert_eq!(a.ensure(&svc("kept")).addresses(), [ip("10.0.0.0")]);
+    a.set_pool(pool_with("p", 1, &["10.0.0.0/30"], |s| s.disabled = true));
+    assert_eq!(a.ensure(&svc("kept")).addresses(), [ip("10.0.0.0")]);
+    assert_eq!(reason(&a.ensure(&svc("new"))), Some(NoMatchingPool));
+}
+
+#[test]
+fn huge_ipv6_pools_cost_what_their_allocations_cost() {
+    let mut a = Allocator::new();
+    a.set_pool(pool("v6", 1, &["2001:db8::/48", "::/1"]));
+    let mut s = svc("x");
+    s.families = vec![Family::V6];
+    for i in 0..1000 {
+        s.key.name = format!("s{i}");
+        assert!(a.ensure(&s).failure.is_none());
+    }
+    let r = a.report("v6").unwrap();
+    assert_eq!(r.v6.as_ref().unwrap().used, 1000);
+    assert_eq!(
+        r.v6.unwrap().total.to_string(),
+        "170141183460469231731687303715884105728"
+    );
+    assert!(r.v4.is_none());
+}
+
+// ----- properties -----
+
+#[derive(Clone, Debug)]
+enum Op {
+    SetPool {
+        name: usize,
+        created: i64,
+        entries: Vec<String>,
+        auto: bool,
+        disabled: bool,
+        avoid: bool,
+        priority: i32,
+    },
+    RemovePool(usize),
+    Ensure(usize, Req),
+    Release(usize),
+}
+
+#[derive(Clone, Debug)]
+struct Req {
+    v6: bool,
+    policy: u8,
+    requested: Option<String>,
+    pool: Option<usize>,
+    sharing: Option<(u8, Vec<u16>, bool)>,
+}
+
+const POOLS: [&str; 3] = ["p0", "p1", "p2"];
+
+fn entry() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u8..16, 0u8..6).prop_map(|(a, n)| format!("10.0.0.{}-10.0.0.{}", a, a + n)),
+        (0u8..4).prop_map(|a| format!("10.0.0.{}/30", a * 4)),
+        (250u8..=255).prop_map(|a| format!("10.0.1.{a}")),
+        (0u8..8, 0u8..4).prop_map(|(a, n)| format!("2001:db8::{:x}-2001:db8::{:x}", a, a + n)),
+    ]
+}
+
+fn some_ip() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u8..24).prop_map(|a| format!("10.0.0.{a}")),
+        (0u8..12).prop_map(|a| format!("2001:db8::{a:x}")),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let set = (
+        0..3usize,
+        0i64..5,
+        prop::collection::vec(entry(), 1..4),
+        any::<bool>(),
+        prop::bool::weighted(0.15),
+        any::<bool>(),
+        -1i32..2,
+    )
+        .prop_map(
+            |(name, created, entries, auto, disabled, avoid, priority)| Op::SetPool {
+                name,
+                created,
+                entries,
+                auto,
+                disabled,
+                avoid,
+                priority,
+            },
+        );
+    let req = (
+        any::<bool>(),
+        0u8..3,
+        prop::option::weighted(0.2, some_ip()),
+        prop::option::weighted(0.2, 0..3usize),
+        prop::option::weighted(
+            0.4,
+            (
+                0u8..2,
+                prop::collection::vec(0u16..4, 1..3),
+                prop::bool::weighted(0.2),
+            ),
+        ),
+    )
+        .prop_map(|(v6, policy, requested, pool, sharing)| Req {
+            v6,
+            policy,
+            requested,
+            pool,
+            sharing,
+        });
+    prop_oneof![
+        2 => set,
+        1 => (0..3usize).prop_map(Op::RemovePool),
+        6 => (0..8usize, req).prop_map(|(s, r)| Op::Ensure(s, r)),
+        2 => (0..8usize).prop_map(Op::Release),
+    ]
+}
+
+fn request(i: usize, r: &Req) -> ServiceRequest {
+    let mut s = svc(&format!("s{i}"));
+    s.families = if r.v6 {
+        vec![Family::V6, Family::V4]
+    } else {
+        vec![Family::V4, Family::V6]
+    };
+    s.policy = [
+        FamilyPolicy::SingleStack,
+        FamilyPolicy::PreferDualStack,
+        FamilyPolicy::RequireDualStack,
+    ][r.policy as usize];
+    s.requested = r.requested.iter().filter_map(|x| x.parse().ok()).collect();
+    s.pool = r.pool.map(|p| POOLS[p].to_string());
+    s.sharing = r.sharing.as_ref().map(|(k, ports, local)| Sharing {
+        key: format!("key{k}"),
+        ports: ports
+            .iter()
+            .map(|p| PortKey {
+                protocol: "TCP".into(),
+                port: *p,
+            })
+            .collect(),
+        local: *local,
+        selector: BTreeMap::new(),
+    });
+    s
+}
+
+/// Applies one operation the way the controller does: a pool change is followed by a
+/// second look at every Service it affects.
+fn apply(a: &mut Allocator, reqs: &mut BTreeMap<usize, ServiceRequest>, op: &Op) {
+    let affected = match op {
+        Op::SetPool {
+            name,
+            created,
+            entries,
+            auto,
+            disabled,
+            avoid,
+            priority,
+        } => {
+            let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
+            a.set_pool(pool_with(POOLS[*name], *created, &refs, |s| {
+                s.auto_assign = *auto;
+                s.disabled = *disabled;
+                s.avoid_buggy_ips = *avoid;
+                s.priority = *priority;
+            }))
+        }
+        Op::RemovePool(p) => a.remove_pool(POOLS[*p]),
+        Op::Ensure(i, r) => {
+            let s = request(*i, r);
+            a.ensure(&s);
+            reqs.insert(*i, s);
+            BTreeSet::new()
+        }
+        Op::Release(i) => {
+            if let Some(s) = reqs.remove(i) {
+                a.release(&s.key);
+            }
+            BTreeSet::new()
+        }
+    };
+    for s in reqs.values() {
+        if affected.contains(&s.key) {
+            a.ensure(s);
+        }
+    }
+}
+
+fn check_invariants(
+    a: &Allocator,
+    reqs: &BTreeMap<usize, ServiceRequest>,
+) -> Result<(), TestCaseError> {
+    // Held and holders agree.
+    for (key, fams) in &a.held {
+        for (f, h) in fams {
+            prop_assert_eq!(Family::of(h.ip), *f);
+            prop_assert!(
+                a.ips
+                    .get(&h.ip)
+                    .is_some_and(|e| e.holders.contains_key(key))
+            );
+        }
+    }
+    for (ipa, e) in &a.ips {
+        prop_assert!(!e.holders.is_empty());
+        for k in e.holders.keys() {
+            prop_assert!(
+                a.held
+                    .get(k)
+                    .is_some_and(|m| m.values().any(|h| h.ip == *ipa))
+            );
+        }
+        // Two holders only by valid sharing.
+        let hs: Vec<(&ServiceKey, &Option<Sharing>)> = e.holders.iter().collect();
+        for (i, (ka, sa)) in hs.iter().enumerate() {
+            for (kb, sb) in &hs[i + 1..] {
+                let (Some(sa), Some(sb)) = (sa, sb) else {
+                    return Err(TestCaseError::fail(format!(
+                        "{ipa} held by {ka} and {kb} without sharing"
+                    )));
+                };
+                prop_assert_eq!(&sa.key, &sb.key);
+                prop_assert_eq!(sa.local, sb.local);
+                prop_assert!(sa.ports.is_disjoint(&sb.ports), "{} ports collide", ipa);
+            }
+        }
+        // Every held IP lies in an existing pool.
+        prop_assert!(
+            a.pools.values().any(|s| s.pool.can_hold(*ipa)),
+            "{} outside every pool",
+            ipa
+        );
+    }
+    // Pool usage matches the held addresses.
+    for st in a.pools.values() {
+        for f in [Family::V4, Family::V6] {
+            let n = a
+                .ips
+                .keys()
+                .filter(|i| Family::of(**i) == f && st.pool.can_hold(**i))
+                .count() as u128;
+            prop_assert_eq!(st.used(f).count(), n, "pool {} {}", &st.pool.name, f);
+        }
+    }
+    // RequireDualStack Services hold both families or nothing.
+    for s in reqs.values() {
+        if s.policy == FamilyPolicy::RequireDualStack {
+            let n = a.held(&s.key).len();
+            prop_assert!(n == 0 || n == 2);
+        }
+    }
+    Ok(())
+}
+
+fn snapshot(a: &Allocator) -> Vec<(ServiceKey, Vec<IpAddr>)> {
+    a.held
+        .iter()
+        .map(|(k, m)| (k.clone(), m.values().map(|h| h.ip).collect()))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_over_random_histories(ops in prop::collection::vec(op(), 1..60)) {
+        let mut a = Allocator::new();
+        let mut reqs = BTreeMap::new();
+        for op in &ops {
+            apply(&mut a, &mut reqs, op);
+            check_invariants(&a, &reqs)?;
+        }
+
+        // Same inputs, same result.
+        let mut b = Allocator::new();
+        let mut reqs_b = BTreeMap::new();
+        for op in &ops {
+            apply(&mut b, &mut reqs_b, op);
+        }
+        prop_assert_eq!(snapshot(&a), snapshot(&b));
+
+        // Allocating and releasing a newcomer gives back the same free set.
+        let used_before: Vec<(String, u128, u128)> = a.pools.values().map(|s| (s.pool.name.clone(), s.used_v4.count(), s.used_v6.count())).collect();
+        let ips_before: Vec<IpAddr> = a.ips.keys().copied().collect();
+        let mut newcomer = svc("newcomer");
+        newcomer.families = vec![Family::V4, Family::V6];
+        newcomer.policy = FamilyPolicy::PreferDualStack;
+        a.ensure(&newcomer);
+        a.release(&newcomer.key);
+        let used_after: Vec<(String, u128, u128)> = a.pools.values().map(|s| (s.pool.name.clone(), s.used_v4.count(), s.used_v6.count())).collect();
+        prop_assert_eq!(used_before, used_after);
+        prop_assert_eq!(ips_before, a.ips.keys().copied().collect::<Vec<_>>());
+
+        // Releasing everyone frees everything.
+        for s in reqs.values() {
+            a.release(&s.key);
+        }
+        prop_assert!(a.ips.is_empty() && a.held.is_empty() && a.shared.is_empty());
+        for st in a.pools.values() {
+            prop_assert_eq!(st.used_v4.count() + st.used_v6.count(), 0);
+        }
+    }
+
+    /// A controller restart (restore from status, then ensure) changes no address.
+    #[test]
+    fn restart_changes_no_address(ops in prop::collection::vec(op(), 1..50)) {
+        let mut a = Allocator::new();
+        let mut reqs = BTreeMap::new();
+        for op in &ops {
+            apply(&mut a, &mut reqs, op);
+        }
+        let mut b = Allocator::new();
+        for name in a.pool_names() {
+            if let Some(p) = a.pool(name) {
+                b.set_pool(p.clone());
+            }
+        }
+        for s in reqs.values() {
+            let ips: Vec<IpAddr> = a.held(&s.key).iter().map(|h| h.ip).collect();
+            prop_assert!(b.restore(s, &ips).is_empty());
+        }
+        for s in reqs.values() {
+            let before = a.held(&s.key);
+            let o = b.ensure(s);
+            // Restored addresses are kept; only missing families may be added.
+            for h in &before {
+                prop_assert!(o.ips.contains(h), "{} lost {}", &s.key, h.ip);
+            }
+        }
+    }
+}

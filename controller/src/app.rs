@@ -1,0 +1,220 @@
+//! The `ferrolb-controller` process: flags, logging, the admin server, the leader elector
+//! and, while this replica leads, the controller loop. SIGTERM stops everything cleanly
+//! (the Lease is released so another replica takes over at once); a second signal aborts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+use crate::admin::{AdminServer, Metrics, Readiness};
+use crate::leader::{LeaderConfig, LeaderElector};
+use crate::reconcile::{self, Settings};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// ferrolb's controller: allocates LoadBalancer IPs from IPPools and writes them into
+/// Service status.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "ferrolb-controller", version)]
+pub struct Args {
+    /// kubeconfig file; without it, $KUBECONFIG, ~/.kube/config or the in-cluster config.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Handle LoadBalancer Services that set no spec.loadBalancerClass (besides those of
+    /// class ferrolb.io/l2).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub default_class: bool,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Address of the admin server (/healthz, /readyz, /metrics).
+    #[arg(long, default_value = "0.0.0.0:7472")]
+    pub admin_address: SocketAddr,
+
+    /// Name of the Lease that elects the leader among replicas.
+    #[arg(long, default_value = "ferrolb-controller")]
+    pub lease_name: String,
+
+    /// Namespace of the Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ferrolb-system")]
+    pub lease_namespace: String,
+
+    /// This replica's identity in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Seconds others wait for a renewal before taking over.
+    #[arg(long, default_value_t = 15.0)]
+    pub lease_duration: f64,
+
+    /// Seconds without a renewal after which the leader stops writing.
+    #[arg(long, default_value_t = 10.0)]
+    pub renew_deadline: f64,
+
+    /// Seconds between two election rounds.
+    #[arg(long, default_value_t = 2.0)]
+    pub retry_period: f64,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn client(args: &Args) -> Result<kube::Client, String> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .map_err(|e| format!("cannot read kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| format!("no Kubernetes configuration found: {e}"))?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))
+}
+
+fn seconds(name: &str, v: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| format!("--{name} must be a positive number of seconds"))
+}
+
+/// Runs the controller process until a signal stops it.
+pub async fn run(args: Args) -> Result<(), String> {
+    init_logging(args.log_format);
+    let client = client(&args).await?;
+    let identity = match args.identity.clone() {
+        Some(id) => id,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .map_err(|e| format!("no --identity and no hostname: {e}"))?,
+    };
+    let leader_config = LeaderConfig::new(&args.lease_name, &args.lease_namespace, &identity)
+        .with_timings(
+            seconds("lease-duration", args.lease_duration)?,
+            seconds("renew-deadline", args.renew_deadline)?,
+            seconds("retry-period", args.retry_period)?,
+        );
+    let elector = LeaderElector::new(client.clone(), leader_config).map_err(|e| e.to_string())?;
+    let leader = elector.handle();
+
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Readiness::new();
+    let admin = AdminServer::bind(args.admin_address, metrics.clone(), readiness.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let root = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn({
+        let cancel = root.clone();
+        async move {
+            if let Err(e) = admin.serve(cancel).await {
+                error!(%e, "admin server stopped");
+            }
+        }
+    });
+    // The elector outlives the controller loop so that it releases the Lease last.
+    let elector_cancel = CancellationToken::new();
+    let elector_task = tokio::spawn({
+        let cancel = elector_cancel.clone();
+        async move {
+            if let Err(e) = elector.run(cancel).await {
+                error!(%e, "leader election stopped");
+            }
+        }
+    });
+    tasks.spawn({
+        let root = root.clone();
+        let settings = Settings {
+            default_class: args.default_class,
+            instance: identity.clone(),
+        };
+        let leader = leader.clone();
+        let metrics = metrics.clone();
+        let readiness = readiness.clone();
+        async move {
+            readiness.set_ready(true);
+            loop {
+                metrics.set_leader(false);
+                tokio::select! {
+                    _ = root.cancelled() => return,
+                    r = leader.wait_until_leading() => if r.is_err() { return },
+                }
+                info!(identity = %leader.identity(), "leading: starting the controller");
+                metrics.set_leader(true);
+                let term = root.child_token();
+                let lost = {
+                    let term = term.clone();
+                    let leader = leader.clone();
+                    tokio::spawn(async move {
+                        leader.wait_until_not_leading().await;
+                        term.cancel();
+                    })
+                };
+                reconcile::run(
+                    client.clone(),
+                    settings.clone(),
+                    Some(leader.clone()),
+                    metrics.clone(),
+                    term,
+                )
+                .await;
+                lost.abort();
+                info!("controller loop stopped");
+            }
+        }
+    });
+    tasks.close();
+
+    wait_for_signal().await;
+    info!("shutting down (a second signal aborts)");
+    root.cancel();
+    tokio::select! {
+        _ = tasks.wait() => {}
+        _ = wait_for_signal() => {
+            error!("second signal: aborting");
+            std::process::exit(130);
+        }
+    }
+    elector_cancel.cancel();
+    let _ = elector_task.await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,733 @@
+//! The controller binary against a real kube-apiserver: allocation rules, status and
+//! events, pool changes, restarts and leader election.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ferrolb_crds::IPPool;
+use ferrolb_e2e::TestControlPlane;
+use ferrolb_e2e::process::{Supervised, free_port};
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+struct Cluster {
+    cp: TestControlPlane,
+    controllers: Vec<Supervised>,
+}
+
+impl Cluster {
+    async fn start(replicas: usize) -> Cluster {
+        let cp = TestControlPlane::start().await.unwrap();
+        let ns: Api<Namespace> = Api::all(cp.client());
+        ns.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "ferrolb-system"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+        let mut c = Cluster {
+            cp,
+            controllers: Vec::new(),
+        };
+        for i in 0..replicas {
+            c.spawn_controller(&format!("replica-{i}"));
+        }
+        c
+    }
+
+    fn spawn_controller(&mut self, identity: &str) {
+        let kubeconfig = self.cp.kubeconfig_path().to_path_buf();
+        self.spawn_controller_with(identity, &kubeconfig);
+    }
+
+    fn spawn_controller_with(&mut self, identity: &str, kubeconfig: &std::path::Path) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrolb-controller"));
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!(
+                "--admin-address=127.0.0.1:{}",
+                free_port().unwrap()
+            ))
+            .arg(format!("--identity={identity}"))
+            .args([
+                "--lease-duration=3",
+                "--renew-deadline=2",
+                "--retry-period=0.3",
+            ])
+            .env("RUST_LOG", "info,ferrolb_controller=debug");
+        let log = self.cp.dir().join(format!("controller-{identity}.log"));
+        self.controllers
+            .push(Supervised::spawn(identity, cmd, &log).unwrap());
+    }
+
+    fn client(&self) -> kube::Client {
+        self.cp.client()
+    }
+
+    async fn pool(&self, name: &str, spec: Value) {
+        let api: Api<IPPool> = Api::all(self.client());
+        let obj = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": name}, "spec": spec});
+        api.patch(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn service(&self, ns: &str, name: &str, spec: Value, annotations: Value) {
+        let api: Api<Service> = Api::namespaced(self.client(), ns);
+        let mut full = json!({"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}], "selector": {"app": name}});
+        for (k, v) in spec.as_object().unwrap() {
+            full[k] = v.clone();
+        }
+        let obj = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns, "annotations": annotations}, "spec": full});
+        api.patch(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn namespace(&self, name: &str, labels: Value) {
+        let api: Api<Namespace> = Api::all(self.client());
+        let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}});
+        api.patch(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn get(&self, ns: &str, name: &str) -> Service {
+        Api::<Service>::namespaced(self.client(), ns)
+            .get(name)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the Service's `IPAllocated` condition has `reason`, and returns its IPs.
+    async fn wait_reason(&self, ns: &str, name: &str, reason: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.get(ns, name).await;
+            if condition(&s).is_some_and(|(_, r, _)| r == reason) {
+                return ips(&s);
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{ns}/{name}: no condition with reason {reason}; status: {:?}\ncontroller logs in {}",
+                    s.status,
+                    self.cp.dir().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the Service holds exactly `want`.
+    async fn wait_ips(&self, ns: &str, name: &str, want: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.get(ns, name).await;
+            if ips(&s) == want {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{ns}/{name}: wanted {want:?}, status {:?}; logs in {}",
+                    s.status,
+                    self.cp.dir().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for an event about `name` with `reason` whose note contains `text`.
+    async fn wait_event(&self, ns: &str, name: &str, reason: &str, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let evs = self.events(ns, name).await;
+            if evs.iter().any(|(r, n)| r == reason && n.contains(text)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{ns}/{name}: no {reason} event with {text:?}: {evs:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn events(&self, ns: &str, name: &str) -> Vec<(String, String)> {
+        let api: Api<Event> = Api::namespaced(self.client(), ns);
+        let mut evs: Vec<Event> = api
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect();
+        evs.sort_by_key(|e| e.event_time.clone().map(|t| t.0));
+        evs.into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+}
+
+fn ips(s: &Service) -> Vec<String> {
+    s.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone())
+        .collect()
+}
+
+fn condition(s: &Service) -> Option<(String, String, String)> {
+    s.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "ferrolb.io/IPAllocated")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+#[tokio::test]
+async fn allocation_rules_against_the_real_api() {
+    let c = Cluster::start(1).await;
+    c.pool(
+        "range",
+        json!({"addresses": ["192.168.10.200-192.168.10.201"], "priority": 1}),
+    )
+    .await;
+    c.pool(
+        "cidr",
+        json!({"addresses": ["10.20.0.0/31"], "priority": 2}),
+    )
+    .await;
+
+    // From a range (lower priority value first), then from a CIDR once the range is used up.
+    c.service("default", "a", json!({}), json!({})).await;
+    c.wait_ips("default", "a", &["192.168.10.200"]).await;
+    c.service("default", "b", json!({}), json!({})).await;
+    c.wait_ips("default", "b", &["192.168.10.201"]).await;
+    c.service("default", "c", json!({}), json!({})).await;
+    c.wait_ips("default", "c", &["10.20.0.0"]).await;
+    let s = c.get("default", "c").await;
+    assert_eq!(
+        s.status.unwrap().load_balancer.unwrap().ingress.unwrap()[0]
+            .ip_mode
+            .as_deref(),
+        Some("VIP")
+    );
+
+    // A requested IP is honoured, and refused when taken.
+    c.service(
+        "default",
+        "want",
+        json!({}),
+        json!({"ferrolb.io/loadBalancerIPs": "10.20.0.1"}),
+    )
+    .await;
+    c.wait_ips("default", "want", &["10.20.0.1"]).await;
+    c.service(
+        "default",
+        "clash",
+        json!({}),
+        json!({"ferrolb.io/loadBalancerIPs": "10.20.0.1"}),
+    )
+    .await;
+    let got = c
+        .wait_reason("default", "clash", "RequestedIPUnavailable")
+        .await;
+    assert!(got.is_empty());
+    let (status, _, msg) = condition(&c.get("default", "clash").await).unwrap();
+    assert_eq!(status, "False");
+    assert!(msg.contains("default/want"), "{msg}");
+
+    // A named pool with autoAssign false, and NodePort forwarding giving ipMode Proxy.
+    c.pool(
+        "private",
+        json!({"addresses": ["172.16.0.10"], "autoAssign": false, "forwarding": "NodePort"}),
+    )
+    .await;
+    c.service(
+        "default",
+        "named",
+        json!({}),
+        json!({"ferrolb.io/ip-pool": "private"}),
+    )
+    .await;
+    c.wait_ips("default", "named", &["172.16.0.10"]).await;
+    let s = c.get("default", "named").await;
+    assert_eq!(
+        s.status.unwrap().load_balancer.unwrap().ingress.unwrap()[0]
+            .ip_mode
+            .as_deref(),
+        Some("Proxy")
+    );
+
+    // Exhaustion, then an IP once one frees up.
+    c.service("default", "late", json!({}), json!({})).await;
+    c.wait_reason("default", "late", "PoolExhausted").await;
+    Api::<Service>::namespaced(c.client(), "default")
+        .delete("a", &DeleteParams::default())
+        .await
+        .unwrap();
+    c.wait_ips("default", "late", &["192.168.10.200"]).await;
+
+    // Selectors: only a labelled Service in a labelled namespace gets the edge pool.
+    c.pool(
+        "edge",
+        json!({"addresses": ["10.99.0.1"], "priority": -1,
+        "serviceSelector": {"matchLabels": {"tier": "edge"}},
+        "namespaceSelector": {"matchLabels": {"team": "blue"}}}),
+    )
+    .await;
+    c.namespace("blue", json!({"team": "blue"})).await;
+    c.namespace("red", json!({"team": "red"})).await;
+    let edge = |ns: &'static str, name: &'static str| {
+        let c = &c;
+        async move {
+            let api: Api<Service> = Api::namespaced(c.client(), ns);
+            let obj = json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": ns, "labels": {"tier": "edge"}},
+                "spec": {"type": "LoadBalancer", "ports": [{"port": 80}], "selector": {"app": name}}});
+            api.patch(
+                name,
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    edge("red", "r").await;
+    c.wait_reason("red", "r", "PoolExhausted").await;
+    edge("blue", "b").await;
+    c.wait_ips("blue", "b", &["10.99.0.1"]).await;
+    // Relabelling the red namespace re-examines its Services; the edge pool is taken, so it
+    // stays exhausted, but the priority order shows once the blue Service goes.
+    Api::<Service>::namespaced(c.client(), "blue")
+        .delete("b", &DeleteParams::default())
+        .await
+        .unwrap();
+    c.namespace("red", json!({"team": "blue"})).await;
+    c.wait_ips("red", "r", &["10.99.0.1"]).await;
+
+    // Another class is never touched.
+    c.service(
+        "default",
+        "other",
+        json!({"loadBalancerClass": "example.com/other"}),
+        json!({}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let other = c.get("default", "other").await;
+    assert!(
+        ips(&other).is_empty() && condition(&other).is_none(),
+        "{:?}",
+        other.status
+    );
+    assert!(
+        other
+            .metadata
+            .managed_fields
+            .unwrap()
+            .iter()
+            .all(|m| m.manager.as_deref() != Some("ferrolb-controller"))
+    );
+
+    // Events are emitted on change only: touching an allocated Service adds none.
+    c.wait_event("default", "want", "IPAllocated", "10.20.0.1")
+        .await;
+    c.wait_event(
+        "default",
+        "clash",
+        "AllocationFailed",
+        "RequestedIPUnavailable",
+    )
+    .await;
+    let before = c.events("default", "want").await;
+    assert_eq!(
+        before.iter().filter(|(r, _)| r == "IPAllocated").count(),
+        1,
+        "{before:?}"
+    );
+    for i in 0..3 {
+        let api: Api<Service> = Api::namespaced(c.client(), "default");
+        api.patch(
+            "want",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"touch": i.to_string()}}})),
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.events("default", "want").await, before);
+    let clash = c.events("default", "clash").await;
+    assert_eq!(
+        clash
+            .iter()
+            .filter(|(r, _)| r == "AllocationFailed")
+            .count(),
+        1,
+        "{clash:?}"
+    );
+}
+
+#[tokio::test]
+async fn dual_stack_and_sharing() {
+    let c = Cluster::start(1).await;
+    c.pool("v4", json!({"addresses": ["10.0.0.1-10.0.0.2"]}))
+        .await;
+    c.pool("v6", json!({"addresses": ["2001:db8::1"]})).await;
+
+    c.service(
+        "default",
+        "single6",
+        json!({"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv6"]}),
+        json!({}),
+    )
+    .await;
+    c.wait_ips("default", "single6", &["2001:db8::1"]).await;
+    // RequireDualStack: the only IPv6 address is taken, so nothing at all.
+    c.service(
+        "default",
+        "require",
+        json!({"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}),
+        json!({}),
+    )
+    .await;
+    let got = c.wait_reason("default", "require", "PoolExhausted").await;
+    assert!(got.is_empty());
+    // PreferDualStack: IPv4 now, IPv6 once it frees up.
+    c.service(
+        "default",
+        "prefer",
+        json!({"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv4", "IPv6"]}),
+        json!({}),
+    )
+    .await;
+    c.wait_ips("default", "prefer", &["10.0.0.1"]).await;
+    Api::<Service>::namespaced(c.client(), "default")
+        .delete("single6", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Either of the two waiting Services may win the freed IPv6 address; whichever it is,
+    // RequireDualStack gets both families or none.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = ips(&c.get("default", "prefer").await);
+        let r = ips(&c.get("default", "require").await);
+        assert!(r.is_empty() || r.len() == 2, "{r:?}");
+        if p == ["10.0.0.1", "2001:db8::1"] || r.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nobody got the freed IPv6 address: {p:?} {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Sharing: same key, other ports: one address; colliding ports: refused.
+    c.pool(
+        "shared",
+        json!({"addresses": ["10.5.0.1"], "autoAssign": false}),
+    )
+    .await;
+    let ann =
+        |ip: &str| json!({"ferrolb.io/allow-shared-ip": "front", "ferrolb.io/loadBalancerIPs": ip});
+    c.service(
+        "default",
+        "http",
+        json!({"ports": [{"port": 80}]}),
+        ann("10.5.0.1"),
+    )
+    .await;
+    c.service(
+        "default",
+        "https",
+        json!({"ports": [{"port": 443}]}),
+        ann("10.5.0.1"),
+    )
+    .await;
+    c.wait_ips("default", "http", &["10.5.0.1"]).await;
+    c.wait_ips("default", "https", &["10.5.0.1"]).await;
+    c.service(
+        "default",
+        "http2",
+        json!({"ports": [{"port": 80}]}),
+        ann("10.5.0.1"),
+    )
+    .await;
+    let (_, _, msg) = {
+        c.wait_reason("default", "http2", "SharingConflict").await;
+        condition(&c.get("default", "http2").await).unwrap()
+    };
+    assert!(msg.contains("80"), "{msg}");
+}
+
+#[tokio::test]
+async fn release_on_delete_and_type_change_and_pool_changes_move_services() {
+    let c = Cluster::start(1).await;
+    c.pool("old", json!({"addresses": ["10.0.0.1-10.0.0.2"]}))
+        .await;
+    c.service("default", "one", json!({}), json!({})).await;
+    c.wait_ips("default", "one", &["10.0.0.1"]).await;
+    c.service("default", "two", json!({}), json!({})).await;
+    c.wait_ips("default", "two", &["10.0.0.2"]).await;
+
+    // Type change releases, with an event, and the address is free for others.
+    c.service("default", "one", json!({"type": "ClusterIP"}), json!({}))
+        .await;
+    c.wait_ips("default", "one", &[]).await;
+    c.wait_event("default", "one", "IPReleased", "ClusterIP")
+        .await;
+    assert!(condition(&c.get("default", "one").await).is_none());
+    c.service("default", "three", json!({}), json!({})).await;
+    c.wait_ips("default", "three", &["10.0.0.1"]).await;
+
+    // A deleted pool moves its Services to another pool, saying why.
+    c.pool("new", json!({"addresses": ["10.1.0.0/30"]})).await;
+    Api::<IPPool>::all(c.client())
+        .delete("old", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Both move into the new pool; which of them is re-examined first is not fixed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut got: Vec<String> = ips(&c.get("default", "two").await);
+        got.extend(ips(&c.get("default", "three").await));
+        got.sort();
+        if got == ["10.1.0.0", "10.1.0.1"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not moved to the new pool: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.wait_event("default", "two", "IPReleased", "not in any IPPool")
+        .await;
+
+    // Overlapping pools: the newer gets Conflict naming the older, and allocates nothing.
+    c.pool("overlap", json!({"addresses": ["10.1.0.2-10.1.0.9"]}))
+        .await;
+    let pools: Api<IPPool> = Api::all(c.client());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = pools.get("overlap").await.unwrap();
+        let conflict = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Conflict").cloned());
+        if let Some(cond) = conflict.filter(|c| c.status == "True") {
+            assert!(cond.message.contains("new"), "{}", cond.message);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Conflict on the overlapping pool: {:?}",
+            p.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let newp = pools.get("new").await.unwrap();
+    let st = newp.status.unwrap();
+    assert_eq!(st.ipv4.unwrap().used, "2");
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Conflict" && c.status == "False")
+    );
+}
+
+#[tokio::test]
+async fn a_restart_with_200_services_changes_no_ip() {
+    let mut c = Cluster::start(1).await;
+    c.pool(
+        "big",
+        json!({"addresses": ["10.50.0.0/24", "2001:db8:50::/64"]}),
+    )
+    .await;
+    for i in 0..200 {
+        let policy = if i % 3 == 0 {
+            json!({"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv4", "IPv6"]})
+        } else {
+            json!({})
+        };
+        c.service("default", &format!("s{i:03}"), policy, json!({}))
+            .await;
+    }
+    let api: Api<Service> = Api::namespaced(c.client(), "default");
+    let snapshot = || async {
+        let mut m = BTreeMap::new();
+        for s in api.list(&ListParams::default()).await.unwrap().items {
+            let n = s.metadata.name.clone().unwrap();
+            if n.starts_with('s') {
+                m.insert(n, ips(&s));
+            }
+        }
+        m
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let before = loop {
+        let m = snapshot().await;
+        let done = m.len() == 200
+            && m.iter().all(|(n, v)| {
+                let want = if n[1..].parse::<usize>().unwrap() % 3 == 0 {
+                    2
+                } else {
+                    1
+                };
+                v.len() == want
+            });
+        if done {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all 200 Services got addresses"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let distinct: std::collections::BTreeSet<&String> = before.values().flatten().collect();
+    assert_eq!(distinct.len(), 200 + 67, "no address is held twice");
+
+    // Restart: stop the controller, delete a Service in the meantime, add a new one.
+    c.controllers.clear();
+    api.delete("s000", &DeleteParams::default()).await.unwrap();
+    c.service("default", "zz-new", json!({}), json!({})).await;
+    c.spawn_controller("restarted");
+    c.wait_reason("default", "zz-new", "Allocated").await;
+    let after = snapshot().await;
+    for (name, ips_before) in &before {
+        if name == "s000" {
+            continue;
+        }
+        assert_eq!(after.get(name), Some(ips_before), "{name} changed");
+    }
+    let new_ip = ips(&c.get("default", "zz-new").await);
+    assert!(
+        !before.values().flatten().any(|ip| new_ip.contains(ip))
+            || before["s000"].contains(&new_ip[0]),
+        "new Service got a held address: {new_ip:?}"
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_one_writer_and_failover() {
+    let mut c = Cluster::start(2).await;
+    c.pool("p", json!({"addresses": ["10.0.0.0/28"]})).await;
+    c.service("default", "first", json!({}), json!({})).await;
+    c.wait_ips("default", "first", &["10.0.0.0"]).await;
+
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(c.client(), "ferrolb-system");
+    let holder = leases
+        .get("ferrolb-controller")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    // Only the leader wrote: the status's managed fields name one writer, and only the
+    // leader's log shows a reconcile.
+    let leader_idx = c
+        .controllers
+        .iter()
+        .position(|p| p.name() == holder)
+        .unwrap();
+    let other_idx = 1 - leader_idx;
+    let other_log = std::fs::read_to_string(c.controllers[other_idx].log_path()).unwrap();
+    assert!(
+        !other_log.contains("reconciling object"),
+        "the standby reconciled:\n{other_log}"
+    );
+
+    // Kill the leader without a goodbye: the standby takes over after the lease expires.
+    let pid = c.controllers[leader_idx].pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    c.controllers.remove(leader_idx);
+    c.service("default", "second", json!({}), json!({})).await;
+    c.wait_ips("default", "second", &["10.0.0.1"]).await;
+    c.wait_ips("default", "first", &["10.0.0.0"]).await;
+    let new_holder = leases
+        .get("ferrolb-controller")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    assert_ne!(new_holder, holder);
+}
+
+#[tokio::test]
+async fn runs_under_the_rbac_of_deploy() {
+    let mut c = Cluster::start(0).await;
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    c.cp.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-k",
+        deploy.to_str().unwrap(),
+    ])
+    .unwrap();
+    let kubeconfig =
+        c.cp.service_account_kubeconfig("ferrolb-system", "ferrolb-controller")
+            .unwrap();
+    c.spawn_controller_with("rbac", &kubeconfig);
+
+    c.pool("lan", json!({"addresses": ["192.168.50.10-192.168.50.20"]}))
+        .await;
+    c.service("default", "web", json!({}), json!({})).await;
+    c.wait_ips("default", "web", &["192.168.50.10"]).await;
+    c.wait_event("default", "web", "IPAllocated", "192.168.50.10")
+        .await;
+    let pools: Api<IPPool> = Api::all(c.client());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = pools.get("lan").await.unwrap().status;
+        if st.as_ref().and_then(|s| s.usage.as_deref()) == Some("v4 1/11") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool status not written under the controller's RBAC: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(c.controllers[0].log_path()).unwrap();
+    assert!(
+        !log.contains("forbidden"),
+        "the controller hit a permission it lacks:\n{log}"
+    );
+}
