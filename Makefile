@@ -7,7 +7,7 @@ export CARGO_TERM_COLOR ?= never
 CP_TESTS_E2E := $(patsubst e2e/tests/%.rs,--test %,$(wildcard e2e/tests/cp_*.rs))
 CP_TESTS_CONTROLLER := $(patsubst controller/tests/%.rs,--test %,$(wildcard controller/tests/cp_*.rs))
 
-.PHONY: help test lab deps kube-bins crds check-crds fmt-check clippy unit cp-tests
+.PHONY: help test lab bench deps kube-bins crds check-crds fmt-check clippy unit cp-tests
 
 help:
 	@echo "make lab   - run ferrolb on a real cluster on this machine (the lab)"
@@ -19,6 +19,12 @@ test: deps fmt-check clippy check-crds unit cp-tests
 lab:
 	@echo "ferrolb: the lab (ferrolb-lab) is not built yet; it arrives with the lab issue." >&2
 	@exit 1
+
+# Benchmarks print Markdown; the committed report is docs/benchmarks.md.
+bench: deps
+	cargo bench -p ferrolb-controller --bench allocator
+	cargo build --release -p ferrolb-controller --bin ferrolb-controller --example api_bench
+	./target/release/examples/api_bench --services 2000
 
 deps:
 	@bash e2e/scripts/install-deps.sh

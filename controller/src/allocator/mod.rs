@@ -155,10 +155,80 @@ impl Outcome {
     }
 }
 
+/// The Services holding one IP, sorted by key. Almost always one, so a vector: a map
+/// would allocate a whole tree node per address.
+#[derive(Clone, Debug, Default)]
+struct Holders(Vec<(ServiceKey, Option<Sharing>)>);
+
+impl Holders {
+    fn keys(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.0.iter().map(|(k, _)| k)
+    }
+    fn values(&self) -> impl Iterator<Item = &Option<Sharing>> {
+        self.0.iter().map(|(_, v)| v)
+    }
+    fn iter(&self) -> impl Iterator<Item = (&ServiceKey, &Option<Sharing>)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    #[cfg(test)]
+    fn contains_key(&self, key: &ServiceKey) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+    fn insert(&mut self, key: ServiceKey, sharing: Option<Sharing>) {
+        match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => self.0[i].1 = sharing,
+            Err(i) => self.0.insert(i, (key, sharing)),
+        }
+    }
+    fn remove(&mut self, key: &ServiceKey) -> Option<Option<Sharing>> {
+        let i = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        Some(self.0.remove(i).1)
+    }
+}
+
 /// Who holds one IP.
 #[derive(Clone, Debug, Default)]
 struct IpEntry {
-    holders: BTreeMap<ServiceKey, Option<Sharing>>,
+    holders: Holders,
+}
+
+/// What one Service holds: at most one address per family.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Holding {
+    v4: Option<HeldIp>,
+    v6: Option<HeldIp>,
+}
+
+impl Holding {
+    fn slot(&mut self, f: Family) -> &mut Option<HeldIp> {
+        match f {
+            Family::V4 => &mut self.v4,
+            Family::V6 => &mut self.v6,
+        }
+    }
+    fn get(&self, f: &Family) -> Option<&HeldIp> {
+        match f {
+            Family::V4 => self.v4.as_ref(),
+            Family::V6 => self.v6.as_ref(),
+        }
+    }
+    fn insert(&mut self, f: Family, h: HeldIp) {
+        *self.slot(f) = Some(h);
+    }
+    fn iter(&self) -> impl Iterator<Item = (Family, &HeldIp)> {
+        [(Family::V4, &self.v4), (Family::V6, &self.v6)]
+            .into_iter()
+            .filter_map(|(f, h)| h.as_ref().map(|h| (f, h)))
+    }
+    fn values(&self) -> impl Iterator<Item = &HeldIp> {
+        self.iter().map(|(_, h)| h)
+    }
+    fn into_values(self) -> impl Iterator<Item = HeldIp> {
+        [self.v4, self.v6].into_iter().flatten()
+    }
 }
 
 /// Can `svc` hold `ip` alongside its current holders?
@@ -258,7 +328,7 @@ pub struct PoolReport {
 pub struct Allocator {
     pools: BTreeMap<String, PoolState>,
     ips: BTreeMap<IpAddr, IpEntry>,
-    held: BTreeMap<ServiceKey, BTreeMap<Family, HeldIp>>,
+    held: BTreeMap<ServiceKey, Holding>,
     /// Sharing key -> addresses held under it, so joining a shared address does not scan
     /// every allocation.
     shared: BTreeMap<String, BTreeSet<IpAddr>>,
@@ -478,7 +548,7 @@ impl Allocator {
     /// valid, allocates what is missing, and returns what changed.
     pub fn ensure(&mut self, svc: &ServiceRequest) -> Outcome {
         let wanted = svc.wanted_families();
-        let before: BTreeMap<Family, HeldIp> = self.held.get(&svc.key).cloned().unwrap_or_default();
+        let before: Holding = self.held.get(&svc.key).cloned().unwrap_or_default();
         // Detach, then decide each family afresh (keeping what is still valid).
         self.release_quiet(&svc.key);
 
@@ -521,8 +591,8 @@ impl Allocator {
                 }
             }
         }
-        for (f, old) in &before {
-            if !wanted.contains(f) {
+        for (f, old) in before.iter() {
+            if !wanted.contains(&f) {
                 released.push((old.ip, format!("the Service no longer asks for {f}")));
             }
         }

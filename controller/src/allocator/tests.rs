@@ -522,8 +522,8 @@ fn check_invariants(
 ) -> Result<(), TestCaseError> {
     // Held and holders agree.
     for (key, fams) in &a.held {
-        for (f, h) in fams {
-            prop_assert_eq!(Family::of(h.ip), *f);
+        for (f, h) in fams.iter() {
+            prop_assert_eq!(Family::of(h.ip), f);
             prop_assert!(
                 a.ips
                     .get(&h.ip)

@@ -1,0 +1,234 @@
+//! Controller benchmark against a real API server (`make bench`):
+//! - creation-to-status latency for N Services created at once (default 2,000);
+//! - cold start with N allocated Services: time to rebuild, time until a new Service is
+//!   served, and how many addresses changed (must be 0).
+//!
+//! `cargo run --release -p ferrolb-controller --example api_bench -- [--services N]
+//!  [--controller target/release/ferrolb-controller]`. Prints Markdown.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferrolb_e2e::TestControlPlane;
+use ferrolb_e2e::process::{Supervised, free_port};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+
+fn ips(s: &Service) -> Vec<String> {
+    s.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone())
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn spawn_controller(cp: &TestControlPlane, bin: &PathBuf, name: &str) -> Supervised {
+    let mut cmd = Command::new(bin);
+    cmd.arg(format!("--kubeconfig={}", cp.kubeconfig_path().display()))
+        .arg(format!(
+            "--admin-address=127.0.0.1:{}",
+            free_port().unwrap()
+        ))
+        .arg(format!("--identity={name}"))
+        .env("RUST_LOG", "info");
+    Supervised::spawn(name, cmd, &cp.dir().join(format!("{name}.log"))).unwrap()
+}
+
+fn service(name: &str) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "bench"},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}], "selector": {"app": name}}
+    }))
+    .unwrap()
+}
+
+async fn wait_ip(api: &Api<Service>, name: &str) -> Vec<String> {
+    loop {
+        if let Ok(s) = api.get(name).await
+            && !ips(&s).is_empty()
+        {
+            return ips(&s);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let n: usize = arg("--services")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let bin = PathBuf::from(
+        arg("--controller").unwrap_or_else(|| "target/release/ferrolb-controller".into()),
+    );
+    assert!(
+        bin.exists(),
+        "{} not built; run `cargo build --release -p ferrolb-controller`",
+        bin.display()
+    );
+
+    let cp = TestControlPlane::start().await.unwrap();
+    cp.kubectl(&["create", "namespace", "ferrolb-system"])
+        .unwrap();
+    cp.kubectl(&["create", "namespace", "bench"]).unwrap();
+    let pool = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "bench"},
+        "spec": {"addresses": ["10.128.0.0/16"]}});
+    let pool_file = cp.dir().join("pool.json");
+    std::fs::write(&pool_file, pool.to_string()).unwrap();
+    cp.kubectl(&["apply", "-f", pool_file.to_str().unwrap()])
+        .unwrap();
+
+    let mut controller = spawn_controller(&cp, &bin, "controller-1");
+    let api: Api<Service> = Api::namespaced(cp.client(), "bench");
+    api.create(&PostParams::default(), &service("warmup"))
+        .await
+        .unwrap();
+    wait_ip(&api, "warmup").await;
+
+    // Record when each Service first shows an address.
+    let seen: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+    let watch = {
+        let seen = seen.clone();
+        let api = api.clone();
+        tokio::spawn(async move {
+            let stream = watcher(api, watcher::Config::default()).applied_objects();
+            let mut stream = std::pin::pin!(stream);
+            while let Ok(Some(s)) = stream.try_next().await {
+                if !ips(&s).is_empty() {
+                    let name = s.metadata.name.clone().unwrap_or_default();
+                    seen.lock()
+                        .unwrap()
+                        .entry(name)
+                        .or_insert_with(Instant::now);
+                }
+            }
+        })
+    };
+
+    let created: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+    let t0 = Instant::now();
+    futures::stream::iter(0..n)
+        .for_each_concurrent(64, |i| {
+            let api = api.clone();
+            let created = created.clone();
+            async move {
+                let name = format!("svc-{i:05}");
+                api.create(&PostParams::default(), &service(&name))
+                    .await
+                    .unwrap();
+                created.lock().unwrap().insert(name, Instant::now());
+            }
+        })
+        .await;
+    let create_secs = t0.elapsed().as_secs_f64();
+    loop {
+        if seen.lock().unwrap().len() > n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all_secs = t0.elapsed().as_secs_f64();
+    watch.abort();
+    let mut lat: Vec<f64> = {
+        let seen = seen.lock().unwrap();
+        created
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, c)| seen[name].saturating_duration_since(*c).as_secs_f64() * 1000.0)
+            .collect()
+    };
+    lat.sort_by(|a, b| a.total_cmp(b));
+
+    // Cold start with every Service allocated.
+    let snapshot = || async {
+        api.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|s| (s.metadata.name.clone().unwrap_or_default(), ips(&s)))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let before = snapshot().await;
+    controller.stop();
+    drop(controller);
+    api.create(&PostParams::default(), &service("probe"))
+        .await
+        .unwrap();
+    let t1 = Instant::now();
+    let controller = spawn_controller(&cp, &bin, "controller-2");
+    let probe_ip = wait_ip(&api, "probe").await;
+    let probe_secs = t1.elapsed().as_secs_f64();
+    let log = std::fs::read_to_string(controller.log_path()).unwrap_or_default();
+    let after = snapshot().await;
+    let changed = before
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(v))
+        .count();
+    let restored = log
+        .lines()
+        .find(|l| l.contains("allocations rebuilt"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    let probe_collides = before.values().flatten().any(|ip| probe_ip.contains(ip));
+
+    println!("### Controller against the real API server ({n} Services)\n");
+    println!("| figure | value |");
+    println!("|---|---:|");
+    println!("| Services created at once (64 in flight) | {n} |");
+    println!("| time to create them all | {create_secs:.1} s |");
+    println!("| time until all have an address | {all_secs:.1} s |");
+    println!(
+        "| creation-to-status latency p50 | {:.0} ms |",
+        percentile(&lat, 0.5)
+    );
+    println!(
+        "| creation-to-status latency p99 | {:.0} ms |",
+        percentile(&lat, 0.99)
+    );
+    println!(
+        "| creation-to-status latency max | {:.0} ms |",
+        lat.last().copied().unwrap_or(0.0)
+    );
+    println!(
+        "| cold start: process start to a new Service served, with {} allocated | {:.2} s |",
+        before.len(),
+        probe_secs
+    );
+    println!(
+        "| addresses changed by the restart | {changed} of {} |",
+        before.len()
+    );
+    println!(
+        "| new Service given an address already held | {} |",
+        if probe_collides { "yes" } else { "no" }
+    );
+    println!(
+        "\nrestore log line: `{}`",
+        restored.split("INFO").last().unwrap_or("").trim()
+    );
+}
