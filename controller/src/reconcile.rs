@@ -201,6 +201,20 @@ fn decide(svc: &Service, ctx: &Context) -> Result<(Plan, Vec<String>, bool), Err
                 }
             };
             ctx.metrics.observe_allocation_duration(started.elapsed());
+            let mut outcome = outcome;
+            // Addresses in status that this Service never got back (say, after a restart
+            // another, older Service claimed the same one): say who has them.
+            for ip in service::status_ips(svc) {
+                let kept = outcome.ips.iter().any(|h| h.ip == ip);
+                let explained = outcome.released.iter().any(|(r, _)| *r == ip);
+                if !kept && !explained {
+                    let why = match alloc.holders(ip).first() {
+                        Some(other) => format!("{ip} is held by {other}, which claimed it first"),
+                        None => format!("{ip} is not allocated to this Service any more"),
+                    };
+                    outcome.released.push((ip, why));
+                }
+            }
             let plan = plan::plan_allocation(svc, &outcome, |p| Context::forwarding(&alloc, p));
             if !matches!(plan, Plan::Nothing) {
                 ctx.metrics.count_allocation(
@@ -401,6 +415,8 @@ fn sync_pools(
 /// which moves the newer one.
 fn restore(ctx: &Context, services: &Store<Service>) -> Result<Vec<ServiceKey>, Error> {
     let mut all: Vec<Arc<Service>> = services.state();
+    // Oldest first; creationTimestamp has one-second resolution, so ties go by
+    // namespace/name (deterministic, if arbitrary).
     all.sort_by_key(|s| (created(&s.metadata), key_of(s)));
     let mut alloc = lock(&ctx.allocator)?;
     let mut restored = 0usize;

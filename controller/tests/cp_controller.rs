@@ -46,7 +46,17 @@ impl Cluster {
     }
 
     fn spawn_controller_with(&mut self, identity: &str, kubeconfig: &std::path::Path) {
+        self.spawn_controller_args(identity, kubeconfig, &[]);
+    }
+
+    fn spawn_controller_args(
+        &mut self,
+        identity: &str,
+        kubeconfig: &std::path::Path,
+        extra: &[&str],
+    ) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrolb-controller"));
+        cmd.args(extra);
         cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
             .arg(format!(
                 "--admin-address=127.0.0.1:{}",
@@ -687,6 +697,37 @@ async fn two_replicas_one_writer_and_failover() {
         .holder_identity
         .unwrap();
     assert_ne!(new_holder, holder);
+
+    // SIGTERM: a clean exit that hands the Lease back.
+    let survivor = &mut c.controllers[0];
+    let pid = survivor.pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = survivor.exited() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the controller did not exit on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    let spec = leases
+        .get("ferrolb-controller")
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    assert!(
+        spec.holder_identity.as_deref().is_none_or(str::is_empty),
+        "lease still held: {spec:?}"
+    );
 }
 
 #[tokio::test]
@@ -729,5 +770,69 @@ async fn runs_under_the_rbac_of_deploy() {
     assert!(
         !log.contains("forbidden"),
         "the controller hit a permission it lacks:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn two_claims_on_one_address_after_a_restart_the_older_keeps_it() {
+    let mut c = Cluster::start(1).await;
+    c.pool("p", json!({"addresses": ["10.7.0.1-10.7.0.4"]}))
+        .await;
+    c.service("default", "older", json!({}), json!({})).await;
+    c.wait_ips("default", "older", &["10.7.0.1"]).await;
+    // creationTimestamp has one-second resolution: make the ages differ.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.service("default", "newer", json!({}), json!({})).await;
+    c.wait_ips("default", "newer", &["10.7.0.2"]).await;
+
+    // While the controller is down, someone writes the older Service's address into the
+    // newer one's status.
+    c.controllers.clear();
+    let api: Api<Service> = Api::namespaced(c.client(), "default");
+    let forged = json!({"apiVersion": "v1", "kind": "Service",
+        "status": {"loadBalancer": {"ingress": [{"ip": "10.7.0.1", "ipMode": "VIP"}]}}});
+    api.patch_status(
+        "newer",
+        &PatchParams::apply("ferrolb-controller").force(),
+        &Patch::Apply(&forged),
+    )
+    .await
+    .unwrap();
+    c.spawn_controller("restarted");
+
+    c.wait_ips("default", "newer", &["10.7.0.2"]).await;
+    c.wait_event(
+        "default",
+        "newer",
+        "IPReleased",
+        "10.7.0.1 is held by default/older, which claimed it first",
+    )
+    .await;
+    assert_eq!(ips(&c.get("default", "older").await), ["10.7.0.1"]);
+}
+
+#[tokio::test]
+async fn default_class_false_leaves_classless_services_alone() {
+    let mut c = Cluster::start(0).await;
+    let kubeconfig = c.cp.kubeconfig_path().to_path_buf();
+    c.spawn_controller_args("no-default", &kubeconfig, &["--default-class=false"]);
+    c.pool("p", json!({"addresses": ["10.8.0.1-10.8.0.4"]}))
+        .await;
+    c.service("default", "classless", json!({}), json!({}))
+        .await;
+    c.service(
+        "default",
+        "ours",
+        json!({"loadBalancerClass": "ferrolb.io/l2"}),
+        json!({}),
+    )
+    .await;
+    c.wait_ips("default", "ours", &["10.8.0.1"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = c.get("default", "classless").await;
+    assert!(
+        ips(&s).is_empty() && condition(&s).is_none(),
+        "{:?}",
+        s.status
     );
 }
