@@ -23,13 +23,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
 fn ips(s: &Service) -> Vec<String> {
-    s.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|l| l.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.clone())
+    ferrolb_controller::service::status_ips(s)
+        .iter()
+        .map(ToString::to_string)
         .collect()
 }
 

@@ -62,12 +62,7 @@ pub fn current_condition(svc: &Service) -> Option<&Condition> {
 }
 
 fn current_ip_modes(svc: &Service) -> Vec<(IpAddr, Option<String>)> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
+    crate::service::ingress(svc)
         .filter_map(|i| Some((i.ip.as_deref()?.parse().ok()?, i.ip_mode.clone())))
         .collect()
 }

@@ -9,7 +9,7 @@ use ferrolb_crds::names::{
     ANNOTATION_ALLOW_SHARED_IP, ANNOTATION_IP_POOL, ANNOTATION_LOAD_BALANCER_IPS,
     LOAD_BALANCER_CLASS,
 };
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
 
 use crate::allocator::{FamilyPolicy, PortKey, ServiceKey, ServiceRequest, Sharing};
 
@@ -149,15 +149,20 @@ fn parse_ips(list: &str) -> Result<Vec<IpAddr>, String> {
         .collect()
 }
 
-/// The addresses in `status.loadBalancer.ingress`, as written before (ignoring entries
-/// that are hostnames or not IPs).
-pub fn status_ips(svc: &Service) -> Vec<IpAddr> {
+/// The entries of `status.loadBalancer.ingress`.
+pub fn ingress(svc: &Service) -> impl Iterator<Item = &LoadBalancerIngress> {
     svc.status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
         .and_then(|lb| lb.ingress.as_ref())
         .into_iter()
         .flatten()
+}
+
+/// The addresses in `status.loadBalancer.ingress`, as written before (ignoring entries
+/// that are hostnames or not IPs).
+pub fn status_ips(svc: &Service) -> Vec<IpAddr> {
+    ingress(svc)
         .filter_map(|i| i.ip.as_deref()?.parse().ok())
         .collect()
 }

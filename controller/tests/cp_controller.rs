@@ -126,42 +126,53 @@ impl Cluster {
             .unwrap()
     }
 
-    /// Waits until the Service's `IPAllocated` condition has `reason`, and returns its IPs.
-    async fn wait_reason(&self, ns: &str, name: &str, reason: &str) -> Vec<String> {
+    /// Polls `probe` until it returns `Some`, or fails with `what` and the last state.
+    async fn wait_for<T, F, Fut>(&self, what: &str, mut probe: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let s = self.get(ns, name).await;
-            if condition(&s).is_some_and(|(_, r, _)| r == reason) {
-                return ips(&s);
+            match probe().await {
+                Ok(v) => return v,
+                Err(state) if Instant::now() > deadline => {
+                    panic!(
+                        "{what}; last seen: {state}\nlogs in {}",
+                        self.cp.dir().display()
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "{ns}/{name}: no condition with reason {reason}; status: {:?}\ncontroller logs in {}",
-                    s.status,
-                    self.cp.dir().display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits until the Service's `IPAllocated` condition has `reason`, and returns its IPs.
+    async fn wait_reason(&self, ns: &str, name: &str, reason: &str) -> Vec<String> {
+        self.wait_for(
+            &format!("{ns}/{name}: no condition with reason {reason}"),
+            || async {
+                let s = self.get(ns, name).await;
+                match condition(&s) {
+                    Some((_, r, _)) if r == reason => Ok(ips(&s)),
+                    _ => Err(format!("{:?}", s.status)),
+                }
+            },
+        )
+        .await
     }
 
     /// Waits until the Service holds exactly `want`.
     async fn wait_ips(&self, ns: &str, name: &str, want: &[&str]) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        self.wait_for(&format!("{ns}/{name}: wanted {want:?}"), || async {
             let s = self.get(ns, name).await;
             if ips(&s) == want {
-                return;
+                Ok(())
+            } else {
+                Err(format!("{:?}", s.status))
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "{ns}/{name}: wanted {want:?}, status {:?}; logs in {}",
-                    s.status,
-                    self.cp.dir().display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// Waits for an event about `name` with `reason` whose note contains `text`.
@@ -198,13 +209,9 @@ impl Cluster {
 }
 
 fn ips(s: &Service) -> Vec<String> {
-    s.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|l| l.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.clone())
+    ferrolb_controller::service::status_ips(s)
+        .iter()
+        .map(ToString::to_string)
         .collect()
 }
 
