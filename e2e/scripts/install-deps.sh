@@ -14,6 +14,13 @@ declare -A need=(
   [git]=git
   [curl]=curl
   [ip]=iproute2
+  [sysctl]=procps
+  [iptables]=iptables
+  [nft]=nftables
+  [arping]=arping
+  [ndisc6]=ndisc6
+  [tcpdump]=tcpdump
+  [conntrack]=conntrack
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -96,7 +96,19 @@ mod tests {
     #[test]
     fn install_deps_names_what_is_missing_in_one_sentence() {
         let base = ["bash", "dirname", "id"];
-        let debian = ["cc", "git", "curl", "ip"];
+        let debian = [
+            "cc",
+            "git",
+            "curl",
+            "ip",
+            "sysctl",
+            "iptables",
+            "nft",
+            "arping",
+            "ndisc6",
+            "tcpdump",
+            "conntrack",
+        ];
         let (code, err) = install_deps_with(&base, &debian);
         assert_eq!(code, Some(1), "{err}");
         assert!(

@@ -5,6 +5,7 @@
 
 pub mod bins;
 pub mod control_plane;
+pub mod lab;
 pub mod pki;
 pub mod process;
 
@@ -50,6 +51,10 @@ pub enum Error {
     Kubeconfig(String),
     #[error("cannot parse {path}: {message}")]
     Parse { path: String, message: String },
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error("lab: {0}")]
+    Lab(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,223 @@
+//! A test's handle on a running lab: a Kubernetes client, commands in the lab's namespaces,
+//! fault injection, and a fresh Kubernetes namespace per test.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use super::cli::NodeAction;
+use super::cluster::{self, Files};
+use super::topology::LabPlan;
+use crate::{Error, Result, io_err};
+
+/// A lab that `ferrolb-lab up` started.
+pub struct Lab {
+    pub plan: LabPlan,
+    client: kube::Client,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab")
+            .field("state", &self.plan.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lab {
+    /// Connects to the lab in the default state directory (or `FERROLB_LAB_DIR`).
+    pub async fn connect() -> Result<Lab> {
+        Self::connect_at(&cluster::default_state_dir()).await
+    }
+
+    pub async fn connect_at(state: &Path) -> Result<Lab> {
+        let plan = cluster::load_plan(state)?;
+        let kc = Files::admin_kubeconfig(state);
+        let text = std::fs::read_to_string(&kc).map_err(io_err(&kc))?;
+        let client = crate::control_plane::client_from_kubeconfig(&text).await?;
+        Ok(Lab { plan, client })
+    }
+
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        Files::admin_kubeconfig(&self.plan.state_dir)
+    }
+
+    /// Runs a program in `client`, `cp` or a node's namespace; its stdout, or an error.
+    pub fn exec(&self, target: &str, program: &str, args: &[&str]) -> Result<String> {
+        cluster::exec(&self.plan, target, program, args)
+    }
+
+    /// Runs a program in a pod's network namespace.
+    pub fn exec_in_pod(&self, pod: &Pod, program: &str, args: &[&str]) -> Result<String> {
+        let uid = pod
+            .metadata
+            .uid
+            .as_deref()
+            .ok_or_else(|| Error::Lab("pod has no uid".into()))?;
+        super::netns::exec_in(
+            &super::agent::pod_netns(&super::agent::short_id(uid)),
+            program,
+            args,
+        )
+    }
+
+    /// `curl` from a namespace; `None` when the connection fails or times out.
+    pub fn curl(&self, target: &str, url: &str) -> Option<String> {
+        self.exec(target, "curl", &["-sS", "--max-time", "3", "-g", url])
+            .ok()
+    }
+
+    pub fn node(&self, name: &str, action: NodeAction) -> Result<()> {
+        super::cli::node_action(&self.plan, name, action)
+    }
+
+    /// A new Kubernetes namespace, deleted when the value is dropped.
+    pub async fn namespace(&self, prefix: &str) -> Result<TestNamespace> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"generateName": format!("{prefix}-")}}))
+                .map_err(|e| Error::Lab(e.to_string()))?;
+        let created = api.create(&PostParams::default(), &ns).await?;
+        let name = created.metadata.name.unwrap_or_default();
+        // The ServiceAccount admission plugin needs the default ServiceAccount first.
+        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), &name);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sa.get_opt("default").await?.is_none() {
+            if Instant::now() > deadline {
+                return Err(Error::Lab(format!("no default ServiceAccount in {name}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(TestNamespace {
+            name,
+            client: self.client.clone(),
+        })
+    }
+
+    /// Creates an echo pod on `node` and waits until it is Running and Ready.
+    pub async fn echo_pod(
+        &self,
+        ns: &str,
+        name: &str,
+        node: &str,
+        labels: serde_json::Value,
+    ) -> Result<Pod> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"nodeName": node, "containers": [{"name": "echo", "image": "ferrolb.io/lab-echo",
+                "ports": [{"containerPort": 8080}]}]}
+        }))
+        .map_err(|e| Error::Lab(e.to_string()))?;
+        api.create(&PostParams::default(), &pod).await?;
+        self.wait_pod_ready(ns, name, true).await
+    }
+
+    pub async fn wait_pod_ready(&self, ns: &str, name: &str, ready: bool) -> Result<Pod> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let p = api.get(name).await?;
+            let is_ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if is_ready == ready && p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some() {
+                return Ok(p);
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Lab(format!(
+                    "pod {ns}/{name} not ready={ready} after 60 s: {:?}",
+                    p.status
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Flips a pod's readiness through the lab agent.
+    pub async fn set_ready(&self, ns: &str, name: &str, ready: bool) -> Result<()> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let patch =
+            json!({"metadata": {"annotations": {"lab.ferrolb.io/ready": ready.to_string()}}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        self.wait_pod_ready(ns, name, ready).await.map(|_| ())
+    }
+
+    /// Creates (applies) a Service from a spec.
+    pub async fn service(&self, ns: &str, name: &str, spec: serde_json::Value) -> Result<Service> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
+        let obj = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns}, "spec": spec});
+        Ok(api
+            .patch(
+                name,
+                &PatchParams::apply("lab-test").force(),
+                &Patch::Apply(&obj),
+            )
+            .await?)
+    }
+
+    /// Waits until the Service's EndpointSlices list exactly `ready` ready addresses.
+    pub async fn wait_endpoints(&self, ns: &str, svc: &str, ready: usize) -> Result<()> {
+        let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+            Api::namespaced(self.client.clone(), ns);
+        let lp =
+            kube::api::ListParams::default().labels(&format!("kubernetes.io/service-name={svc}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let n: usize = api
+                .list(&lp)
+                .await?
+                .items
+                .iter()
+                .flat_map(|s| s.endpoints.iter().flatten())
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+                .count();
+            if n == ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Lab(format!(
+                    "{ns}/{svc}: {n} ready endpoints, wanted {ready}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A Kubernetes namespace for one test; deleted (in the background) when dropped.
+pub struct TestNamespace {
+    pub name: String,
+    client: kube::Client,
+}
+
+impl std::fmt::Debug for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let name = self.name.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+            });
+        }
+    }
+}
