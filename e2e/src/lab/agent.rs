@@ -807,8 +807,11 @@ async fn run_nodes(
                     .patch(&node.name, &ssa, &Patch::Apply(node_object(node)))
                     .await?;
                 let status = node_status_patch(node, &facts, health, &heartbeat, &transition);
+                // A merge patch, not server-side apply: the API's schema keys
+                // status.addresses by type alone, so a dual-stack node's two InternalIPs
+                // cannot be applied; a merge patch replaces the list whole.
                 nodes
-                    .patch_status(&node.name, &ssa, &Patch::Apply(status))
+                    .patch_status(&node.name, &PatchParams::default(), &Patch::Merge(status))
                     .await?;
                 if health == NodeHealth::Ready {
                     leases

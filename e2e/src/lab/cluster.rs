@@ -598,7 +598,11 @@ pub fn down(state: &Path) -> Result<()> {
     if let Ok(plan) = load_plan(state) {
         super::agent::cleanup_recorded_pods(&plan);
     }
-    for r in procs::records(state) {
+    // Clients before servers: everything that talks to the API server stops while it still
+    // answers (the controller hands its Lease back), etcd last.
+    let mut rest = procs::records(state);
+    rest.sort_by_key(|r| (stop_rank(&r.name), r.name.clone()));
+    for r in rest {
         procs::stop(state, &r, false, Duration::from_secs(10));
     }
     for ns in netns::list_ns()?
@@ -614,6 +618,15 @@ pub fn down(state: &Path) -> Result<()> {
         std::fs::remove_dir_all(state).map_err(io_err(state))?;
     }
     Ok(())
+}
+
+fn stop_rank(name: &str) -> u8 {
+    match name {
+        "kube-apiserver" => 2,
+        "etcd" => 3,
+        "kube-controller-manager" => 1,
+        _ => 0,
+    }
 }
 
 /// Runs a command inside a lab namespace (`client`, a node name, or a namespace name).
