@@ -1,0 +1,120 @@
+//! Gossip membership between real UDP sockets on loopback: members find each other from
+//! seeds, a leaving member is gone at once, a crashed one after suspicion, and datagrams
+//! that are forged or garbage change nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ferrolb_speaker::membership::{GossipKey, Membership, MembershipView, Settings, auth};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+fn key() -> GossipKey {
+    GossipKey::new(b"0123456789abcdef0123456789abcdef").unwrap()
+}
+
+struct Node {
+    view: MembershipView,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    seeds: watch::Sender<Vec<(String, SocketAddr)>>,
+}
+
+async fn start(name: &str) -> Node {
+    let settings = Settings::lan(name, "127.0.0.1:0".parse().unwrap(), key());
+    let (m, view) = Membership::bind(settings).await.unwrap();
+    let addr = m.addr();
+    let (seeds, rx) = watch::channel(Vec::new());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(m.run(rx, cancel.clone()));
+    Node {
+        view,
+        addr,
+        cancel,
+        task,
+        seeds,
+    }
+}
+
+fn members(n: &Node) -> BTreeSet<String> {
+    n.view.members.borrow().keys().cloned().collect()
+}
+
+async fn wait_members(n: &Node, want: &[&str]) -> Duration {
+    let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+    let t0 = Instant::now();
+    while members(n) != want {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "members {:?}, wanted {want:?}",
+            members(n)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t0.elapsed()
+}
+
+#[tokio::test]
+async fn members_join_leave_crash_and_ignore_forgeries() {
+    let a = start("a").await;
+    let b = start("b").await;
+    let c = start("c").await;
+    let all = vec![
+        ("a".to_string(), a.addr),
+        ("b".to_string(), b.addr),
+        ("c".to_string(), c.addr),
+    ];
+    for n in [&a, &b, &c] {
+        n.seeds.send(all.clone()).unwrap();
+    }
+    for n in [&a, &b, &c] {
+        wait_members(n, &["a", "b", "c"]).await;
+    }
+
+    // Forged and garbage datagrams are dropped and counted; membership does not move.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let wrong = GossipKey::new(&[9u8; 32]).unwrap();
+    sock.send_to(&auth::seal(&wrong, b"anything at all"), a.addr)
+        .unwrap();
+    sock.send_to(b"\x01garbage", a.addr).unwrap();
+    sock.send_to(&[0u8; 3], a.addr).unwrap();
+    // Authenticated but not a gossip message.
+    sock.send_to(&auth::seal(&key(), &[0xff; 64]), a.addr)
+        .unwrap();
+    let t0 = Instant::now();
+    while a
+        .view
+        .stats
+        .dropped_unauthenticated
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 3
+        || a.view
+            .stats
+            .dropped_malformed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < 1
+    {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", a.view.stats);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        members(&a),
+        BTreeSet::from(["a".into(), "b".into(), "c".into()])
+    );
+
+    // A graceful leave: gone from the others without waiting for suspicion.
+    c.cancel.cancel();
+    c.task.await.unwrap();
+    let left = wait_members(&a, &["a", "b"]).await;
+    wait_members(&b, &["a", "b"]).await;
+
+    // A crash (the task and its socket vanish without a word): gone after suspicion.
+    b.task.abort();
+    let crashed = wait_members(&a, &["a"]).await;
+    eprintln!("member gone after a leave in {left:?}, after a crash in {crashed:?}");
+    a.cancel.cancel();
+}
