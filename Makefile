@@ -62,6 +62,8 @@ clippy:
 
 unit:
 	cargo test --workspace --lib --bins
+	# Speaker tests that need nothing but loopback sockets.
+	cargo test -p ferrolb-speaker --tests
 
 cp-tests:
 	cargo test -p ferrolb-e2e $(CP_TESTS_E2E)
