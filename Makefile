@@ -7,13 +7,13 @@ export CARGO_TERM_COLOR ?= never
 CP_TESTS_E2E := $(patsubst e2e/tests/%.rs,--test %,$(wildcard e2e/tests/cp_*.rs))
 CP_TESTS_CONTROLLER := $(patsubst controller/tests/%.rs,--test %,$(wildcard controller/tests/cp_*.rs))
 
-.PHONY: help test lab lab-bins lab-tests bench deps kube-bins crds check-crds fmt-check clippy unit cp-tests
+.PHONY: help test lab lab-bins lab-tests fuzz bench deps kube-bins crds check-crds fmt-check clippy unit cp-tests
 
 help:
 	@echo "make lab   - run ferrolb on a real cluster on this machine (the lab)"
 	@echo "make test  - everything: deps, fmt, clippy, CRD drift, unit and end-to-end tests"
 
-test: deps fmt-check clippy check-crds unit cp-tests lab-tests
+test: deps fmt-check clippy check-crds unit fuzz cp-tests lab-tests
 	@echo "make test: all stages passed"
 
 LAB := target/debug/ferrolb-lab
@@ -64,6 +64,10 @@ unit:
 	cargo test --workspace --lib --bins
 	# Speaker tests that need nothing but loopback sockets.
 	cargo test -p ferrolb-speaker --tests
+
+# A short run of the packet-codec fuzzer (cargo-fuzz; installs itself once).
+fuzz:
+	bash speaker/fuzz/run.sh 20
 
 cp-tests:
 	cargo test -p ferrolb-e2e $(CP_TESTS_E2E)

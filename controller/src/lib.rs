@@ -2,7 +2,6 @@
 //! Service status.
 //!
 //! - [`allocator`]: the pure core (pools and Service requests in, decisions out);
-//! - [`selector`]: label selectors evaluated without the API server;
 //! - [`leader`], [`admin`]: Lease-based leadership, health and metrics endpoints.
 
 pub mod admin;
@@ -11,5 +10,5 @@ pub mod app;
 pub mod leader;
 pub mod plan;
 pub mod reconcile;
-pub mod selector;
+pub use ferrolb_crds::selector;
 pub mod service;

@@ -7,6 +7,7 @@ pub mod address;
 pub mod ippool;
 pub mod names;
 pub mod schema;
+pub mod selector;
 
 pub use address::{AddressBlock, AddressError, Family};
 pub use ippool::{FamilyUsage, Forwarding, IPPool, IPPoolSpec, IPPoolStatus, L2Config};

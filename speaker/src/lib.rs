@@ -1,5 +1,12 @@
-//! ferrolb's speaker: elects one node per IP and answers ARP/NDP for it. The election,
-//! codecs and responders arrive with the speaker issue; this crate exists so the workspace
-//! has its final shape from the start.
+//! ferrolb's speaker: elects one node per IP and answers ARP/NDP for it.
+//!
+//! - [`election`]: which node announces each IP (pure: rendezvous hashing over eligible
+//!   nodes);
+//! - [`membership`]: which speakers are alive (SWIM gossip, authenticated);
+//! - [`wire`]: Ethernet, ARP and NDP codecs (pure, golden-byte tested, fuzzed).
+//!
+//! Still to come: the responders on raw sockets, the Kubernetes watch loop, the binary.
 
+pub mod election;
 pub mod membership;
+pub mod wire;
