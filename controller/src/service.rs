@@ -6,8 +6,7 @@ use std::net::IpAddr;
 
 use ferrolb_crds::Family;
 use ferrolb_crds::names::{
-    ANNOTATION_ALLOW_SHARED_IP, ANNOTATION_IP_POOL, ANNOTATION_LOAD_BALANCER_IPS,
-    LOAD_BALANCER_CLASS,
+    ANNOTATION_ALLOW_SHARED_IP, ANNOTATION_IP_POOL, ANNOTATION_LOAD_BALANCER_IPS, is_our_class,
 };
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
 
@@ -30,11 +29,8 @@ pub fn handling(svc: &Service, default_class: bool) -> Handling {
     let Some(spec) = svc.spec.as_ref() else {
         return Handling::NotOurs("the Service has no spec".into());
     };
-    match spec.load_balancer_class.as_deref() {
-        Some(LOAD_BALANCER_CLASS) => {}
-        None if default_class => {}
-        None => return Handling::OtherClass,
-        Some(_) => return Handling::OtherClass,
+    if !is_our_class(spec.load_balancer_class.as_deref(), default_class) {
+        return Handling::OtherClass;
     }
     if spec.type_.as_deref() != Some("LoadBalancer") {
         return Handling::NotOurs(format!(

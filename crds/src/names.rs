@@ -7,6 +7,15 @@ pub const GROUP: &str = "ferrolb.io";
 /// The `spec.loadBalancerClass` ferrolb handles.
 pub const LOAD_BALANCER_CLASS: &str = "ferrolb.io/l2";
 
+/// Is a Service with this `spec.loadBalancerClass` ferrolb's? Class-less Services are, unless
+/// the binary runs with `--default-class=false`; other classes never are.
+pub fn is_our_class(class: Option<&str>, default_class: bool) -> bool {
+    match class {
+        Some(c) => c == LOAD_BALANCER_CLASS,
+        None => default_class,
+    }
+}
+
 /// Requested IPs, `"ip[,ip]"`, at most one per family.
 pub const ANNOTATION_LOAD_BALANCER_IPS: &str = "ferrolb.io/loadBalancerIPs";
 /// Allocate from this pool only (works with `autoAssign: false`).
@@ -107,6 +116,14 @@ mod tests {
         for r in AllocationReason::ALL {
             assert_eq!(format!("{r:?}"), r.as_str());
         }
+    }
+
+    #[test]
+    fn class_rules() {
+        assert!(is_our_class(Some(LOAD_BALANCER_CLASS), false));
+        assert!(is_our_class(None, true));
+        assert!(!is_our_class(None, false));
+        assert!(!is_our_class(Some("example.com/other"), true));
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //!
 //! - [`election`]: which node announces each IP (pure: rendezvous hashing over eligible
 //!   nodes);
+//! - [`inputs`]: Nodes, Services and EndpointSlices turned into the election's inputs;
 //! - [`membership`]: which speakers are alive (SWIM gossip, authenticated);
 //! - [`wire`]: Ethernet, ARP and NDP codecs (pure, golden-byte tested, fuzzed).
 //!
 //! Still to come: the responders on raw sockets, the Kubernetes watch loop, the binary.
 
 pub mod election;
+pub mod inputs;
 pub mod membership;
 pub mod wire;
