@@ -4,6 +4,8 @@
 //! - [`allocator`]: the pure core (pools and Service requests in, decisions out);
 //! - [`leader`], [`admin`]: Lease-based leadership, health and metrics endpoints.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod allocator;
 pub mod app;

@@ -3,6 +3,8 @@
 //!
 //! Nothing here does I/O.
 
+#![forbid(unsafe_code)]
+
 pub mod address;
 pub mod ippool;
 pub mod names;

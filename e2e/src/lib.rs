@@ -3,6 +3,8 @@
 //!
 //! Everything here starts real processes and stops exactly those, by PID.
 
+#![forbid(unsafe_code)]
+
 pub mod bins;
 pub mod control_plane;
 pub mod lab;

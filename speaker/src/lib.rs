@@ -6,9 +6,13 @@
 //! - [`membership`]: which speakers are alive (SWIM gossip, authenticated);
 //! - [`wire`]: Ethernet, ARP and NDP codecs (pure, golden-byte tested, fuzzed).
 //!
-//! Still to come: the responders on raw sockets, the Kubernetes watch loop, the binary.
+//! - [`responder`]: the ARP responder on an `AF_PACKET` socket that receives ARP only
+//!   (the crate's one unsafe module, `responder::sys`).
+//!
+//! Still to come: the NDP responder, the Kubernetes watch loop, status, the binary.
 
 pub mod election;
 pub mod inputs;
 pub mod membership;
+pub mod responder;
 pub mod wire;

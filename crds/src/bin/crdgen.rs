@@ -1,3 +1,5 @@
+#![forbid(unsafe_code)]
+
 //! Writes ferrolb's CRDs as YAML: `crdgen [DIR]` writes one file per CRD into DIR
 //! (default `deploy/crds`); `crdgen --check [DIR]` exits non-zero when DIR differs.
 

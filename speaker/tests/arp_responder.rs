@@ -1,0 +1,191 @@
+//! The ARP responder on a real interface: two network namespaces joined by a veth pair, the
+//! responder in one, `arping` in the other. Needs root (CAP_NET_ADMIN to build the
+//! namespaces, CAP_NET_RAW for the packet socket).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ferrolb_speaker::responder::{arp, sys::PacketSocket};
+use ferrolb_speaker::wire::ethernet::{EtherType, Mac};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const A: &str = "flbt-arp-a";
+const B: &str = "flbt-arp-b";
+
+fn sh(args: &[&str]) -> (bool, String) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The two namespaces; removed on drop, also when the test fails.
+struct Netns;
+
+impl Netns {
+    fn up() -> Netns {
+        for ns in [A, B] {
+            let _ = sh(&["ip", "netns", "del", ns]);
+        }
+        for cmd in [
+            vec!["ip", "netns", "add", A],
+            vec!["ip", "netns", "add", B],
+            vec![
+                "ip", "-n", A, "link", "add", "a0", "type", "veth", "peer", "name", "b0", "netns",
+                B,
+            ],
+            vec!["ip", "-n", A, "addr", "add", "10.99.0.1/24", "dev", "a0"],
+            vec!["ip", "-n", B, "addr", "add", "10.99.0.2/24", "dev", "b0"],
+            vec!["ip", "-n", A, "link", "set", "a0", "up"],
+            vec!["ip", "-n", B, "link", "set", "b0", "up"],
+        ] {
+            let (ok, out) = sh(&cmd);
+            assert!(ok, "{cmd:?}: {out}");
+        }
+        Netns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in [A, B] {
+            let _ = sh(&["ip", "netns", "del", ns]);
+        }
+    }
+}
+
+fn mac_of(ns: &str, dev: &str) -> Mac {
+    let (_, out) = sh(&["ip", "-n", ns, "-o", "link", "show", dev]);
+    let mac = out
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap();
+    mac.parse().unwrap()
+}
+
+/// Opens the packet socket inside namespace `ns`: a socket belongs to the namespace it was
+/// created in, whatever thread uses it later.
+fn socket_in(ns: &str, dev: &str) -> PacketSocket {
+    let path = format!("/run/netns/{ns}");
+    let dev = dev.to_string();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(path).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        PacketSocket::open(&dev, EtherType::ARP.0).unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+fn arping(ip: &str) -> (bool, String) {
+    sh(&[
+        "ip", "netns", "exec", B, "arping", "-c", "2", "-w", "3", "-I", "b0", ip,
+    ])
+}
+
+#[tokio::test]
+async fn answers_only_for_owned_addresses_and_sees_only_arp() {
+    let _ns = Netns::up();
+    let mac = mac_of(A, "a0");
+    let socket = socket_in(A, "a0");
+    let (owned_tx, owned) = watch::channel(BTreeSet::from([Ipv4Addr::new(10, 99, 0, 100)]));
+    let stats = Arc::new(arp::ArpStats::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(arp::run(socket, mac, owned, stats.clone(), cancel.clone()));
+
+    let owned_answer = tokio::task::spawn_blocking(|| arping("10.99.0.100"))
+        .await
+        .unwrap();
+    assert!(
+        owned_answer.0,
+        "no answer for an owned address: {}",
+        owned_answer.1
+    );
+    assert!(
+        owned_answer
+            .1
+            .to_lowercase()
+            .contains(&mac.to_string().to_lowercase()),
+        "answered with another MAC: {}",
+        owned_answer.1
+    );
+    let other = tokio::task::spawn_blocking(|| arping("10.99.0.101"))
+        .await
+        .unwrap();
+    assert!(
+        !other.0,
+        "answered for an address it does not own: {}",
+        other.1
+    );
+
+    // Ownership moves: the old address goes silent at once, the new one answers.
+    owned_tx
+        .send(BTreeSet::from([Ipv4Addr::new(10, 99, 0, 101)]))
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let now_other = tokio::task::spawn_blocking(|| arping("10.99.0.101"))
+        .await
+        .unwrap();
+    assert!(now_other.0, "{}", now_other.1);
+    let old = tokio::task::spawn_blocking(|| arping("10.99.0.100"))
+        .await
+        .unwrap();
+    assert!(
+        !old.0,
+        "still answering for an address it gave up: {}",
+        old.1
+    );
+    assert!(
+        stats.gratuitous.load(Ordering::Relaxed) >= 2,
+        "no gratuitous ARP on taking an address"
+    );
+
+    // Traffic that is not ARP never reaches the socket. (One datagram first, so that B's
+    // own ARP lookup of 10.99.0.1 is done before counting.)
+    let (ok, out) = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        B,
+        "bash",
+        "-c",
+        "echo x > /dev/udp/10.99.0.1/9",
+    ]);
+    assert!(ok, "{out}");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let before = (
+        stats.requests.load(Ordering::Relaxed),
+        stats.ignored.load(Ordering::Relaxed),
+    );
+    let (ok, out) = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        B,
+        "bash",
+        "-c",
+        "for i in $(seq 1 200); do echo x > /dev/udp/10.99.0.1/9; done",
+    ]);
+    assert!(ok, "{out}");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let after = (
+        stats.requests.load(Ordering::Relaxed),
+        stats.ignored.load(Ordering::Relaxed),
+    );
+    assert_eq!(before, after, "the ARP socket saw non-ARP frames");
+
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}
