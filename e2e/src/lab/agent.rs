@@ -1342,35 +1342,9 @@ fn write_record(file: &Path, rec: &PodRecord) -> Result<()> {
 /// Stops a recorded process that is not our child (left by an earlier agent), only if the
 /// PID still names the recorded process.
 fn stop_recorded(rec: &PodRecord) {
-    let Some(pid) = rec.pid else { return };
-    let alive = || {
-        let now = crate::lab::procs::start_time(pid);
-        now.is_some() && (rec.start_time.is_none() || now == rec.start_time) && !is_zombie(pid)
-    };
-    if !alive() {
-        return;
+    if let Some(pid) = rec.pid {
+        crate::lab::procs::terminate(pid, rec.start_time, false, Duration::from_secs(5));
     }
-    let Ok(raw) = i32::try_from(pid) else { return };
-    let target = nix::unistd::Pid::from_raw(raw);
-    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if !alive() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
 }
 
 /// `cbr0` in the node namespace, with the pods' gateway addresses, forwarding on.

@@ -43,7 +43,7 @@ pub fn start_time(pid: u32) -> Option<u64> {
 impl ProcRecord {
     /// True while the recorded process (not merely its PID) runs.
     pub fn alive(&self) -> bool {
-        start_time(self.pid) == Some(self.start_time) && !is_zombie(self.pid)
+        is_running(self.pid, Some(self.start_time))
     }
 }
 
@@ -127,33 +127,45 @@ pub fn record(state: &Path, name: &str) -> Option<ProcRecord> {
     serde_json::from_str(&s).ok()
 }
 
-/// Stops one recorded process: SIGTERM (or SIGKILL with `hard`), waits, SIGKILL after
-/// the grace period; forgets the record. A record whose process is gone is just removed.
-pub fn stop(state: &Path, rec: &ProcRecord, hard: bool, grace: Duration) {
-    if rec.alive()
-        && let Ok(p) = i32::try_from(rec.pid)
-    {
-        let pid = Pid::from_raw(p);
-        let _ = kill(
-            pid,
-            if hard {
-                Signal::SIGKILL
-            } else {
-                Signal::SIGTERM
-            },
-        );
-        let deadline = Instant::now() + grace;
-        while rec.alive() && Instant::now() < deadline {
+/// True while process `pid` runs and (when given) still has `start_time`: a PID reused by
+/// another process, or a zombie, is not ours to signal.
+pub fn is_running(pid: u32, start_time: Option<u64>) -> bool {
+    let now = self::start_time(pid);
+    now.is_some() && start_time.is_none_or(|t| now == Some(t)) && !is_zombie(pid)
+}
+
+/// Stops a process that is not necessarily our child: SIGTERM (or SIGKILL with `hard`),
+/// waits up to `grace`, then SIGKILL. Does nothing unless [`is_running`] says it is ours.
+pub fn terminate(pid: u32, start_time: Option<u64>, hard: bool, grace: Duration) {
+    if !is_running(pid, start_time) {
+        return;
+    }
+    let Ok(p) = i32::try_from(pid) else { return };
+    let target = Pid::from_raw(p);
+    let _ = kill(
+        target,
+        if hard {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        },
+    );
+    let deadline = Instant::now() + grace;
+    while is_running(pid, start_time) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if is_running(pid, start_time) {
+        let _ = kill(target, Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_running(pid, start_time) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        if rec.alive() {
-            let _ = kill(pid, Signal::SIGKILL);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while rec.alive() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
     }
+}
+
+/// Stops one recorded process (see [`terminate`]) and forgets the record.
+pub fn stop(state: &Path, rec: &ProcRecord, hard: bool, grace: Duration) {
+    terminate(rec.pid, Some(rec.start_time), hard, grace);
     let _ = std::fs::remove_file(pid_dir(state).join(format!("{}.json", rec.name)));
 }
 
