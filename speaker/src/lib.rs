@@ -6,10 +6,11 @@
 //! - [`membership`]: which speakers are alive (SWIM gossip, authenticated);
 //! - [`wire`]: Ethernet, ARP and NDP codecs (pure, golden-byte tested, fuzzed).
 //!
-//! - [`responder`]: the ARP responder on an `AF_PACKET` socket that receives ARP only
-//!   (the crate's one unsafe module, `responder::sys`).
+//! - [`responder`]: the ARP and NDP responders on `AF_PACKET` sockets that the kernel feeds
+//!   only ARP, or only Neighbor Solicitations (a BPF filter); the crate's one unsafe module
+//!   is `responder::sys`.
 //!
-//! Still to come: the NDP responder, the Kubernetes watch loop, status, the binary.
+//! Still to come: interface discovery, the Kubernetes watch loop, status, the binary.
 
 pub mod election;
 pub mod inputs;

@@ -2,4 +2,5 @@
 //! socket in [`sys`].
 
 pub mod arp;
+pub mod ndp;
 pub mod sys;

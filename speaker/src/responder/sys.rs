@@ -18,9 +18,41 @@ pub struct PacketSocket {
     ifindex: i32,
 }
 
+/// A classic BPF program that accepts Ethernet frames carrying an IPv6 packet whose next
+/// header is ICMPv6 and whose ICMPv6 type is Neighbor Solicitation (135), and drops all else.
+/// (A solicitation with extension headers before ICMPv6 is not seen; RFC 4861 senders do
+/// not add any.)
+pub fn neighbor_solicitation_filter() -> [libc::sock_filter; 8] {
+    const LD_H_ABS: u16 = 0x28;
+    const LD_B_ABS: u16 = 0x30;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    let f = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    [
+        f(LD_H_ABS, 0, 0, 12),       // EtherType
+        f(JEQ_K, 0, 5, 0x86dd),      // IPv6?
+        f(LD_B_ABS, 0, 0, 14 + 6),   // next header
+        f(JEQ_K, 0, 3, 58),          // ICMPv6?
+        f(LD_B_ABS, 0, 0, 14 + 40),  // ICMPv6 type
+        f(JEQ_K, 0, 1, 135),         // Neighbor Solicitation?
+        f(RET_K, 0, 0, 0x0004_0000), // accept
+        f(RET_K, 0, 0, 0),           // drop
+    ]
+}
+
 impl PacketSocket {
     /// Opens and binds the socket. Needs `CAP_NET_RAW`.
     pub fn open(ifname: &str, ethertype: u16) -> io::Result<PacketSocket> {
+        Self::open_filtered(ifname, ethertype, &[])
+    }
+
+    /// Like [`PacketSocket::open`], with a BPF program attached before the socket is bound,
+    /// so that no frame the program rejects is ever queued.
+    pub fn open_filtered(
+        ifname: &str,
+        ethertype: u16,
+        filter: &[libc::sock_filter],
+    ) -> io::Result<PacketSocket> {
         let name =
             CString::new(ifname).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
@@ -31,12 +63,14 @@ impl PacketSocket {
         let ifindex =
             i32::try_from(ifindex).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let proto = ethertype.to_be();
+        // Protocol 0: the socket receives nothing until it is bound below, after the filter
+        // is in place.
         // SAFETY: plain syscall with constant arguments; the result is checked below.
         let raw = unsafe {
             libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                i32::from(proto),
+                0,
             )
         };
         if raw < 0 {
@@ -44,6 +78,27 @@ impl PacketSocket {
         }
         // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        if !filter.is_empty() {
+            let prog = libc::sock_fprog {
+                len: u16::try_from(filter.len())
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+                filter: filter.as_ptr().cast_mut(),
+            };
+            // SAFETY: `prog` points at `filter`, which outlives the call; the kernel copies
+            // the program. `fd` is open.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_ATTACH_FILTER,
+                    (&raw const prog).cast::<libc::c_void>(),
+                    std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+                )
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         // SAFETY: an all-zero sockaddr_ll is a valid value of that plain C struct.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -70,6 +125,37 @@ impl PacketSocket {
         // now on: it stays open, and `as_raw_fd` returns that same descriptor, until the
         // AsyncFd is dropped.
         unsafe { tokio::io::unix::AsyncFd::register(self) }.map_err(io::Error::from)
+    }
+
+    /// Accepts (or, with `join == false`, stops accepting) frames sent to a link-layer
+    /// multicast address on this interface, e.g. an IPv6 solicited-node group's MAC.
+    pub fn multicast(&self, mac: [u8; 6], join: bool) -> io::Result<()> {
+        let mut mr = libc::packet_mreq {
+            mr_ifindex: self.ifindex,
+            mr_type: libc::PACKET_MR_MULTICAST as u16,
+            mr_alen: 6,
+            mr_address: [0; 8],
+        };
+        mr.mr_address[..6].copy_from_slice(&mac);
+        let opt = if join {
+            libc::PACKET_ADD_MEMBERSHIP
+        } else {
+            libc::PACKET_DROP_MEMBERSHIP
+        };
+        // SAFETY: `mr` is a fully initialised packet_mreq; `fd` is open and bound.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                opt,
+                (&raw const mr).cast::<libc::c_void>(),
+                std::mem::size_of::<libc::packet_mreq>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     pub fn ifindex(&self) -> i32 {
