@@ -2,6 +2,7 @@
 //!
 //! - [`election`]: which node announces each IP (pure: rendezvous hashing over eligible
 //!   nodes);
+//! - [`interfaces`]: the node's interfaces (rescanned), for the election and the responders;
 //! - [`inputs`]: Nodes, Services and EndpointSlices turned into the election's inputs;
 //! - [`membership`]: which speakers are alive (SWIM gossip, authenticated);
 //! - [`wire`]: Ethernet, ARP and NDP codecs (pure, golden-byte tested, fuzzed).
@@ -10,10 +11,12 @@
 //!   only ARP, or only Neighbor Solicitations (a BPF filter); the crate's one unsafe module
 //!   is `responder::sys`.
 //!
-//! Still to come: interface discovery, the Kubernetes watch loop, status, the binary.
+//! Still to come: sharing interface state between speakers, the Kubernetes watch loop,
+//! status, the binary.
 
 pub mod election;
 pub mod inputs;
+pub mod interfaces;
 pub mod membership;
 pub mod responder;
 pub mod wire;

@@ -1,0 +1,194 @@
+//! The node's network interfaces as the election and the responders need them: name, up,
+//! addresses with prefix lengths, default route, MAC. Read with `ip -j` (iproute2) and
+//! rescanned periodically, so interfaces that appear, vanish or change addresses are
+//! noticed while the speaker runs. Parsing is pure and tested on recorded output.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::election::Interface;
+use crate::wire::ethernet::Mac;
+
+/// One local interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalInterface {
+    pub iface: Interface,
+    /// `None` for interfaces without an Ethernet address (loopback, tunnels).
+    pub mac: Option<Mac>,
+}
+
+#[derive(Deserialize)]
+struct IpLink {
+    ifname: String,
+    #[serde(default)]
+    flags: Vec<String>,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default)]
+    link_type: Option<String>,
+    #[serde(default)]
+    addr_info: Vec<IpAddrInfo>,
+}
+
+#[derive(Deserialize)]
+struct IpAddrInfo {
+    local: Option<String>,
+    prefixlen: Option<u8>,
+}
+
+#[derive(Deserialize)]
+struct IpRoute {
+    dev: Option<String>,
+}
+
+/// Parses `ip -j addr show` and the `ip -j route show default` outputs (IPv4 and IPv6).
+pub fn parse(addr_json: &str, default_routes_json: &[&str]) -> Result<Vec<LocalInterface>, String> {
+    let links: Vec<IpLink> =
+        serde_json::from_str(addr_json).map_err(|e| format!("cannot parse `ip -j addr`: {e}"))?;
+    let mut default_devs = BTreeSet::new();
+    for json in default_routes_json {
+        if json.trim().is_empty() {
+            continue;
+        }
+        let routes: Vec<IpRoute> =
+            serde_json::from_str(json).map_err(|e| format!("cannot parse `ip -j route`: {e}"))?;
+        default_devs.extend(routes.into_iter().filter_map(|r| r.dev));
+    }
+    Ok(links
+        .into_iter()
+        .map(|l| {
+            let up = l.flags.iter().any(|f| f == "UP") && l.flags.iter().any(|f| f == "LOWER_UP");
+            let subnets = l
+                .addr_info
+                .iter()
+                .filter_map(|a| Some((a.local.as_deref()?.parse::<IpAddr>().ok()?, a.prefixlen?)))
+                .collect();
+            let mac = match l.link_type.as_deref() {
+                Some("ether") | None => l.address.as_deref().and_then(|a| a.parse::<Mac>().ok()),
+                _ => None,
+            };
+            LocalInterface {
+                iface: Interface {
+                    default_route: default_devs.contains(&l.ifname),
+                    name: l.ifname,
+                    up,
+                    subnets,
+                },
+                mac,
+            }
+        })
+        .collect())
+}
+
+fn ip_json(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `ip`: {e} (the speaker needs iproute2)"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Reads the interfaces of the current network namespace now.
+pub fn scan() -> Result<Vec<LocalInterface>, String> {
+    let addrs = ip_json(&["-j", "addr", "show"])?;
+    let v4 = ip_json(&["-4", "-j", "route", "show", "default"])?;
+    let v6 = ip_json(&["-6", "-j", "route", "show", "default"])?;
+    parse(&addrs, &[&v4, &v6])
+}
+
+/// Rescans every `period` and publishes the interfaces whenever they change.
+pub fn watch(period: Duration, cancel: CancellationToken) -> watch::Receiver<Vec<LocalInterface>> {
+    let (tx, rx) = watch::channel(scan().unwrap_or_default());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match tokio::task::spawn_blocking(scan).await {
+                Ok(Ok(now)) => {
+                    tx.send_if_modified(|cur| {
+                        let changed = *cur != now;
+                        if changed {
+                            *cur = now;
+                        }
+                        changed
+                    });
+                }
+                Ok(Err(e)) => warn!(%e, "scanning interfaces"),
+                Err(e) => warn!(%e, "interface scan task"),
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADDRS: &str = r#"[
+      {"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"link_type":"loopback",
+       "address":"00:00:00:00:00:00","addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},
+      {"ifindex":2,"ifname":"eth0","flags":["BROADCAST","MULTICAST","UP","LOWER_UP"],"link_type":"ether",
+       "address":"52:54:00:12:34:56","addr_info":[
+         {"family":"inet","local":"192.168.1.10","prefixlen":24},
+         {"family":"inet6","local":"2001:db8::10","prefixlen":64},
+         {"family":"inet6","local":"fe80::5054:ff:fe12:3456","prefixlen":64}]},
+      {"ifindex":3,"ifname":"eth1","flags":["BROADCAST","MULTICAST","UP"],"link_type":"ether",
+       "address":"52:54:00:ab:cd:ef","addr_info":[{"family":"inet","local":"10.1.0.5","prefixlen":16}]},
+      {"ifindex":4,"ifname":"wg0","flags":["POINTOPOINT","UP","LOWER_UP"],"link_type":"none","addr_info":[]}
+    ]"#;
+
+    #[test]
+    fn parses_addresses_state_mac_and_default_route() {
+        let v4 = r#"[{"dst":"default","gateway":"192.168.1.1","dev":"eth0","flags":[]}]"#;
+        let got = parse(ADDRS, &[v4, "[]", ""]).unwrap();
+        assert_eq!(got.len(), 4);
+        let eth0 = &got[1];
+        assert_eq!(eth0.iface.name, "eth0");
+        assert!(eth0.iface.up && eth0.iface.default_route);
+        assert_eq!(eth0.iface.subnets.len(), 3);
+        assert_eq!(eth0.iface.subnets[0], ("192.168.1.10".parse().unwrap(), 24));
+        assert_eq!(eth0.mac.unwrap().to_string(), "52:54:00:12:34:56");
+        let eth1 = &got[2];
+        assert!(!eth1.iface.up, "no carrier (LOWER_UP missing) is down");
+        assert!(!eth1.iface.default_route);
+        assert_eq!(got[0].mac, None, "loopback has no Ethernet address");
+        assert_eq!(got[3].mac, None);
+    }
+
+    #[test]
+    fn malformed_output_is_an_error_not_a_panic() {
+        assert!(parse("not json", &[]).is_err());
+        assert!(parse("[]", &["{"]).is_err());
+        assert_eq!(parse("[]", &[]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn scanning_this_namespace_finds_loopback() {
+        let got = scan().unwrap();
+        let lo = got.iter().find(|i| i.iface.name == "lo").unwrap();
+        assert!(
+            lo.iface
+                .subnets
+                .iter()
+                .any(|(ip, len)| ip.is_loopback() && (*len == 8 || *len == 128))
+        );
+    }
+}
