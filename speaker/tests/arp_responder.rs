@@ -4,90 +4,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use common::{Pair, in_ns, mac_of, sh};
 use ferrolb_speaker::responder::{arp, sys::PacketSocket};
-use ferrolb_speaker::wire::ethernet::{EtherType, Mac};
+use ferrolb_speaker::wire::ethernet::EtherType;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 const A: &str = "flbt-arp-a";
 const B: &str = "flbt-arp-b";
-
-fn sh(args: &[&str]) -> (bool, String) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-/// The two namespaces; removed on drop, also when the test fails.
-struct Netns;
-
-impl Netns {
-    fn up() -> Netns {
-        for ns in [A, B] {
-            let _ = sh(&["ip", "netns", "del", ns]);
-        }
-        for cmd in [
-            vec!["ip", "netns", "add", A],
-            vec!["ip", "netns", "add", B],
-            vec![
-                "ip", "-n", A, "link", "add", "a0", "type", "veth", "peer", "name", "b0", "netns",
-                B,
-            ],
-            vec!["ip", "-n", A, "addr", "add", "10.99.0.1/24", "dev", "a0"],
-            vec!["ip", "-n", B, "addr", "add", "10.99.0.2/24", "dev", "b0"],
-            vec!["ip", "-n", A, "link", "set", "a0", "up"],
-            vec!["ip", "-n", B, "link", "set", "b0", "up"],
-        ] {
-            let (ok, out) = sh(&cmd);
-            assert!(ok, "{cmd:?}: {out}");
-        }
-        Netns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for ns in [A, B] {
-            let _ = sh(&["ip", "netns", "del", ns]);
-        }
-    }
-}
-
-fn mac_of(ns: &str, dev: &str) -> Mac {
-    let (_, out) = sh(&["ip", "-n", ns, "-o", "link", "show", dev]);
-    let mac = out
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap();
-    mac.parse().unwrap()
-}
-
-/// Opens the packet socket inside namespace `ns`: a socket belongs to the namespace it was
-/// created in, whatever thread uses it later.
-fn socket_in(ns: &str, dev: &str) -> PacketSocket {
-    let path = format!("/run/netns/{ns}");
-    let dev = dev.to_string();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(path).unwrap();
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        PacketSocket::open(&dev, EtherType::ARP.0).unwrap()
-    })
-    .join()
-    .unwrap()
-}
 
 fn arping(ip: &str) -> (bool, String) {
     sh(&[
@@ -97,9 +28,9 @@ fn arping(ip: &str) -> (bool, String) {
 
 #[tokio::test]
 async fn answers_only_for_owned_addresses_and_sees_only_arp() {
-    let _ns = Netns::up();
+    let _ns = Pair::up(A, B, "10.99.0.1/24", "10.99.0.2/24", "10.99.0.1");
     let mac = mac_of(A, "a0");
-    let socket = socket_in(A, "a0");
+    let socket = in_ns(A, || PacketSocket::open("a0", EtherType::ARP.0).unwrap());
     let (owned_tx, owned) = watch::channel(BTreeSet::from([Ipv4Addr::new(10, 99, 0, 100)]));
     let stats = Arc::new(arp::ArpStats::default());
     let cancel = CancellationToken::new();

@@ -3,117 +3,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::Ipv6Addr;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::{Pair, in_ns, mac_of, sh};
 use ferrolb_speaker::responder::{ndp, sys::PacketSocket};
-use ferrolb_speaker::wire::ethernet::{EtherType, Mac};
+use ferrolb_speaker::wire::ethernet::EtherType;
 use ferrolb_speaker::wire::ndp::{NaRepr, NsRepr};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 const A: &str = "flbt-ndp-a";
 const B: &str = "flbt-ndp-b";
-
-fn sh(args: &[&str]) -> (bool, String) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-struct Netns;
-
-impl Netns {
-    fn up() -> Netns {
-        for ns in [A, B] {
-            let _ = sh(&["ip", "netns", "del", ns]);
-        }
-        for cmd in [
-            vec!["ip", "netns", "add", A],
-            vec!["ip", "netns", "add", B],
-            vec![
-                "ip", "-n", A, "link", "add", "a0", "type", "veth", "peer", "name", "b0", "netns",
-                B,
-            ],
-            vec![
-                "ip",
-                "-n",
-                A,
-                "addr",
-                "add",
-                "fd99::1/64",
-                "dev",
-                "a0",
-                "nodad",
-            ],
-            vec![
-                "ip",
-                "-n",
-                B,
-                "addr",
-                "add",
-                "fd99::2/64",
-                "dev",
-                "b0",
-                "nodad",
-            ],
-            vec!["ip", "-n", A, "link", "set", "a0", "up"],
-            vec!["ip", "-n", B, "link", "set", "b0", "up"],
-        ] {
-            let (ok, out) = sh(&cmd);
-            assert!(ok, "{cmd:?}: {out}");
-        }
-        // Wait for both ends to carry traffic.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sh(&["ip", "-n", B, "-6", "route", "get", "fd99::1"]).0
-            || sh(&["ip", "-n", B, "link", "show", "b0"])
-                .1
-                .contains("NO-CARRIER")
-        {
-            assert!(Instant::now() < deadline, "b0 never came up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Netns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for ns in [A, B] {
-            let _ = sh(&["ip", "netns", "del", ns]);
-        }
-    }
-}
-
-fn mac_of(ns: &str, dev: &str) -> Mac {
-    let (_, out) = sh(&["ip", "-n", ns, "-o", "link", "show", dev]);
-    let mac = out
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap();
-    mac.parse().unwrap()
-}
-
-/// Runs `f` in a thread that has entered namespace `ns` (sockets stay in it).
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(path).unwrap();
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
-}
 
 fn ndisc6(ip: &str) -> (bool, String) {
     sh(&[
@@ -123,7 +29,7 @@ fn ndisc6(ip: &str) -> (bool, String) {
 
 #[tokio::test]
 async fn answers_solicitations_and_nud_probes_for_owned_addresses_only() {
-    let _ns = Netns::up();
+    let _ns = Pair::up(A, B, "fd99::1/64", "fd99::2/64", "fd99::1");
     let mac = mac_of(A, "a0");
     let socket = in_ns(A, || ndp::socket("a0").unwrap());
     let owned_ip: Ipv6Addr = "fd99::100".parse().unwrap();

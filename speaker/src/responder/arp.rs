@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
@@ -26,14 +25,6 @@ pub struct ArpStats {
     pub ignored: AtomicU64,
 }
 
-/// Gratuitous ARP after taking an address: now, then again over about two seconds.
-pub const GRATUITOUS_SCHEDULE: [Duration; 4] = [
-    Duration::ZERO,
-    Duration::from_millis(500),
-    Duration::from_millis(1000),
-    Duration::from_millis(2000),
-];
-
 /// Answers ARP on `socket` until `cancel`. `owned` is the set this node announces on this
 /// interface; addresses that join it get a gratuitous burst.
 pub async fn run(
@@ -50,23 +41,16 @@ pub async fn run(
         // New addresses: gratuitous burst (in the background, so answering goes on).
         let now: BTreeSet<Ipv4Addr> = owned.borrow_and_update().clone();
         for ip in now.difference(&announced) {
-            let (fd, stats, ip, mac, cancel) =
-                (fd.clone(), stats.clone(), *ip, mac, cancel.clone());
-            tokio::spawn(async move {
-                let mut elapsed = Duration::ZERO;
-                for at in GRATUITOUS_SCHEDULE {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(at.saturating_sub(elapsed)) => {}
-                    }
-                    elapsed = at;
-                    for frame in gratuitous_frames(mac, ip) {
-                        if fd.get_ref().send(&frame).is_ok() {
-                            stats.gratuitous.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            });
+            let stats = stats.clone();
+            let frames = gratuitous_frames(mac, *ip).to_vec();
+            super::announce(
+                fd.clone(),
+                frames,
+                move || {
+                    stats.gratuitous.fetch_add(1, Ordering::Relaxed);
+                },
+                cancel.clone(),
+            );
         }
         announced = now;
 
@@ -77,18 +61,10 @@ pub async fn run(
                     return Ok(());
                 }
             }
-            ready = fd.readable() => {
-                let mut guard = ready?;
-                match guard.try_io(|s| s.get_ref().recv(&mut buf)) {
-                    Ok(Ok(Some(n))) => {
-                        let frame = buf.get(..n).unwrap_or(&[]);
-                        answer(&fd, frame, mac, &announced, &stats);
-                    }
-                    Ok(Ok(None)) => {}
-                    Ok(Err(e)) => warn!(%e, "ARP receive"),
-                    Err(_would_block) => {}
-                }
-            }
+            r = super::recv_frame(&fd, &mut buf) => match r {
+                Ok(n) => answer(&fd, buf.get(..n).unwrap_or(&[]), mac, &announced, &stats),
+                Err(e) => warn!(%e, "ARP receive"),
+            },
         }
     }
 }

@@ -9,11 +9,11 @@ use std::net::Ipv6Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::arp::GRATUITOUS_SCHEDULE;
 use super::sys::{PacketSocket, neighbor_solicitation_filter};
 use crate::wire::ethernet::{EtherType, Mac};
 use crate::wire::ndp::{NsRepr, solicited_na_frame, solicited_node_mac, unsolicited_na_frame};
@@ -68,20 +68,15 @@ pub async fn run(
                 warn!(%e, %ip, "joining a solicited-node group");
             }
             *n += 1;
-            let (fd, stats, ip, cancel) = (fd.clone(), stats.clone(), *ip, cancel.clone());
-            tokio::spawn(async move {
-                let mut elapsed = std::time::Duration::ZERO;
-                for at in GRATUITOUS_SCHEDULE {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(at.saturating_sub(elapsed)) => {}
-                    }
-                    elapsed = at;
-                    if fd.get_ref().send(&unsolicited_na_frame(mac, ip)).is_ok() {
-                        stats.unsolicited.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
+            let stats = stats.clone();
+            super::announce(
+                fd.clone(),
+                vec![unsolicited_na_frame(mac, *ip)],
+                move || {
+                    stats.unsolicited.fetch_add(1, Ordering::Relaxed);
+                },
+                cancel.clone(),
+            );
         }
         announced = now;
 
@@ -92,37 +87,39 @@ pub async fn run(
                     return Ok(());
                 }
             }
-            ready = fd.readable() => {
-                let mut guard = ready?;
-                match guard.try_io(|s| s.get_ref().recv(&mut buf)) {
-                    Ok(Ok(Some(n))) => {
-                        let frame = buf.get(..n).unwrap_or(&[]);
-                        match NsRepr::parse_frame(frame) {
-                            Ok((eth, ns)) => {
-                                stats.solicitations.fetch_add(1, Ordering::Relaxed);
-                                debug!(target_ip = %ns.target, src = %ns.src, dst = %ns.dst, "neighbor solicitation");
-                                if announced.contains(&ns.target) {
-                                    let out = solicited_na_frame(&ns, mac, eth.src);
-                                    match fd.get_ref().send(&out) {
-                                        Ok(_) => {
-                                            stats.advertisements.fetch_add(1, Ordering::Relaxed);
-                                            debug!(target_ip = %ns.target, from = %ns.src, "answered NS");
-                                        }
-                                        Err(e) => warn!(%e, "NA send"),
-                                    }
-                                }
-                            }
-                            Err(e) => {
-                                stats.invalid.fetch_add(1, Ordering::Relaxed);
-                                debug!(%e, "ignored an invalid neighbor solicitation");
-                            }
-                        }
+            r = super::recv_frame(&fd, &mut buf) => match r {
+                Ok(n) => answer(&fd, buf.get(..n).unwrap_or(&[]), mac, &announced, &stats),
+                Err(e) => warn!(%e, "NDP receive"),
+            },
+        }
+    }
+}
+
+fn answer(
+    fd: &AsyncFd<PacketSocket>,
+    frame: &[u8],
+    mac: Mac,
+    owned: &BTreeSet<Ipv6Addr>,
+    stats: &NdpStats,
+) {
+    match NsRepr::parse_frame(frame) {
+        Ok((eth, ns)) => {
+            stats.solicitations.fetch_add(1, Ordering::Relaxed);
+            debug!(target_ip = %ns.target, src = %ns.src, dst = %ns.dst, "neighbor solicitation");
+            if owned.contains(&ns.target) {
+                let out = solicited_na_frame(&ns, mac, eth.src);
+                match fd.get_ref().send(&out) {
+                    Ok(_) => {
+                        stats.advertisements.fetch_add(1, Ordering::Relaxed);
+                        debug!(target_ip = %ns.target, from = %ns.src, "answered NS");
                     }
-                    Ok(Ok(None)) => {}
-                    Ok(Err(e)) => warn!(%e, "NDP receive"),
-                    Err(_would_block) => {}
+                    Err(e) => warn!(%e, "NA send"),
                 }
             }
+        }
+        Err(e) => {
+            stats.invalid.fetch_add(1, Ordering::Relaxed);
+            debug!(%e, "ignored an invalid neighbor solicitation");
         }
     }
 }
