@@ -35,6 +35,14 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     binary_in(&bin_dir(), name)
 }
 
+/// Runs the pinned `kubectl` against `kubeconfig`: its stdout, or an error with its stderr.
+pub fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> Result<String> {
+    let kc = format!("--kubeconfig={}", kubeconfig.display());
+    let mut v = vec![kc.as_str()];
+    v.extend_from_slice(args);
+    crate::lab::netns::run(&binary("kubectl")?.display().to_string(), &v)
+}
+
 fn binary_in(dir: &std::path::Path, name: &str) -> Result<PathBuf> {
     let path = dir.join(name);
     if path.is_file() {

@@ -162,10 +162,15 @@ impl TestControlPlane {
         write(d, "kubeconfig", &kubeconfig_text)?;
         let client = client_from_kubeconfig(&kubeconfig_text).await?;
 
-        wait_ready(
+        let log = apiserver.log_path().to_path_buf();
+        wait_readyz(
             &client,
-            &mut [&mut etcd, &mut apiserver],
             Duration::from_secs(120),
+            || {
+                etcd.early_exit_error()
+                    .or_else(|| apiserver.early_exit_error())
+            },
+            &log,
         )
         .await?;
 
@@ -268,22 +273,7 @@ impl TestControlPlane {
 
     /// Runs the pinned `kubectl` against this control plane and returns its stdout.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(bins::binary("kubectl")?)
-            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
-            .args(args)
-            .output()
-            .map_err(|source| Error::Spawn {
-                name: "kubectl".into(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(Error::Kubeconfig(format!(
-                "kubectl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        bins::kubectl(&self.kubeconfig, args)
     }
 }
 
@@ -303,18 +293,19 @@ impl Drop for TestControlPlane {
     }
 }
 
-/// Polls `/readyz` until it answers `ok`, failing fast if a process exits.
-async fn wait_ready(
+/// Polls `/readyz` until it answers `ok`. `dead` is asked before each try and fails the
+/// wait at once when a process the API depends on has exited; `log` names where to look
+/// after a timeout.
+pub(crate) async fn wait_readyz(
     client: &kube::Client,
-    procs: &mut [&mut Supervised],
     limit: Duration,
+    mut dead: impl FnMut() -> Option<Error>,
+    log: &Path,
 ) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
-        for p in procs.iter_mut() {
-            if let Some(e) = p.early_exit_error() {
-                return Err(e);
-            }
+        if let Some(e) = dead() {
+            return Err(e);
         }
         let req = http::Request::get("/readyz").body(Vec::new());
         if let Ok(req) = req
@@ -324,14 +315,10 @@ async fn wait_ready(
             return Ok(());
         }
         if Instant::now() > deadline {
-            let log = procs
-                .last()
-                .map(|p| p.log_path().display().to_string())
-                .unwrap_or_default();
             return Err(Error::Timeout {
                 what: "kube-apiserver /readyz".into(),
                 seconds: limit.as_secs(),
-                log: format!("{log}; last lines:\n{}", log_tail(Path::new(&log), 10)),
+                log: format!("{}; last lines:\n{}", log.display(), log_tail(log, 10)),
             });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

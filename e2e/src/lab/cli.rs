@@ -262,20 +262,14 @@ fn print_env(plan: &LabPlan) {
 }
 
 fn status(plan: &LabPlan) -> Result<()> {
-    let k = crate::bins::binary("kubectl")?;
-    let kc = format!(
-        "--kubeconfig={}",
-        Files::admin_kubeconfig(&plan.state_dir).display()
-    );
+    let kubeconfig = Files::admin_kubeconfig(&plan.state_dir);
     for args in [
-        vec!["get", "nodes", "-o", "wide"],
-        vec!["get", "pods", "-A", "-o", "wide"],
-        vec!["get", "svc", "-A"],
-        vec!["get", "ipp"],
+        ["get", "nodes", "-o", "wide"].as_slice(),
+        &["get", "pods", "-A", "-o", "wide"],
+        &["get", "svc", "-A"],
+        &["get", "ipp"],
     ] {
-        let mut v = vec![kc.as_str()];
-        v.extend(args);
-        match netns::run(&k.display().to_string(), &v) {
+        match crate::bins::kubectl(&kubeconfig, args) {
             Ok(out) => println!("{out}"),
             Err(e) => println!("({e})\n"),
         }

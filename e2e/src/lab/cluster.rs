@@ -10,7 +10,9 @@ use tracing::info;
 use super::netns::{self, add_ns, exec_in, ip, ip_in, veth};
 use super::procs::{self, ProcRecord};
 use super::topology::{APISERVER_PORT, CLIENT_NS, CP_NS, HOST_LINK, LAN_BRIDGE, LabPlan, PREFIX};
-use crate::control_plane::{client_from_kubeconfig, kubeconfig_token_yaml, kubeconfig_yaml};
+use crate::control_plane::{
+    client_from_kubeconfig, kubeconfig_token_yaml, kubeconfig_yaml, wait_readyz,
+};
 use crate::pki::{Pki, service_account_key};
 use crate::{Error, Result, bins, io_err};
 
@@ -243,47 +245,24 @@ fn write_pki(plan: &LabPlan) -> Result<()> {
 }
 
 async fn wait_api(plan: &LabPlan, watch: &[&ProcRecord]) -> Result<kube::Client> {
-    let text = std::fs::read_to_string(Files::admin_kubeconfig(&plan.state_dir))
-        .map_err(io_err(Files::admin_kubeconfig(&plan.state_dir)))?;
+    let kc = Files::admin_kubeconfig(&plan.state_dir);
+    let text = std::fs::read_to_string(&kc).map_err(io_err(&kc))?;
     let client = client_from_kubeconfig(&text).await?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        for p in watch {
-            if !p.alive() {
-                return Err(Error::EarlyExit {
-                    name: p.name.clone(),
-                    status: "exited".into(),
-                    log: p.log.display().to_string(),
-                    tail: crate::process::log_tail(&p.log, 15),
-                });
-            }
-        }
-        if let Ok(req) = http::Request::get("/readyz").body(Vec::new())
-            && let Ok(body) = client.request_text(req).await
-            && body.trim() == "ok"
-        {
-            return Ok(client);
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Timeout {
-                what: "kube-apiserver".into(),
-                seconds: 120,
-                log: procs::log_dir(&plan.state_dir).display().to_string(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let dead = || {
+        watch.iter().find(|p| !p.alive()).map(|p| Error::EarlyExit {
+            name: p.name.clone(),
+            status: "exited".into(),
+            log: p.log.display().to_string(),
+            tail: crate::process::log_tail(&p.log, 15),
+        })
+    };
+    let log = procs::log_dir(&plan.state_dir).join("kube-apiserver.log");
+    wait_readyz(&client, Duration::from_secs(120), dead, &log).await?;
+    Ok(client)
 }
 
 fn kubectl(plan: &LabPlan, args: &[&str]) -> Result<String> {
-    let k = bins::binary("kubectl")?;
-    let kc = format!(
-        "--kubeconfig={}",
-        Files::admin_kubeconfig(&plan.state_dir).display()
-    );
-    let mut v = vec![kc.as_str()];
-    v.extend_from_slice(args);
-    netns::run(&k.display().to_string(), &v)
+    bins::kubectl(&Files::admin_kubeconfig(&plan.state_dir), args)
 }
 
 fn start_control_plane(plan: &LabPlan) -> Result<Vec<ProcRecord>> {
