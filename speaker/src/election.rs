@@ -72,8 +72,8 @@ pub struct Node {
     pub interfaces: Vec<Interface>,
 }
 
-/// One network interface of a node.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// One network interface of a node (speakers gossip these to each other).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Interface {
     pub name: String,
     pub up: bool,
@@ -440,7 +440,7 @@ fn compile_pools<'a>(
 
 /// An `l2.interfaces` entry matches the whole interface name, so `eth0` never matches
 /// `veth0abc` (announcing from the wrong NIC is the complaint users raise most).
-fn interface_regex(re: &str) -> Result<Regex, regex::Error> {
+pub fn interface_regex(re: &str) -> Result<Regex, regex::Error> {
     // Compiled bare first so an error quotes what the user wrote, not our anchors.
     Regex::new(re)?;
     Regex::new(&format!("^(?:{re})$"))

@@ -5,11 +5,13 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use ferrolb_crds::IPPool;
 use ferrolb_crds::names::is_our_class;
 use k8s_openapi::api::core::v1::{Node as K8sNode, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::election::{EndpointState, Interface, Node, Service, TrafficPolicy};
+use crate::election::{EndpointState, Inputs, Interface, Node, Pool, Service, TrafficPolicy};
+use crate::membership::Member;
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -114,6 +116,73 @@ pub fn service<'a>(
         endpoints,
         any_ready_endpoint,
     })
+}
+
+/// The election's inputs from the cluster's objects and the live gossip members. Every
+/// node's interfaces, this node's included, come from gossip, so that every speaker
+/// elects from the same data. Returns the inputs and the pool entries that did not parse.
+pub fn gather<'a>(
+    nodes: impl IntoIterator<Item = &'a K8sNode>,
+    services: impl IntoIterator<Item = &'a K8sService>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    pools: impl IntoIterator<Item = &'a IPPool>,
+    members: &BTreeMap<String, Member>,
+    default_class: bool,
+) -> (Inputs, Vec<String>) {
+    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        let (Some(ns), Some(svc)) = (
+            s.metadata.namespace.as_deref(),
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL)),
+        ) else {
+            continue;
+        };
+        by_service.entry((ns, svc.as_str())).or_default().push(s);
+    }
+    let nodes = nodes
+        .into_iter()
+        .map(|n| {
+            let name = n.metadata.name.as_deref().unwrap_or_default();
+            let ifaces = members
+                .get(name)
+                .map(|m| m.interfaces.clone())
+                .unwrap_or_default();
+            node(n, ifaces)
+        })
+        .collect();
+    let services = services
+        .into_iter()
+        .filter_map(|svc| {
+            let key = (
+                svc.metadata.namespace.as_deref().unwrap_or_default(),
+                svc.metadata.name.as_deref().unwrap_or_default(),
+            );
+            let own = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
+            service(svc, own.iter().copied(), default_class)
+        })
+        .collect();
+    let mut errors = Vec::new();
+    let pools = pools
+        .into_iter()
+        .map(|p| {
+            let name = p.metadata.name.as_deref().unwrap_or_default();
+            let (pool, errs) = Pool::from_spec(name, &p.spec);
+            errors.extend(errs.into_iter().map(|e| format!("pool {name}: {e}")));
+            pool
+        })
+        .collect();
+    (
+        Inputs {
+            nodes,
+            members: members.keys().cloned().collect(),
+            pools,
+            services,
+        },
+        errors,
+    )
 }
 
 #[cfg(test)]
@@ -235,5 +304,58 @@ mod tests {
         let mut no_ip = lb(json!({}));
         no_ip.status = None;
         assert!(service(&no_ip, [&mine], true).is_none());
+    }
+
+    #[test]
+    fn gather_takes_interfaces_from_gossip_and_slices_by_service() {
+        let node_obj = |name: &str| -> K8sNode {
+            serde_json::from_value(json!({"metadata": {"name": name},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]}}))
+            .unwrap()
+        };
+        let eth0 = Interface {
+            name: "eth0".into(),
+            up: true,
+            subnets: vec![("10.0.0.11".parse().unwrap(), 24)],
+            default_route: true,
+        };
+        let members = BTreeMap::from([(
+            "n1".to_string(),
+            Member {
+                addr: "10.0.0.11:7946".parse().unwrap(),
+                interfaces: vec![eth0.clone()],
+            },
+        )]);
+        let pool: IPPool = serde_json::from_value(json!({
+            "apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool",
+            "metadata": {"name": "lan"},
+            "spec": {"addresses": ["10.0.0.200-10.0.0.250", "not-an-address"]}
+        }))
+        .unwrap();
+        let web = lb(json!({}));
+        let mine = slice(
+            "web",
+            json!([{"addresses": ["10.244.1.2"], "nodeName": "n1"}]),
+        );
+        let other = slice(
+            "db",
+            json!([{"addresses": ["10.244.2.2"], "nodeName": "n2"}]),
+        );
+        let (inputs, errors) = gather(
+            [&node_obj("n1"), &node_obj("n2")],
+            [&web],
+            [&other, &mine],
+            [&pool],
+            &members,
+            true,
+        );
+        assert_eq!(inputs.nodes[0].interfaces, vec![eth0]);
+        assert!(inputs.nodes[1].interfaces.is_empty(), "n2 is not a member");
+        assert_eq!(inputs.members.len(), 1);
+        assert_eq!(inputs.services.len(), 1);
+        assert!(inputs.services[0].serves_on("n1") && !inputs.services[0].serves_on("n2"));
+        assert_eq!(inputs.pools[0].blocks.len(), 1);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("pool lan:"));
     }
 }

@@ -102,6 +102,62 @@ fn ip_json(args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Name prefixes of interfaces that never announce: loopback, container and CNI plumbing,
+/// tunnels. Answering ARP from one of them is the classic "wrong MAC" failure.
+pub const NEVER_ANNOUNCE: [&str; 21] = [
+    "lo",
+    "docker",
+    "veth",
+    "cni",
+    "flannel",
+    "cali",
+    "cilium",
+    "lxc",
+    "kube-ipvs",
+    "kube-bridge",
+    "nodelocaldns",
+    "vxlan",
+    "tunl",
+    "tun",
+    "tap",
+    "genev",
+    "weave",
+    "virbr",
+    "podman",
+    "wg",
+    "nerdctl",
+];
+
+/// The interfaces a node may announce on, as its speaker gossips them: Ethernet
+/// interfaces not matching [`NEVER_ANNOUNCE`] that the `l2.interfaces` rule could pick,
+/// that is, those with a global address or the default route, and those named by one of
+/// the pools' regexes (`named`). Link-local IPv6 addresses are left out (no pool address
+/// lives in fe80::/10). Pod veths and other address-less plumbing are not gossiped, so
+/// pods coming and going do not change what a node advertises.
+pub fn announcing(locals: &[LocalInterface], named: &[regex::Regex]) -> Vec<Interface> {
+    locals
+        .iter()
+        .filter(|l| l.mac.is_some())
+        .filter(|l| !NEVER_ANNOUNCE.iter().any(|p| l.iface.name.starts_with(p)))
+        .map(|l| Interface {
+            subnets: l
+                .iface
+                .subnets
+                .iter()
+                .filter(|(ip, _)| match ip {
+                    IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+                    IpAddr::V4(_) => true,
+                })
+                .copied()
+                .collect(),
+            ..l.iface.clone()
+        })
+        .filter(|i| {
+            !i.subnets.is_empty() || i.default_route || named.iter().any(|r| r.is_match(&i.name))
+        })
+        .collect()
+}
+
 /// Reads the interfaces of the current network namespace now.
 pub fn scan() -> Result<Vec<LocalInterface>, String> {
     let addrs = ip_json(&["-j", "addr", "show"])?;
@@ -171,6 +227,37 @@ mod tests {
         assert!(!eth1.iface.default_route);
         assert_eq!(got[0].mac, None, "loopback has no Ethernet address");
         assert_eq!(got[3].mac, None);
+    }
+
+    #[test]
+    fn only_ethernet_interfaces_outside_the_exclusions_announce() {
+        let extra = r#"[
+          {"ifname":"veth1234","flags":["UP","LOWER_UP"],"link_type":"ether","address":"02:00:00:00:00:01","addr_info":[]},
+          {"ifname":"cni0","flags":["UP","LOWER_UP"],"link_type":"ether","address":"02:00:00:00:00:02","addr_info":[{"local":"10.244.0.1","prefixlen":24}]},
+          {"ifname":"bond0","flags":["UP","LOWER_UP"],"link_type":"ether","address":"02:00:00:00:00:03","addr_info":[{"local":"10.2.0.1","prefixlen":24}]}
+        ]"#;
+        let mut all = parse(ADDRS, &[]).unwrap();
+        all.extend(parse(extra, &[]).unwrap());
+        let names: Vec<String> = announcing(&all, &[]).into_iter().map(|i| i.name).collect();
+        assert_eq!(names, ["eth0", "eth1", "bond0"]);
+        let bare = r#"[{"ifname":"vlan7","flags":["UP","LOWER_UP"],"link_type":"ether","address":"02:00:00:00:00:07","addr_info":[{"local":"fe80::7","prefixlen":64}]}]"#;
+        all.extend(parse(bare, &[]).unwrap());
+        assert_eq!(
+            announcing(&all, &[]).len(),
+            3,
+            "an interface with only a link-local address is not a candidate by default"
+        );
+        let named = [regex::Regex::new("^(?:vlan.*)$").unwrap()];
+        assert_eq!(announcing(&all, &named).len(), 4, "unless a pool names it");
+        let eth0 = &announcing(&all, &[])[0];
+        assert_eq!(
+            eth0.subnets,
+            vec![
+                ("192.168.1.10".parse().unwrap(), 24),
+                ("2001:db8::10".parse().unwrap(), 64)
+            ],
+            "the link-local address is not gossiped"
+        );
     }
 
     #[test]

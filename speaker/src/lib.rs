@@ -11,12 +11,18 @@
 //!   only ARP, or only Neighbor Solicitations (a BPF filter); the crate's one unsafe module
 //!   is `responder::sys`.
 //!
-//! Still to come: sharing interface state between speakers, the Kubernetes watch loop,
-//! status, the binary.
+//! - [`announcer`]: this node's share of the election turned into running responders;
+//! - [`status`]: the `ferrolb.io/Announced` condition and who writes it (pure);
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`;
+//! - [`app`]: the `ferrolb-speaker` process that ties them together.
 
+pub mod admin;
+pub mod announcer;
+pub mod app;
 pub mod election;
 pub mod inputs;
 pub mod interfaces;
 pub mod membership;
 pub mod responder;
+pub mod status;
 pub mod wire;

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use ferrolb_speaker::election::Interface;
 use ferrolb_speaker::membership::{GossipKey, Membership, MembershipView, Settings, auth};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,16 @@ struct Node {
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     seeds: watch::Sender<Vec<(String, SocketAddr)>>,
+    interfaces: watch::Sender<Vec<Interface>>,
+}
+
+fn eth0(subnet: &str) -> Vec<Interface> {
+    vec![Interface {
+        name: "eth0".into(),
+        up: true,
+        subnets: vec![(subnet.parse().unwrap(), 24)],
+        default_route: true,
+    }]
 }
 
 async fn start(name: &str) -> Node {
@@ -29,14 +40,16 @@ async fn start(name: &str) -> Node {
     let (m, view) = Membership::bind(settings).await.unwrap();
     let addr = m.addr();
     let (seeds, rx) = watch::channel(Vec::new());
+    let (interfaces, ifaces_rx) = watch::channel(eth0("10.0.0.1"));
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(m.run(rx, cancel.clone()));
+    let task = tokio::spawn(m.run(rx, ifaces_rx, cancel.clone()));
     Node {
         view,
         addr,
         cancel,
         task,
         seeds,
+        interfaces,
     }
 }
 
@@ -105,6 +118,36 @@ async fn members_join_leave_crash_and_ignore_forgeries() {
         members(&a),
         BTreeSet::from(["a".into(), "b".into(), "c".into()])
     );
+
+    // Every member carries its interfaces. A change travels as a new identity, and the
+    // member never drops out of a peer's view on the way.
+    assert_eq!(a.view.members.borrow()["c"].interfaces, eth0("10.0.0.1"));
+    let mut seen_by_a = a.view.members.clone();
+    let watcher = tokio::spawn(async move {
+        let mut views = Vec::new();
+        while seen_by_a.changed().await.is_ok() {
+            let v = seen_by_a.borrow_and_update().clone();
+            let done = v.get("c").is_some_and(|m| m.interfaces == eth0("10.9.9.9"));
+            views.push(v);
+            if done {
+                break;
+            }
+        }
+        views
+    });
+    c.interfaces.send(eth0("10.9.9.9")).unwrap();
+    let views = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("the new interfaces reach a")
+        .unwrap();
+    for v in &views {
+        assert!(v.contains_key("c"), "c vanished from a's view: {v:?}");
+    }
+    let t0 = Instant::now();
+    while b.view.members.borrow()["c"].interfaces != eth0("10.9.9.9") {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // A graceful leave: gone from the others without waiting for suspicion.
     c.cancel.cancel();

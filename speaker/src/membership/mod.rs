@@ -4,6 +4,12 @@
 //! Gossip runs over UDP; every datagram is sealed with the gossip key ([`auth`]) and anything
 //! that does not verify or decode is dropped and counted. On shutdown a speaker leaves the
 //! cluster explicitly, so its peers take over at once instead of waiting for suspicion.
+//!
+//! A speaker's identity carries its node's announcing interfaces (name, up, subnets, default
+//! route): the election needs every node's, and inside the identity they travel with the
+//! membership itself, so a member is never known without them. When they change, the
+//! speaker takes a new identity (a higher generation), which replaces the old one on every
+//! peer.
 
 pub mod auth;
 
@@ -22,13 +28,48 @@ use tracing::{debug, info, warn};
 
 pub use auth::GossipKey;
 
-/// A speaker as gossip knows it: its node, where it listens, and a generation that grows
-/// with every start so that a restarted speaker supersedes its former self.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+use crate::election::Interface;
+
+/// A speaker as gossip knows it: its node, where it listens, a generation that grows with
+/// every start and every change of its interfaces (so that the newer identity supersedes
+/// the older), and its node's announcing interfaces.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Speaker {
     pub node: String,
     pub addr: SocketAddr,
     pub generation: u64,
+    pub interfaces: Vec<Interface>,
+}
+
+/// A live member as the rest of the speaker sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub addr: SocketAddr,
+    pub interfaces: Vec<Interface>,
+}
+
+/// Upper bound on the encoded interfaces in an identity, so that a probe (which carries two
+/// identities) and its piggybacked updates still fit one datagram.
+pub const MAX_INTERFACES_BYTES: usize = 360;
+
+/// Trims `interfaces` to what fits in an identity: the default-route interface first, then
+/// those with addresses, in name order. Returns the kept list and how many were dropped.
+pub fn fit_interfaces(interfaces: &[Interface]) -> (Vec<Interface>, usize) {
+    let mut order: Vec<&Interface> = interfaces.iter().collect();
+    order.sort_by_key(|i| (!i.default_route, i.subnets.is_empty(), i.name.clone()));
+    let mut kept = Vec::new();
+    for i in order {
+        kept.push(i.clone());
+        let size = postcard::to_allocvec(&kept)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > MAX_INTERFACES_BYTES {
+            kept.pop();
+        }
+    }
+    let dropped = interfaces.len() - kept.len();
+    kept.sort_by(|a, b| a.name.cmp(&b.name));
+    (kept, dropped)
 }
 
 impl foca::Identity for Speaker {
@@ -104,6 +145,10 @@ pub struct Stats {
     pub dropped_unauthenticated: AtomicU64,
     pub dropped_malformed: AtomicU64,
     pub sent: AtomicU64,
+    /// Peers (not this speaker) by SWIM state, as of the last loop iteration.
+    pub peers_alive: AtomicU64,
+    pub peers_suspect: AtomicU64,
+    pub peers_down: AtomicU64,
 }
 
 /// Errors of the membership loop.
@@ -123,14 +168,14 @@ pub struct Membership {
     socket: UdpSocket,
     me: Speaker,
     settings: Settings,
-    members_tx: watch::Sender<BTreeMap<String, SocketAddr>>,
+    members_tx: watch::Sender<BTreeMap<String, Member>>,
     stats: Arc<Stats>,
 }
 
 /// What the rest of the speaker sees: the live members (self included) and counters.
 #[derive(Clone, Debug)]
 pub struct MembershipView {
-    pub members: watch::Receiver<BTreeMap<String, SocketAddr>>,
+    pub members: watch::Receiver<BTreeMap<String, Member>>,
     pub stats: Arc<Stats>,
 }
 
@@ -153,8 +198,15 @@ impl Membership {
             node: settings.node.clone(),
             addr: settings.advertise.unwrap_or(local),
             generation: settings.generation,
+            interfaces: Vec::new(),
         };
-        let (members_tx, members) = watch::channel(BTreeMap::from([(me.node.clone(), me.addr)]));
+        let (members_tx, members) = watch::channel(BTreeMap::from([(
+            me.node.clone(),
+            Member {
+                addr: me.addr,
+                interfaces: Vec::new(),
+            },
+        )]));
         let stats = Arc::new(Stats::default());
         Ok((
             Membership {
@@ -175,18 +227,22 @@ impl Membership {
 
     /// Runs until `cancel`; then leaves the cluster. `seeds` are peers' gossip addresses
     /// (from the API: nodes or speaker pods), announced to until they are members.
+    /// `interfaces` are this node's announcing interfaces, carried in its identity (trimmed
+    /// by [`fit_interfaces`]).
     pub async fn run(
         self,
         mut seeds: watch::Receiver<Vec<(String, SocketAddr)>>,
+        mut interfaces: watch::Receiver<Vec<Interface>>,
         cancel: CancellationToken,
     ) {
         let Membership {
             socket,
-            me,
+            mut me,
             settings,
             members_tx,
             stats,
         } = self;
+        me.interfaces = fit_local(&interfaces.borrow_and_update());
         // A seeded, Send generator: the loop may move between runtime threads.
         let rng = <rand::rngs::StdRng as rand::SeedableRng>::from_rng(&mut rand::rng());
         let mut foca = Foca::new(me.clone(), settings.foca_config(), rng, PostcardCodec);
@@ -227,6 +283,28 @@ impl Membership {
                         debug!(%e, "gossip timer");
                     }
                 }
+                r = interfaces.changed() => {
+                    if r.is_err() {
+                        // The interface watch is gone: keep the last known ones.
+                        interfaces = watch::channel(me.interfaces.clone()).1;
+                        continue;
+                    }
+                    let now = fit_local(&interfaces.borrow_and_update());
+                    if now != me.interfaces {
+                        let next = Speaker {
+                            generation: next_generation(me.generation),
+                            interfaces: now,
+                            ..me.clone()
+                        };
+                        match foca.change_identity(next.clone(), &mut rt) {
+                            Ok(()) => {
+                                info!(generation = next.generation, "interfaces changed: new gossip identity");
+                                me = next;
+                            }
+                            Err(e) => warn!(%e, "cannot change the gossip identity"),
+                        }
+                    }
+                }
                 _ = announce.tick() => {
                     let known: Vec<String> = foca.iter_members().map(|m| m.id().node.clone()).collect();
                     let pending: Vec<(String, SocketAddr)> = seeds
@@ -236,7 +314,7 @@ impl Membership {
                         .cloned()
                         .collect();
                     for (node, addr) in pending {
-                        let placeholder = Speaker { node, addr, generation: 0 };
+                        let placeholder = Speaker { node, addr, generation: 0, interfaces: Vec::new() };
                         if let Err(e) = foca.announce(placeholder, &mut rt) {
                             debug!(%e, "announce");
                         }
@@ -244,11 +322,37 @@ impl Membership {
                 }
             }
             flush(&socket, &settings.key, &mut rt, &timer_tx, &stats).await;
-            let mut members: BTreeMap<String, SocketAddr> = foca
+            let (mut alive, mut suspect, mut down) = (0u64, 0u64, 0u64);
+            for m in foca.iter_membership_state() {
+                match m.state() {
+                    foca::State::Alive => alive += 1,
+                    foca::State::Suspect => suspect += 1,
+                    foca::State::Down => down += 1,
+                }
+            }
+            stats.peers_alive.store(alive, Ordering::Relaxed);
+            stats.peers_suspect.store(suspect, Ordering::Relaxed);
+            stats.peers_down.store(down, Ordering::Relaxed);
+            let mut members: BTreeMap<String, Member> = foca
                 .iter_members()
-                .map(|m| (m.id().node.clone(), m.id().addr))
+                .map(|m| {
+                    let id = m.id();
+                    (
+                        id.node.clone(),
+                        Member {
+                            addr: id.addr,
+                            interfaces: id.interfaces.clone(),
+                        },
+                    )
+                })
                 .collect();
-            members.insert(me.node.clone(), me.addr);
+            members.insert(
+                me.node.clone(),
+                Member {
+                    addr: me.addr,
+                    interfaces: me.interfaces.clone(),
+                },
+            );
             members_tx.send_if_modified(|cur| {
                 if *cur == members {
                     false
@@ -260,6 +364,28 @@ impl Membership {
             });
         }
     }
+}
+
+fn fit_local(interfaces: &[Interface]) -> Vec<Interface> {
+    let (kept, dropped) = fit_interfaces(interfaces);
+    if dropped > 0 {
+        warn!(
+            dropped,
+            kept = kept.len(),
+            "too many announcing interfaces to gossip; the rest are not used for announcing"
+        );
+    }
+    kept
+}
+
+/// A generation above `current` and, where the clock allows, the current time in
+/// milliseconds (so that a restart also wins over the identity before it).
+fn next_generation(current: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    now.max(current.saturating_add(1))
 }
 
 async fn flush(
@@ -283,4 +409,49 @@ async fn flush(
         });
     }
     while rt.to_notify().is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(name: &str, subnets: usize, default_route: bool) -> Interface {
+        Interface {
+            name: name.into(),
+            up: true,
+            subnets: (0..subnets)
+                .map(|i| (IpAddr::from([10, 0, i as u8, 1]), 24))
+                .collect(),
+            default_route,
+        }
+    }
+
+    use std::net::IpAddr;
+
+    #[test]
+    fn few_interfaces_are_kept_whole() {
+        let all = vec![iface("eth0", 1, true), iface("eth1", 2, false)];
+        assert_eq!(fit_interfaces(&all), (all.clone(), 0));
+    }
+
+    #[test]
+    fn many_interfaces_are_trimmed_keeping_the_default_route_first() {
+        let mut all: Vec<Interface> = (0..40)
+            .map(|i| iface(&format!("eth{i:02}"), 2, false))
+            .collect();
+        all.push(iface("uplink", 1, true));
+        let (kept, dropped) = fit_interfaces(&all);
+        assert!(dropped > 0 && !kept.is_empty());
+        assert_eq!(kept.len() + dropped, all.len());
+        assert!(kept.iter().any(|i| i.name == "uplink"));
+        assert!(postcard::to_allocvec(&kept).unwrap().len() <= MAX_INTERFACES_BYTES);
+        // A probe carries two identities and still fits a datagram.
+        let id = Speaker {
+            node: "a-rather-long-node-name.example.internal".into(),
+            addr: "[2001:db8::1]:7946".parse().unwrap(),
+            generation: u64::MAX,
+            interfaces: kept,
+        };
+        assert!(2 * postcard::to_allocvec(&id).unwrap().len() < 1000);
+    }
 }

@@ -1,0 +1,616 @@
+//! The `ferrolb-speaker` process: flags, logging, the watches, gossip, the election loop,
+//! the responders, status and the admin port.
+//!
+//! The loop: any change (objects, gossip members, local interfaces) → gather inputs →
+//! elect → hand this node's share to the responders at once → hand the whole result to the
+//! status writer, which runs beside it so that API latency never delays an announcement.
+//!
+//! SIGTERM: leave gossip first (peers take over at once), then stop answering, then exit.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use ferrolb_crds::IPPool;
+use ferrolb_crds::names::{CONDITION_ANNOUNCED, FIELD_MANAGER_SPEAKER, events::ANNOUNCING};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node as K8sNode, Secret, Service as K8sService};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::admin::{self, Metrics, Readiness};
+use crate::announcer::Announcer;
+use crate::election::{self, Election, Service};
+use crate::inputs::{self, SERVICE_NAME_LABEL};
+use crate::interfaces;
+use crate::membership::{GossipKey, Member, Membership, Settings};
+use crate::status;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// ferrolb's speaker: with the speakers on the other nodes, elects one node per
+/// LoadBalancer IP and answers ARP (IPv4) and NDP (IPv6) for the IPs this node owns.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "ferrolb-speaker", version)]
+pub struct Args {
+    /// kubeconfig file; without it, $KUBECONFIG, ~/.kube/config or the in-cluster config.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The Node this speaker runs on.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+
+    /// Namespace of the gossip Secret.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ferrolb-system")]
+    pub namespace: String,
+
+    /// Secret holding the gossip key (data key `key`, at least 16 bytes). The controller
+    /// creates it; the speaker waits for it.
+    #[arg(long, default_value = "ferrolb-gossip")]
+    pub gossip_secret: String,
+
+    /// UDP port of the gossip between speakers, on the Node's first InternalIP.
+    #[arg(long, default_value_t = 7946)]
+    pub gossip_port: u16,
+
+    /// Address of the admin server (/healthz, /readyz, /metrics).
+    #[arg(long, default_value = "0.0.0.0:7473")]
+    pub admin_address: SocketAddr,
+
+    /// Handle LoadBalancer Services that set no spec.loadBalancerClass (besides those of
+    /// class ferrolb.io/l2). Must match the controller's flag.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub default_class: bool,
+
+    /// Seconds between two scans of the local interfaces.
+    #[arg(long, default_value_t = 1.0)]
+    pub interface_scan_period: f64,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn client(args: &Args) -> Result<kube::Client, String> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .map_err(|e| format!("cannot read kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| format!("no Kubernetes configuration found: {e}"))?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))
+}
+
+/// Retries `f` every two seconds until it returns a value or `cancel` fires; logs the
+/// first failure and then every tenth.
+async fn until_ok<T, F, Fut>(what: &str, cancel: &CancellationToken, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                if attempt.is_multiple_of(10) {
+                    warn!(error = %e, "waiting for {what}");
+                }
+                attempt += 1;
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// The first InternalIP of a Node.
+fn internal_ip(node: &K8sNode) -> Option<IpAddr> {
+    node.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse().ok())
+}
+
+/// Gossip seeds: every other Node's InternalIP of our family, at the gossip port.
+fn seeds(
+    nodes: &Store<K8sNode>,
+    me: &str,
+    family_v4: bool,
+    port: u16,
+) -> Vec<(String, SocketAddr)> {
+    let mut out: Vec<(String, SocketAddr)> = nodes
+        .state()
+        .iter()
+        .filter_map(|n| {
+            let name = n.metadata.name.clone()?;
+            if name == me {
+                return None;
+            }
+            let ip = n
+                .status
+                .as_ref()?
+                .addresses
+                .as_ref()?
+                .iter()
+                .filter(|a| a.type_ == "InternalIP")
+                .filter_map(|a| a.address.parse::<IpAddr>().ok())
+                .find(|ip| ip.is_ipv4() == family_v4)?;
+            Some((name, SocketAddr::new(ip, port)))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Watches one kind into a store, poking `changed` on every event.
+fn watch_into<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Arc<Notify>,
+) -> (
+    Store<K>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let stream = reflector::reflector(writer, watcher::watcher(api, config)).default_backoff();
+    let task = async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => changed.notify_one(),
+                Err(e) => debug!(%e, "watch error (retrying)"),
+            }
+        }
+    };
+    (reader, task)
+}
+
+/// What the status writer works from: the latest election and the Services it covered.
+#[derive(Clone, Debug, Default)]
+struct StatusInput {
+    election: Arc<Election>,
+    services: Arc<Vec<Service>>,
+    members: Arc<Vec<String>>,
+}
+
+/// Runs the speaker process until a signal stops it.
+pub async fn run(args: Args) -> Result<(), String> {
+    init_logging(args.log_format);
+    let client = client(&args).await?;
+    let me = args.node_name.clone();
+    if me.is_empty() {
+        return Err("--node-name (or $NODE_NAME) must name this node".into());
+    }
+    let scan_period = Duration::try_from_secs_f64(args.interface_scan_period)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or("--interface-scan-period must be a positive number of seconds")?;
+
+    let root = CancellationToken::new();
+    let signal = CancellationToken::new();
+    tokio::spawn({
+        let signal = signal.clone();
+        async move {
+            wait_for_signal().await;
+            info!("signal: handing over and stopping (a second signal aborts)");
+            signal.cancel();
+            wait_for_signal().await;
+            error!("second signal: aborting");
+            std::process::exit(130);
+        }
+    });
+
+    let metrics = Arc::new(Metrics::default());
+    let readiness = Readiness::default();
+    let admin_listener = admin::bind(args.admin_address).await?;
+    tokio::spawn(admin::serve(
+        admin_listener,
+        metrics.clone(),
+        readiness.clone(),
+        root.clone(),
+    ));
+
+    // Our gossip address: the Node's first InternalIP.
+    let nodes_api: Api<K8sNode> = Api::all(client.clone());
+    let Some(node_ip) = until_ok("this Node's InternalIP", &signal, || {
+        let api = nodes_api.clone();
+        let me = me.clone();
+        async move {
+            let n = api
+                .get(&me)
+                .await
+                .map_err(|e| format!("cannot read Node {me}: {e}"))?;
+            internal_ip(&n).ok_or_else(|| format!("Node {me} has no InternalIP yet"))
+        }
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
+    let secret_name = args.gossip_secret.clone();
+    let Some(key) = until_ok("the gossip Secret", &signal, || {
+        let api = secrets.clone();
+        let name = secret_name.clone();
+        async move {
+            let s = api
+                .get(&name)
+                .await
+                .map_err(|e| format!("cannot read Secret {name}: {e}"))?;
+            let bytes = s
+                .data
+                .as_ref()
+                .and_then(|d| d.get("key"))
+                .ok_or_else(|| format!("Secret {name} has no data key `key`"))?;
+            GossipKey::new(&bytes.0).map_err(|e| format!("Secret {name}: {e}"))
+        }
+    })
+    .await
+    else {
+        return Ok(());
+    };
+
+    // Watches.
+    let changed = Arc::new(Notify::new());
+    let (nodes, nodes_task) = watch_into(
+        nodes_api.clone(),
+        watcher::Config::default(),
+        changed.clone(),
+    );
+    let (services, services_task) = watch_into(
+        Api::<K8sService>::all(client.clone()),
+        watcher::Config::default(),
+        changed.clone(),
+    );
+    let (slices, slices_task) = watch_into(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default().labels(SERVICE_NAME_LABEL),
+        changed.clone(),
+    );
+    let (pools, pools_task) = watch_into(
+        Api::<IPPool>::all(client.clone()),
+        watcher::Config::default(),
+        changed.clone(),
+    );
+    let watches = tokio::spawn(async move {
+        tokio::join!(nodes_task, services_task, slices_task, pools_task);
+    });
+
+    // Local interfaces; the announcing ones travel in our gossip identity (the main loop
+    // picks them, as the pools' l2.interfaces decide which interfaces count).
+    let mut locals = interfaces::watch(scan_period, root.clone());
+    let (advertised_tx, advertised_rx) =
+        watch::channel(interfaces::announcing(&locals.borrow_and_update(), &[]));
+
+    // Gossip.
+    let gossip_addr = SocketAddr::new(node_ip, args.gossip_port);
+    let (membership, view) = Membership::bind(Settings::lan(&me, gossip_addr, key))
+        .await
+        .map_err(|e| e.to_string())?;
+    metrics.set_gossip(view.stats.clone());
+    let (seeds_tx, seeds_rx) = watch::channel(Vec::new());
+    let gossip_cancel = CancellationToken::new();
+    let gossip_task = tokio::spawn(membership.run(seeds_rx, advertised_rx, gossip_cancel.clone()));
+    info!(node = %me, gossip = %gossip_addr, "speaker started");
+
+    // Status writer.
+    let (status_tx, status_rx) = watch::channel(StatusInput::default());
+    let status_task = tokio::spawn(status_loop(
+        client.clone(),
+        me.clone(),
+        services.clone(),
+        status_rx,
+        metrics.clone(),
+        root.clone(),
+    ));
+
+    // Wait for the caches, and give gossip a moment to find the other speakers before
+    // claiming anything: alone, a speaker would elect itself for every IP.
+    for (what, ready) in [
+        ("Nodes", nodes.wait_until_ready().await.is_ok()),
+        ("Services", services.wait_until_ready().await.is_ok()),
+        ("EndpointSlices", slices.wait_until_ready().await.is_ok()),
+        ("IPPools", pools.wait_until_ready().await.is_ok()),
+    ] {
+        if !ready {
+            return Err(format!("the {what} watch stopped before it synced"));
+        }
+    }
+    let family_v4 = node_ip.is_ipv4();
+    let _ = seeds_tx.send(seeds(&nodes, &me, family_v4, args.gossip_port));
+    let mut members = view.members.clone();
+    let settle_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < settle_until && !signal.is_cancelled() {
+        let expected = seeds(&nodes, &me, family_v4, args.gossip_port).len() + 1;
+        if members.borrow().len() >= expected {
+            break;
+        }
+        tokio::select! {
+            _ = members.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = signal.cancelled() => {}
+        }
+    }
+    readiness.set(true);
+
+    let mut announcer = Announcer::new(metrics.clone(), root.clone());
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut last_problems: Vec<String> = Vec::new();
+    loop {
+        // Elect and announce.
+        let member_view: BTreeMap<String, Member> = members.borrow_and_update().clone();
+        let _ = seeds_tx.send_if_modified({
+            let now = seeds(&nodes, &me, family_v4, args.gossip_port);
+            move |cur| {
+                let changed = *cur != now;
+                if changed {
+                    *cur = now;
+                }
+                changed
+            }
+        });
+        let node_objs = nodes.state();
+        let svc_objs = services.state();
+        let slice_objs = slices.state();
+        let pool_objs = pools.state();
+        let (inputs, errors) = inputs::gather(
+            node_objs.iter().map(|n| &**n),
+            svc_objs.iter().map(|s| &**s),
+            slice_objs.iter().map(|s| &**s),
+            pool_objs.iter().map(|p| &**p),
+            &member_view,
+            args.default_class,
+        );
+        let named: Vec<regex::Regex> = inputs
+            .pools
+            .iter()
+            .flat_map(|p| p.interfaces.iter())
+            .filter_map(|re| election::interface_regex(re).ok())
+            .collect();
+        let advertised = interfaces::announcing(&locals.borrow(), &named);
+        advertised_tx.send_if_modified(|cur| {
+            let changed = *cur != advertised;
+            if changed {
+                *cur = advertised;
+            }
+            changed
+        });
+        let election = election::elect(&inputs);
+        metrics.elections.fetch_add(1, Ordering::Relaxed);
+        let owned = election.owned_by(&me);
+        announcer.apply(&owned, &locals.borrow_and_update());
+        let problems: Vec<String> = errors
+            .into_iter()
+            .chain(election.problems.iter().map(ToString::to_string))
+            .collect();
+        if problems != last_problems {
+            for p in &problems {
+                warn!(problem = %p, "configuration problem");
+            }
+            last_problems = problems;
+        }
+        let _ = status_tx.send(StatusInput {
+            election: Arc::new(election),
+            services: Arc::new(inputs.services),
+            members: Arc::new(member_view.keys().cloned().collect()),
+        });
+
+        tokio::select! {
+            _ = signal.cancelled() => break,
+            _ = changed.notified() => {
+                // Let a burst of events land before recomputing.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            r = members.changed() => if r.is_err() { break },
+            r = locals.changed() => if r.is_err() { break },
+            _ = tick.tick() => {}
+        }
+    }
+
+    // Hand over: leave gossip (peers elect without us at once), then stop answering.
+    readiness.set(false);
+    gossip_cancel.cancel();
+    let _ = gossip_task.await;
+    announcer.stop_all();
+    info!("left gossip and stopped answering");
+    root.cancel();
+    watches.abort();
+    let _ = status_task.await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Writes `ferrolb.io/Announced` on the Services this speaker is the writer for, when
+/// it differs from what the Service says, and `Announcing` when the owner changes.
+async fn status_loop(
+    client: kube::Client,
+    me: String,
+    services: Store<K8sService>,
+    mut input: watch::Receiver<StatusInput>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    // What we wrote, and the resourceVersion the Service had before: while the store still
+    // shows that version it has not caught up with our write, and writing again would only
+    // repeat it. Once the Service moves on, what it says counts again.
+    let mut written: BTreeMap<(String, String), (status::Announced, Option<String>)> =
+        BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = input.changed() => if r.is_err() { return },
+            _ = tick.tick() => {}
+        }
+        let now = input.borrow_and_update().clone();
+        written.retain(|(ns, name), _| {
+            now.services
+                .iter()
+                .any(|s| s.namespace == *ns && s.name == *name)
+        });
+        for svc in now.services.iter() {
+            if status::writer(svc, &now.election, now.members.iter().map(String::as_str))
+                != Some(me.as_str())
+            {
+                continue;
+            }
+            let want = status::announced(svc, &now.election);
+            let key = (svc.namespace.clone(), svc.name.clone());
+            let Some(obj) = services.get(&ObjectRef::new(&svc.name).within(&svc.namespace)) else {
+                continue;
+            };
+            let current = status::current(&obj);
+            let rv = obj.metadata.resource_version.clone();
+            if status::up_to_date(current, &want)
+                || written
+                    .get(&key)
+                    .is_some_and(|(w, before)| *w == want && *before == rv)
+            {
+                continue;
+            }
+            let event = status::owner_changed(current, &want);
+            match write_condition(&client, &obj, current, &want).await {
+                Ok(()) => {
+                    metrics.status_writes.fetch_add(1, Ordering::Relaxed);
+                    info!(service = %svc.key(), status = want.status, reason = %want.reason, message = %want.message, "ferrolb.io/Announced");
+                    if event {
+                        publish_announcing(&client, &obj, &me, &want.message).await;
+                    }
+                    written.insert(key, (want, rv));
+                }
+                Err(e) => {
+                    metrics.status_write_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(service = %svc.key(), error = %e, "cannot write ferrolb.io/Announced");
+                }
+            }
+        }
+    }
+}
+
+async fn write_condition(
+    client: &kube::Client,
+    svc: &K8sService,
+    current: Option<&Condition>,
+    want: &status::Announced,
+) -> Result<(), kube::Error> {
+    let status_str = status::status_str(want.status);
+    let since = current
+        .filter(|c| c.status == status_str)
+        .map(|c| c.last_transition_time.0)
+        .unwrap_or_else(Timestamp::now);
+    let cond = Condition {
+        type_: CONDITION_ANNOUNCED.into(),
+        status: status_str.into(),
+        reason: want.reason.clone(),
+        message: want.message.chars().take(32 * 1024).collect(),
+        last_transition_time: Time(since),
+        observed_generation: svc.metadata.generation,
+    };
+    let ns = svc.namespace().unwrap_or_default();
+    let api: Api<K8sService> = Api::namespaced(client.clone(), &ns);
+    let patch = json!({"apiVersion": "v1", "kind": "Service", "status": {"conditions": [cond]}});
+    api.patch_status(
+        &svc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER_SPEAKER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// One `events.k8s.io/v1` Event per owner change.
+async fn publish_announcing(client: &kube::Client, svc: &K8sService, me: &str, note: &str) {
+    let ns = svc.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<K8sEvent> = Api::namespaced(client.clone(), &ns);
+    let ev = K8sEvent {
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!(
+                "{}.{:x}",
+                svc.name_any(),
+                Timestamp::now().as_nanosecond().unsigned_abs()
+            )),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        event_time: Some(MicroTime(Timestamp::now())),
+        action: Some("Announce".into()),
+        reason: Some(ANNOUNCING.into()),
+        note: Some(note.chars().take(1000).collect()),
+        type_: Some("Normal".into()),
+        regarding: Some(svc.object_ref(&())),
+        reporting_controller: Some(format!("ferrolb.io/{FIELD_MANAGER_SPEAKER}")),
+        reporting_instance: Some(format!("{FIELD_MANAGER_SPEAKER}-{me}")),
+        ..Default::default()
+    };
+    if let Err(e) = api.create(&PostParams::default(), &ev).await {
+        warn!(%e, "cannot publish the Announcing event");
+    }
+}
+
+async fn wait_for_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! What the speaker reports on a Service (pure): the `ferrolb.io/Announced` condition, which
+//! single speaker writes it, and whether the write is an owner change (`Announcing` event).
+//!
+//! Every speaker runs the same election, so every speaker computes the same condition; one
+//! of them writes it, so that the condition does not flap between writers:
+//! - the owner of the Service's first IP (in address order), when that IP is announced;
+//! - otherwise the live member with the highest rendezvous score for that IP, so that a
+//!   "not announced" condition is still written, and by one speaker.
+
+use std::net::IpAddr;
+
+use ferrolb_crds::names::CONDITION_ANNOUNCED;
+use k8s_openapi::api::core::v1::Service as K8sService;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::election::{Decision, Election, Service, rendezvous_winner};
+
+/// The `ferrolb.io/Announced` condition a Service should carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announced {
+    pub status: bool,
+    /// `Announced` when True; an [`AnnouncementReason`](ferrolb_crds::names::AnnouncementReason)
+    /// when False.
+    pub reason: String,
+    pub message: String,
+}
+
+/// Reason of a True `ferrolb.io/Announced`.
+pub const REASON_ANNOUNCED: &str = "Announced";
+
+/// The condition for `svc` under `election`: True when every IP of the Service is announced
+/// (the message names node and interface per IP), False otherwise with the reason of the
+/// first IP that is not.
+pub fn announced(svc: &Service, election: &Election) -> Announced {
+    let mut ips = svc.ips.clone();
+    ips.sort();
+    ips.dedup();
+    let mut parts = Vec::new();
+    let mut first_problem = None;
+    for ip in &ips {
+        match election.decision(*ip) {
+            Some(Decision::Owner { node, interface }) => {
+                parts.push(format!("{ip} from node {node} on {interface}"));
+            }
+            Some(Decision::NotAnnounced { reason, message }) => {
+                first_problem.get_or_insert(reason.as_str());
+                parts.push(format!("{ip} not announced: {message}"));
+            }
+            None => {
+                first_problem.get_or_insert("NoEligibleNode");
+                parts.push(format!("{ip} not announced: not elected yet"));
+            }
+        }
+    }
+    match first_problem {
+        None => Announced {
+            status: true,
+            reason: REASON_ANNOUNCED.into(),
+            message: format!("announced: {}", parts.join("; ")),
+        },
+        Some(reason) => Announced {
+            status: false,
+            reason: reason.into(),
+            message: parts.join("; "),
+        },
+    }
+}
+
+/// The speaker that writes `svc`'s condition, given the live members.
+pub fn writer<'a>(
+    svc: &Service,
+    election: &'a Election,
+    members: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let first: IpAddr = *svc.ips.iter().min()?;
+    match election.decision(first) {
+        Some(Decision::Owner { node, .. }) => Some(node.as_str()),
+        _ => rendezvous_winner(first, members),
+    }
+}
+
+/// The Service's current `ferrolb.io/Announced` condition.
+pub fn current(svc: &K8sService) -> Option<&Condition> {
+    svc.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == CONDITION_ANNOUNCED)
+}
+
+/// Does the Service already say `want`?
+pub fn up_to_date(current: Option<&Condition>, want: &Announced) -> bool {
+    current.is_some_and(|c| {
+        c.status == status_str(want.status) && c.reason == want.reason && c.message == want.message
+    })
+}
+
+/// Is writing `want` over `current` an owner change, worth an `Announcing` event? Yes when
+/// the Service becomes announced, or when an announced Service's owners or interfaces
+/// change; not when it stays the same (a restarted speaker re-writes nothing) and not when
+/// it stops being announced (the condition says why).
+pub fn owner_changed(current: Option<&Condition>, want: &Announced) -> bool {
+    if !want.status {
+        return false;
+    }
+    match current {
+        Some(c) if c.status == "True" => c.message != want.message,
+        _ => true,
+    }
+}
+
+pub fn status_str(status: bool) -> &'static str {
+    if status { "True" } else { "False" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::election::Decision;
+    use ferrolb_crds::names::AnnouncementReason;
+    use std::collections::BTreeMap;
+
+    fn svc(ips: &[&str]) -> Service {
+        Service {
+            namespace: "shop".into(),
+            name: "web".into(),
+            ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn owner(node: &str) -> Decision {
+        Decision::Owner {
+            node: node.into(),
+            interface: "eth0".into(),
+        }
+    }
+
+    fn election(d: &[(&str, Decision)]) -> Election {
+        Election {
+            decisions: d
+                .iter()
+                .map(|(ip, d)| (ip.parse().unwrap(), d.clone()))
+                .collect::<BTreeMap<_, _>>(),
+            problems: vec![],
+        }
+    }
+
+    fn cond(status: &str, message: &str) -> Condition {
+        Condition {
+            type_: CONDITION_ANNOUNCED.into(),
+            status: status.into(),
+            reason: "x".into(),
+            message: message.into(),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ),
+            observed_generation: None,
+        }
+    }
+
+    #[test]
+    fn true_names_node_and_interface_for_every_ip() {
+        let s = svc(&["fd00::5", "10.0.0.5"]);
+        let e = election(&[("10.0.0.5", owner("n1")), ("fd00::5", owner("n2"))]);
+        let a = announced(&s, &e);
+        assert!(a.status);
+        assert_eq!(a.reason, "Announced");
+        assert_eq!(
+            a.message,
+            "announced: 10.0.0.5 from node n1 on eth0; fd00::5 from node n2 on eth0"
+        );
+        // The first IP's owner writes.
+        assert_eq!(writer(&s, &e, ["n1", "n2", "n3"]), Some("n1"));
+    }
+
+    #[test]
+    fn false_carries_the_reason_and_a_member_still_writes() {
+        let s = svc(&["10.0.0.5"]);
+        let e = election(&[(
+            "10.0.0.5",
+            Decision::NotAnnounced {
+                reason: AnnouncementReason::NoLocalEndpoints,
+                message: "no node has a ready local endpoint".into(),
+            },
+        )]);
+        let a = announced(&s, &e);
+        assert!(!a.status);
+        assert_eq!(a.reason, "NoLocalEndpoints");
+        assert!(a.message.contains("no node has a ready local endpoint"));
+        let w = writer(&s, &e, ["n1", "n2", "n3"]).unwrap();
+        assert_eq!(
+            Some(w),
+            rendezvous_winner("10.0.0.5".parse().unwrap(), ["n3", "n2", "n1"]),
+            "the same writer whatever the order members are listed in"
+        );
+        assert_eq!(writer(&s, &e, []), None);
+    }
+
+    #[test]
+    fn events_only_when_the_owner_changes() {
+        let s = svc(&["10.0.0.5"]);
+        let a1 = announced(&s, &election(&[("10.0.0.5", owner("n1"))]));
+        let a2 = announced(&s, &election(&[("10.0.0.5", owner("n2"))]));
+        assert!(owner_changed(None, &a1));
+        assert!(owner_changed(Some(&cond("False", "whatever")), &a1));
+        assert!(!owner_changed(Some(&cond("True", &a1.message)), &a1));
+        assert!(owner_changed(Some(&cond("True", &a1.message)), &a2));
+        let gone = Announced {
+            status: false,
+            reason: "NoEligibleNode".into(),
+            message: "x".into(),
+        };
+        assert!(!owner_changed(Some(&cond("True", &a1.message)), &gone));
+    }
+
+    #[test]
+    fn up_to_date_compares_status_reason_and_message() {
+        let want = Announced {
+            status: true,
+            reason: "Announced".into(),
+            message: "m".into(),
+        };
+        let mut c = cond("True", "m");
+        assert!(!up_to_date(Some(&c), &want));
+        c.reason = "Announced".into();
+        assert!(up_to_date(Some(&c), &want));
+        assert!(!up_to_date(None, &want));
+        c.message = "other".into();
+        assert!(!up_to_date(Some(&c), &want));
+    }
+}
