@@ -1,6 +1,7 @@
-//! The `ferrolb-controller` process: flags, logging, the admin server, the leader elector
-//! and, while this replica leads, the controller loop. SIGTERM stops everything cleanly
-//! (the Lease is released so another replica takes over at once); a second signal aborts.
+//! The `ferrolb-controller` process: flags, logging, the admin server, the speakers' gossip
+//! Secret, the leader elector and, while this replica leads, the controller loop. SIGTERM
+//! stops everything cleanly (the Lease is released so another replica takes over at once);
+//! a second signal aborts.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
 use crate::admin::{AdminServer, Metrics, Readiness};
+use crate::gossip_secret;
 use crate::leader::{LeaderConfig, LeaderElector};
 use crate::reconcile::{self, Settings};
 
@@ -68,6 +70,11 @@ pub struct Args {
     /// Seconds between two election rounds.
     #[arg(long, default_value_t = 2.0)]
     pub retry_period: f64,
+
+    /// Secret (in the Lease's namespace) holding the speakers' gossip key; created with a
+    /// random key when absent, never changed when present. Empty: do not manage it.
+    #[arg(long, default_value = "ferrolb-gossip")]
+    pub gossip_secret: String,
 }
 
 fn init_logging(format: LogFormat) {
@@ -139,6 +146,15 @@ pub async fn run(args: Args) -> Result<(), String> {
             }
         }
     });
+    if !args.gossip_secret.is_empty() {
+        // Every replica, leader or not: the API server settles who creates it.
+        tasks.spawn(gossip_secret::run(
+            client.clone(),
+            args.lease_namespace.clone(),
+            args.gossip_secret.clone(),
+            root.clone(),
+        ));
+    }
     // The elector outlives the controller loop so that it releases the Lease last.
     let elector_cancel = CancellationToken::new();
     let elector_task = tokio::spawn({

@@ -2,13 +2,15 @@
 //! Service status.
 //!
 //! - [`allocator`]: the pure core (pools and Service requests in, decisions out);
-//! - [`leader`], [`admin`]: Lease-based leadership, health and metrics endpoints.
+//! - [`leader`], [`admin`]: Lease-based leadership, health and metrics endpoints;
+//! - [`gossip_secret`]: creates the speakers' gossip key when it is absent.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod allocator;
 pub mod app;
+pub mod gossip_secret;
 pub mod leader;
 pub mod plan;
 pub mod reconcile;

@@ -1,5 +1,5 @@
 //! The controller binary against a real kube-apiserver: allocation rules, status and
-//! events, pool changes, restarts and leader election.
+//! events, pool changes, restarts, leader election and the speakers' gossip Secret.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ferrolb_crds::IPPool;
 use ferrolb_e2e::TestControlPlane;
 use ferrolb_e2e::process::{Supervised, free_port};
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -76,6 +76,35 @@ impl Cluster {
 
     fn client(&self) -> kube::Client {
         self.cp.client()
+    }
+
+    /// Waits until the Secret exists in ferrolb-system.
+    async fn wait_secret(&self, name: &str) -> Secret {
+        let api: Api<Secret> = Api::namespaced(self.client(), "ferrolb-system");
+        self.wait_for(&format!("no Secret ferrolb-system/{name}"), || async {
+            api.get_opt(name)
+                .await
+                .unwrap()
+                .ok_or_else(|| "absent".to_string())
+        })
+        .await
+    }
+
+    /// Waits until controller `idx`'s log contains one of `texts`; returns the log.
+    async fn wait_log(&self, idx: usize, texts: &[&str]) -> String {
+        let path = self.controllers[idx].log_path().to_path_buf();
+        self.wait_for(&format!("none of {texts:?} in {}", path.display()), || {
+            let path = path.clone();
+            async move {
+                let log = std::fs::read_to_string(&path).unwrap_or_default();
+                if texts.iter().any(|t| log.contains(t)) {
+                    Ok(log)
+                } else {
+                    Err(log)
+                }
+            }
+        })
+        .await
     }
 
     async fn pool(&self, name: &str, spec: Value) {
@@ -773,6 +802,7 @@ async fn runs_under_the_rbac_of_deploy() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    c.wait_secret("ferrolb-gossip").await;
     let log = std::fs::read_to_string(c.controllers[0].log_path()).unwrap();
     assert!(
         !log.contains("forbidden"),
@@ -842,4 +872,58 @@ async fn default_class_false_leaves_classless_services_alone() {
         "{:?}",
         s.status
     );
+}
+
+#[tokio::test]
+async fn the_gossip_secret_is_created_once_and_an_existing_one_is_left_alone() {
+    // Two replicas start at once: one of them creates the Secret, the other finds it (or
+    // loses the create race with AlreadyExists); neither fails.
+    let mut c = Cluster::start(2).await;
+    let secret = c.wait_secret("ferrolb-gossip").await;
+    let data = secret.data.clone().unwrap();
+    assert_eq!(data.len(), 1, "{:?}", data.keys());
+    assert_eq!(data["key"].0.len(), 32);
+    assert_ne!(data["key"].0, vec![0; 32]);
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    assert_eq!(
+        secret.metadata.labels.as_ref().unwrap()["app.kubernetes.io/part-of"],
+        "ferrolb"
+    );
+    const CREATED: &str = "created the speakers' gossip Secret";
+    const PRESENT: &str = "gossip Secret present";
+    let mut created = 0;
+    for i in 0..2 {
+        if c.wait_log(i, &[CREATED, PRESENT]).await.contains(CREATED) {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 1, "exactly one replica creates the Secret");
+
+    // A Secret that is already there, with other data, is never changed: neither on a
+    // restart nor by a replica that finds it at its first start.
+    let api: Api<Secret> = Api::namespaced(c.client(), "ferrolb-system");
+    let preset: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "preset"},
+        "stringData": {"key": "an operator's own key", "other": "kept"}
+    }))
+    .unwrap();
+    let preset = api.create(&PostParams::default(), &preset).await.unwrap();
+    let kubeconfig = c.cp.kubeconfig_path().to_path_buf();
+    c.spawn_controller_args("preset", &kubeconfig, &["--gossip-secret=preset"]);
+    c.controllers.remove(0);
+    c.spawn_controller("restarted");
+    c.wait_log(1, &[PRESENT]).await;
+    c.wait_log(2, &[PRESENT]).await;
+    let after = api.get("preset").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        preset.metadata.resource_version
+    );
+    assert_eq!(after.data, preset.data);
+    let gossip = api.get("ferrolb-gossip").await.unwrap();
+    assert_eq!(
+        gossip.metadata.resource_version,
+        secret.metadata.resource_version
+    );
+    assert_eq!(gossip.data, secret.data);
 }
