@@ -7,7 +7,7 @@ export CARGO_TERM_COLOR ?= never
 CP_TESTS_E2E := $(patsubst e2e/tests/%.rs,--test %,$(wildcard e2e/tests/cp_*.rs))
 CP_TESTS_CONTROLLER := $(patsubst controller/tests/%.rs,--test %,$(wildcard controller/tests/cp_*.rs))
 
-.PHONY: help test lab lab-bins lab-tests fuzz bench deps kube-bins crds check-crds fmt-check clippy unit cp-tests
+.PHONY: help test lab lab-bins lab-tests fuzz bench bench-lab deps kube-bins crds check-crds fmt-check clippy unit cp-tests
 
 help:
 	@echo "make lab   - run ferrolb on a real cluster on this machine (the lab)"
@@ -23,24 +23,34 @@ lab: deps lab-bins
 	bash e2e/scripts/lab-demo.sh
 
 lab-bins:
-	cargo build -p ferrolb-e2e -p ferrolb-controller --bins
+	cargo build -p ferrolb-e2e -p ferrolb-controller -p ferrolb-speaker --bins
 
 # Lab end-to-end tests: IPv4 with iptables, dual-stack with nftables, IPv6 only; each lab
 # always taken down; then the agent on its own, and up/down themselves.
 lab-tests: lab-bins
 	$(LAB) up --nodes 3 --proxy-mode iptables
-	cargo test -p ferrolb-e2e --test lab_cluster -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
+	cargo test -p ferrolb-e2e --test lab_cluster --test lab_speaker -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
 	$(LAB) up --nodes 3 --proxy-mode nftables --dual-stack
-	cargo test -p ferrolb-e2e --test lab_cluster -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
+	cargo test -p ferrolb-e2e --test lab_cluster --test lab_speaker -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
 	$(LAB) up --nodes 3 --ipv6
-	cargo test -p ferrolb-e2e --test lab_cluster -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
+	cargo test -p ferrolb-e2e --test lab_cluster --test lab_speaker -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
 	cargo test -p ferrolb-e2e --test lab_agent --test lab_down -- --test-threads=1
 
-# Benchmarks print Markdown; the committed report is docs/benchmarks.md.
+# Benchmarks print Markdown; the committed report is docs/benchmarks.md. `make bench` runs
+# the controller's; `make bench-lab` the speaker's on a 3-node IPv4 lab (failover, CPU under
+# a flood, memory with 1,000 IPs; about 25 minutes; needs root and the one lab of the
+# machine, always taken down). Neither is part of `make test`.
 bench: deps
 	cargo bench -p ferrolb-controller --bench allocator
 	cargo build --release -p ferrolb-controller --bin ferrolb-controller --example api_bench
 	./target/release/examples/api_bench --services 2000
+
+# The lab starts the debug speakers (target/debug); the example only probes and reads /proc.
+bench-lab: deps
+	$(MAKE) lab-bins
+	cargo build -p ferrolb-e2e --example speaker_bench
+	$(LAB) up --nodes 3 || { s=$$?; $(LAB) down; exit $$s; }
+	./target/debug/examples/speaker_bench --out target/bench-lab.md; s=$$?; $(LAB) down; exit $$s
 
 deps:
 	@bash e2e/scripts/install-deps.sh

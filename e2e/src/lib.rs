@@ -20,6 +20,8 @@ pub enum Error {
         "Kubernetes binary {name} not found in {dir}; run `make kube-bins` (e2e/scripts/build-kube.sh) to build them"
     )]
     MissingBinary { name: String, dir: String },
+    #[error("{name} not found in {dir}; build it with `make lab-bins`")]
+    MissingOwnBinary { name: String, dir: String },
     #[error("cannot start {name}: {source}")]
     Spawn {
         name: String,

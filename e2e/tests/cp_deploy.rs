@@ -1,5 +1,5 @@
 //! `deploy/` against a real API server: the Kustomize base applies cleanly, and the
-//! controller's RBAC grants what it needs and nothing it should not have.
+//! controller's and the speaker's RBAC grant what they need and nothing they should not have.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -8,7 +8,7 @@ use std::path::Path;
 use ferrolb_e2e::TestControlPlane;
 
 #[tokio::test]
-async fn the_base_applies_and_controller_rbac_is_least_privilege() {
+async fn the_base_applies_and_rbac_is_least_privilege() {
     let cp = TestControlPlane::start().await.unwrap();
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
     let out = cp
@@ -20,6 +20,9 @@ async fn the_base_applies_and_controller_rbac_is_least_privilege() {
         "serviceaccount/ferrolb-controller",
         "clusterrole.rbac.authorization.k8s.io/ferrolb-controller",
         "deployment.apps/ferrolb-controller",
+        "serviceaccount/ferrolb-speaker",
+        "clusterrole.rbac.authorization.k8s.io/ferrolb-speaker",
+        "daemonset.apps/ferrolb-speaker",
     ] {
         assert!(out.contains(obj), "{obj} not applied:\n{out}");
     }
@@ -35,18 +38,38 @@ async fn the_base_applies_and_controller_rbac_is_least_privilege() {
         ])
         .unwrap();
     assert_eq!(replicas, "2");
+    let speaker = |path: &str| {
+        cp.kubectl(&[
+            "get",
+            "ds",
+            "-n",
+            "ferrolb-system",
+            "ferrolb-speaker",
+            "-o",
+            &format!("jsonpath={{{path}}}"),
+        ])
+        .unwrap()
+    };
+    assert_eq!(speaker(".spec.template.spec.hostNetwork"), "true");
+    assert_eq!(
+        speaker(".spec.template.spec.containers[0].securityContext.capabilities"),
+        r#"{"add":["NET_RAW","NET_ADMIN"],"drop":["ALL"]}"#
+    );
 
     let kubectl = ferrolb_e2e::bins::binary("kubectl").unwrap();
-    // `kubectl auth can-i` prints yes or no; WHAT may carry a subresource after a '/'.
-    let can = |verb: &str, what: &str, ns: Option<&str>| -> bool {
+    // `kubectl auth can-i` prints yes or no. WHAT is TYPE, TYPE/NAME, or TYPE/status for the
+    // status subresource.
+    let can_as = |account: &str, verb: &str, what: &str, ns: Option<&str>| -> bool {
         let (resource, sub) = match what.split_once('/') {
-            Some((r, s)) if !r.contains('.') || s == "status" => (r, Some(s)),
+            Some((r, "status")) => (r, Some("status")),
             _ => (what, None),
         };
         let mut cmd = std::process::Command::new(&kubectl);
         cmd.arg(format!("--kubeconfig={}", cp.kubeconfig_path().display()))
             .args(["auth", "can-i", verb, resource])
-            .arg("--as=system:serviceaccount:ferrolb-system:ferrolb-controller");
+            .arg(format!(
+                "--as=system:serviceaccount:ferrolb-system:{account}"
+            ));
         if let Some(s) = sub {
             cmd.arg(format!("--subresource={s}"));
         }
@@ -62,6 +85,8 @@ async fn the_base_applies_and_controller_rbac_is_least_privilege() {
         );
         answer == "yes"
     };
+    let can =
+        |verb: &str, what: &str, ns: Option<&str>| can_as("ferrolb-controller", verb, what, ns);
     for (verb, what, ns) in [
         ("watch", "services", None),
         ("patch", "services/status", Some("default")),
@@ -73,6 +98,8 @@ async fn the_base_applies_and_controller_rbac_is_least_privilege() {
             "leases.coordination.k8s.io/ferrolb-controller",
             Some("ferrolb-system"),
         ),
+        ("get", "secrets/ferrolb-gossip", Some("ferrolb-system")),
+        ("create", "secrets", Some("ferrolb-system")),
     ] {
         assert!(can(verb, what, ns), "the controller needs to {verb} {what}");
     }
@@ -81,6 +108,11 @@ async fn the_base_applies_and_controller_rbac_is_least_privilege() {
         ("delete", "services", Some("default")),
         ("patch", "ippools.ferrolb.io", None),
         ("get", "secrets", Some("ferrolb-system")),
+        ("list", "secrets", Some("ferrolb-system")),
+        ("get", "secrets/someone-else", Some("ferrolb-system")),
+        ("update", "secrets/ferrolb-gossip", Some("ferrolb-system")),
+        ("delete", "secrets/ferrolb-gossip", Some("ferrolb-system")),
+        ("create", "secrets", Some("default")),
         (
             "update",
             "leases.coordination.k8s.io/someone-else",
@@ -91,6 +123,46 @@ async fn the_base_applies_and_controller_rbac_is_least_privilege() {
         assert!(
             !can(verb, what, ns),
             "the controller must not {verb} {what}"
+        );
+    }
+
+    let speaker_can =
+        |verb: &str, what: &str, ns: Option<&str>| can_as("ferrolb-speaker", verb, what, ns);
+    for (verb, what, ns) in [
+        ("get", "nodes", None),
+        ("watch", "nodes", None),
+        ("watch", "services", None),
+        ("patch", "services/status", Some("default")),
+        ("watch", "endpointslices.discovery.k8s.io", None),
+        ("watch", "ippools.ferrolb.io", None),
+        ("create", "events.events.k8s.io", Some("default")),
+        ("get", "secrets/ferrolb-gossip", Some("ferrolb-system")),
+    ] {
+        assert!(
+            speaker_can(verb, what, ns),
+            "the speaker needs to {verb} {what}"
+        );
+    }
+    for (verb, what, ns) in [
+        ("patch", "nodes", None),
+        ("update", "services", Some("default")),
+        ("patch", "services", Some("default")),
+        ("patch", "ippools.ferrolb.io/status", None),
+        ("list", "secrets", Some("ferrolb-system")),
+        ("get", "secrets/someone-else", Some("ferrolb-system")),
+        ("get", "secrets/ferrolb-gossip", Some("default")),
+        ("create", "secrets", Some("ferrolb-system")),
+        ("update", "secrets/ferrolb-gossip", Some("ferrolb-system")),
+        (
+            "create",
+            "leases.coordination.k8s.io",
+            Some("ferrolb-system"),
+        ),
+        ("create", "pods", Some("default")),
+    ] {
+        assert!(
+            !speaker_can(verb, what, ns),
+            "the speaker must not {verb} {what}"
         );
     }
 }

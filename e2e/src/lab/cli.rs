@@ -20,9 +20,9 @@ pub enum ProxyModeArg {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum NodeAction {
-    /// Kill the node's processes (kube-proxy, speaker); the node goes NotReady.
+    /// Kill (SIGKILL) the node's processes (kube-proxy, speaker); the node goes NotReady.
     Stop,
-    /// Restart them.
+    /// Start them again (kube-proxy, speaker).
     Start,
     /// Take the node's LAN link down.
     Cut,
@@ -186,8 +186,14 @@ pub async fn run(args: Args) -> Result<()> {
                     println!("ferrolb-controller restarted (pid {})", r.pid);
                 }
                 Component::Speaker => {
-                    let _ = node;
-                    return Err(Error::Lab("the speaker is not part of the lab yet".into()));
+                    let Some(node) = node else {
+                        return Err(Error::Lab(
+                            "restart speaker needs the node's name: ferrolb-lab restart speaker NODE"
+                                .into(),
+                        ));
+                    };
+                    let r = restart_speaker(&plan, &node)?;
+                    println!("{} restarted (pid {})", r.name, r.pid);
                 }
             }
         }
@@ -274,6 +280,18 @@ fn status(plan: &LabPlan) -> Result<()> {
             Err(e) => println!("({e})\n"),
         }
     }
+    // Which node announces each LoadBalancer IP: the speakers' Announced condition.
+    let announced = concat!(
+        r#"jsonpath={range .items[?(@.spec.type=="LoadBalancer")]}"#,
+        r#"  {.metadata.namespace}/{.metadata.name} {.status.loadBalancer.ingress[*].ip}: "#,
+        r#"{.status.conditions[?(@.type=="ferrolb.io/Announced")].message}{"\n"}{end}"#
+    );
+    println!("announced (by the speakers):");
+    match crate::bins::kubectl(&kubeconfig, &["get", "svc", "-A", "-o", announced]) {
+        Ok(out) if out.trim().is_empty() => println!("  (no LoadBalancer Service)\n"),
+        Ok(out) => println!("{}\n", out.trim_end()),
+        Err(e) => println!("  ({e})\n"),
+    }
     println!("processes:");
     let mut total_kib = 0;
     for r in procs::records(&plan.state_dir) {
@@ -311,6 +329,20 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Stops `node`'s speaker gracefully (SIGTERM: it leaves the gossip group and hands its IPs
+/// over; SIGKILL after 10 s), starts it again and waits until it is ready.
+pub fn restart_speaker(plan: &LabPlan, node: &str) -> Result<procs::ProcRecord> {
+    let n = plan
+        .node(node)
+        .ok_or_else(|| Error::Lab(format!("no node {node}")))?;
+    if let Some(r) = procs::record(&plan.state_dir, &cluster::speaker_record_name(&n.name)) {
+        procs::stop(&plan.state_dir, &r, false, Duration::from_secs(10));
+    }
+    let r = cluster::start_speaker(plan, &n.name)?;
+    cluster::wait_speakers_ready(plan, std::slice::from_ref(&r))?;
+    Ok(r)
+}
+
 /// Carries out `ferrolb-lab node NAME ACTION`.
 pub fn node_action(plan: &LabPlan, name: &str, action: NodeAction) -> Result<()> {
     let n = plan
@@ -341,6 +373,12 @@ pub fn node_action(plan: &LabPlan, name: &str, action: NodeAction) -> Result<()>
             let _ = std::fs::remove_file(super::agent::node_stopped_file(plan, &n.name));
             if procs::record(state, &format!("kube-proxy-{}", n.name)).is_none_or(|r| !r.alive()) {
                 cluster::start_kube_proxy(plan, &n.name)?;
+            }
+            if procs::record(state, &cluster::speaker_record_name(&n.name))
+                .is_none_or(|r| !r.alive())
+            {
+                let r = cluster::start_speaker(plan, &n.name)?;
+                cluster::wait_speakers_ready(plan, std::slice::from_ref(&r))?;
             }
             let _ = std::fs::remove_dir_all(state.join("stopped"));
             println!("{name} started");

@@ -9,7 +9,9 @@ use tracing::info;
 
 use super::netns::{self, add_ns, exec_in, ip, ip_in, veth};
 use super::procs::{self, ProcRecord};
-use super::topology::{APISERVER_PORT, CLIENT_NS, CP_NS, HOST_LINK, LAN_BRIDGE, LabPlan, PREFIX};
+use super::topology::{
+    APISERVER_PORT, CLIENT_NS, CP_NS, HOST_LINK, LAN_BRIDGE, LabPlan, NodePlan, PREFIX,
+};
 use crate::control_plane::{
     client_from_kubeconfig, kubeconfig_token_yaml, kubeconfig_yaml, wait_readyz,
 };
@@ -364,14 +366,15 @@ pub fn start_kube_proxy(plan: &LabPlan, node: &str) -> Result<ProcRecord> {
     )
 }
 
-/// The ferrolb controller's kubeconfig: a token of its ServiceAccount from `deploy/`.
-fn controller_kubeconfig(plan: &LabPlan) -> Result<PathBuf> {
+/// A kubeconfig with a token of one of `deploy/`'s ServiceAccounts in ferrolb-system, so
+/// that the component runs with exactly that account's RBAC.
+fn service_account_kubeconfig(plan: &LabPlan, account: &str, server: &str) -> Result<PathBuf> {
     let token = kubectl(
         plan,
         &[
             "create",
             "token",
-            "ferrolb-controller",
+            account,
             "-n",
             "ferrolb-system",
             "--duration=8760h",
@@ -379,17 +382,32 @@ fn controller_kubeconfig(plan: &LabPlan) -> Result<PathBuf> {
     )?;
     let ca = std::fs::read_to_string(Files::pki(&plan.state_dir).join("ca.crt"))
         .map_err(io_err(Files::pki(&plan.state_dir)))?;
-    let path = Files::kubeconfig(&plan.state_dir, "ferrolb-controller");
+    let path = Files::kubeconfig(&plan.state_dir, account);
     write(
         &path,
         &kubeconfig_token_yaml(
-            &format!("https://127.0.0.1:{APISERVER_PORT}"),
+            server,
             &ca,
-            "system:serviceaccount:ferrolb-system:ferrolb-controller",
+            &format!("system:serviceaccount:ferrolb-system:{account}"),
             token.trim(),
         ),
     )?;
     Ok(path)
+}
+
+/// The ferrolb controller's kubeconfig; it runs beside the API server in `flb-cp`.
+fn controller_kubeconfig(plan: &LabPlan) -> Result<PathBuf> {
+    service_account_kubeconfig(
+        plan,
+        "ferrolb-controller",
+        &format!("https://127.0.0.1:{APISERVER_PORT}"),
+    )
+}
+
+/// The speakers' kubeconfig (one for all nodes); they run in the node namespaces, so they
+/// reach the API server over the LAN.
+fn speaker_kubeconfig(plan: &LabPlan) -> Result<PathBuf> {
+    service_account_kubeconfig(plan, "ferrolb-speaker", &plan.lan_server())
 }
 
 /// Path of a binary built next to the running `ferrolb-lab` (target/<profile>/...).
@@ -403,7 +421,7 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    Err(Error::MissingBinary {
+    Err(Error::MissingOwnBinary {
         name: name.into(),
         dir: dir.display().to_string(),
     })
@@ -424,6 +442,89 @@ pub fn start_controller(plan: &LabPlan) -> Result<ProcRecord> {
             "--admin-address=127.0.0.1:7472".into(),
         ],
     )
+}
+
+/// Name of the process record of `node`'s speaker.
+pub fn speaker_record_name(node: &str) -> String {
+    format!("ferrolb-speaker-{node}")
+}
+
+/// Starts the ferrolb speaker in one node's namespace (the lab's host network of that
+/// node), as the `ferrolb-speaker` ServiceAccount. Its admin server listens on the node's
+/// first LAN address.
+pub fn start_speaker(plan: &LabPlan, node: &str) -> Result<ProcRecord> {
+    let n = plan
+        .node(node)
+        .ok_or_else(|| Error::Lab(format!("no node {node}")))?;
+    let admin = speaker_admin_address(n)?;
+    let kc = Files::kubeconfig(&plan.state_dir, "ferrolb-speaker");
+    procs::spawn(
+        &plan.state_dir,
+        &speaker_record_name(&n.name),
+        Some(&n.netns),
+        &sibling_binary("ferrolb-speaker")?,
+        &[
+            format!("--kubeconfig={}", kc.display()),
+            format!("--node-name={}", n.name),
+            format!("--admin-address={admin}"),
+            "--log-format=text".into(),
+        ],
+    )
+}
+
+/// Where a node's speaker serves `/healthz`, `/readyz` and `/metrics`: its first LAN address.
+fn speaker_admin_address(n: &NodePlan) -> Result<String> {
+    match (n.lan_v4, n.lan_v6) {
+        (Some(v4), _) => Ok(format!("{v4}:7473")),
+        (None, Some(v6)) => Ok(format!("[{v6}]:7473")),
+        (None, None) => Err(Error::Lab(format!("node {} has no LAN address", n.name))),
+    }
+}
+
+/// Waits until every given speaker answers `/readyz` (its watches synced, gossip settled),
+/// so that whoever comes next finds the IPs announced; fails at once, with the tail of its
+/// log, when one exits.
+pub fn wait_speakers_ready(plan: &LabPlan, speakers: &[ProcRecord]) -> Result<()> {
+    const TIMEOUT: Duration = Duration::from_secs(60);
+    let deadline = Instant::now() + TIMEOUT;
+    let mut waiting: Vec<(&ProcRecord, &NodePlan)> = Vec::new();
+    for r in speakers {
+        let n = plan
+            .nodes
+            .iter()
+            .find(|n| speaker_record_name(&n.name) == r.name)
+            .ok_or_else(|| Error::Lab(format!("{} is not a speaker of this lab", r.name)))?;
+        waiting.push((r, n));
+    }
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for (r, n) in waiting {
+            if !r.alive() {
+                return Err(Error::EarlyExit {
+                    name: r.name.clone(),
+                    status: "exited".into(),
+                    log: r.log.display().to_string(),
+                    tail: crate::process::log_tail(&r.log, 15),
+                });
+            }
+            let url = format!("http://{}/readyz", speaker_admin_address(n)?);
+            if exec_in(&n.netns, "curl", &["-sf", "-g", "--max-time", "1", &url]).is_err() {
+                still.push((r, n));
+            }
+        }
+        waiting = still;
+        if let Some((r, _)) = waiting.first() {
+            if Instant::now() > deadline {
+                return Err(Error::Timeout {
+                    what: format!("{} (/readyz)", r.name),
+                    seconds: TIMEOUT.as_secs(),
+                    log: r.log.display().to_string(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
 }
 
 /// Starts the lab's node agent (it plays kubelet) in the host namespace.
@@ -465,6 +566,7 @@ pub async fn up(plan: LabPlan) -> Result<LabPlan> {
         bins::binary(b)?;
     }
     sibling_binary("ferrolb-controller")?;
+    sibling_binary("ferrolb-speaker")?;
 
     build_topology(&plan)?;
     write_pki(&plan)?;
@@ -479,6 +581,7 @@ pub async fn up(plan: LabPlan) -> Result<LabPlan> {
         "namespace.yaml",
         "crds/ferrolb.io_ippools.yaml",
         "controller-rbac.yaml",
+        "speaker-rbac.yaml",
     ] {
         kubectl(
             &plan,
@@ -507,6 +610,13 @@ pub async fn up(plan: LabPlan) -> Result<LabPlan> {
     }
     controller_kubeconfig(&plan)?;
     start_controller(&plan)?;
+    // The controller creates the gossip Secret; each speaker waits for it.
+    speaker_kubeconfig(&plan)?;
+    let speakers = plan
+        .nodes
+        .iter()
+        .map(|n| start_speaker(&plan, &n.name))
+        .collect::<Result<Vec<_>>>()?;
 
     let pool = serde_json::json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool",
         "metadata": {"name": "lab"}, "spec": {"addresses": plan.pool}});
@@ -521,6 +631,7 @@ pub async fn up(plan: LabPlan) -> Result<LabPlan> {
             &pool_file.display().to_string(),
         ],
     )?;
+    wait_speakers_ready(&plan, &speakers)?;
     info!(secs = t0.elapsed().as_secs_f64(), "lab up");
     Ok(plan)
 }
@@ -578,11 +689,16 @@ pub fn down(state: &Path) -> Result<()> {
         super::agent::cleanup_recorded_pods(&plan);
     }
     // Clients before servers: everything that talks to the API server stops while it still
-    // answers (the controller hands its Lease back), etcd last.
+    // answers (the speakers leave the gossip group, the controller hands its Lease back),
+    // etcd last. Each rank stops together.
     let mut rest = procs::records(state);
     rest.sort_by_key(|r| (stop_rank(&r.name), r.name.clone()));
-    for r in rest {
-        procs::stop(state, &r, false, Duration::from_secs(10));
+    for rank in rest.chunk_by(|a, b| stop_rank(&a.name) == stop_rank(&b.name)) {
+        std::thread::scope(|scope| {
+            for r in rank {
+                scope.spawn(|| procs::stop(state, r, false, Duration::from_secs(10)));
+            }
+        });
     }
     for ns in netns::list_ns()?
         .into_iter()
@@ -599,12 +715,16 @@ pub fn down(state: &Path) -> Result<()> {
     Ok(())
 }
 
+/// When `down` stops a process: lower first. The speakers go first and all at once: each
+/// leaves the gossip group on SIGTERM, and with every speaker going there is nobody to hand
+/// over to.
 fn stop_rank(name: &str) -> u8 {
     match name {
-        "kube-apiserver" => 2,
-        "etcd" => 3,
-        "kube-controller-manager" => 1,
-        _ => 0,
+        n if n.starts_with("ferrolb-speaker-") => 0,
+        "kube-controller-manager" => 2,
+        "kube-apiserver" => 3,
+        "etcd" => 4,
+        _ => 1,
     }
 }
 

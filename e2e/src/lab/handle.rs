@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use nix::sys::signal::Signal;
 use serde_json::json;
 
 use super::cli::NodeAction;
@@ -76,6 +77,49 @@ impl Lab {
 
     pub fn node(&self, name: &str, action: NodeAction) -> Result<()> {
         super::cli::node_action(&self.plan, name, action)
+    }
+
+    /// Restarts `node`'s speaker as `ferrolb-lab restart speaker NODE` does (SIGTERM, wait
+    /// for it to exit, start it again, wait until it answers `/readyz`); returns the new PID.
+    pub fn restart_speaker(&self, node: &str) -> Result<u32> {
+        super::cli::restart_speaker(&self.plan, node).map(|r| r.pid)
+    }
+
+    /// PID of `node`'s speaker while it runs.
+    pub fn speaker_pid(&self, node: &str) -> Option<u32> {
+        self.speaker_record(node)
+            .filter(super::procs::ProcRecord::alive)
+            .map(|r| r.pid)
+    }
+
+    /// Sends `signal` to `node`'s speaker and nothing else. SIGTERM and SIGKILL wait until it
+    /// has exited (SIGTERM turns into SIGKILL after 10 s); any other signal (SIGSTOP, to
+    /// freeze it) is only sent. The process record stays, so [`Lab::restart_speaker`] or
+    /// `node NAME start` brings the speaker back.
+    pub fn kill_speaker(&self, node: &str, signal: Signal) -> Result<()> {
+        let r = self
+            .speaker_record(node)
+            .filter(super::procs::ProcRecord::alive)
+            .ok_or_else(|| Error::Lab(format!("the speaker of {node} is not running")))?;
+        match signal {
+            Signal::SIGTERM | Signal::SIGKILL => super::procs::terminate(
+                r.pid,
+                Some(r.start_time),
+                signal == Signal::SIGKILL,
+                Duration::from_secs(10),
+            ),
+            other => {
+                let pid = i32::try_from(r.pid).map_err(|e| Error::Lab(e.to_string()))?;
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), other)
+                    .map_err(|e| Error::Lab(format!("{other} to {}: {e}", r.name)))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn speaker_record(&self, node: &str) -> Option<super::procs::ProcRecord> {
+        let n = self.plan.node(node)?;
+        super::procs::record(&self.plan.state_dir, &cluster::speaker_record_name(&n.name))
     }
 
     /// A new Kubernetes namespace, deleted when the value is dropped.

@@ -47,14 +47,20 @@ impl ProcRecord {
     }
 }
 
+/// True for a process that has exited and closed its files. The main thread shows `Z` as
+/// soon as it has exited itself, while other threads may still be tearing down and holding
+/// the process's sockets (a restart would find its port in use), so a zombie counts only
+/// once it is down to that one thread.
 fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    let zombie_leader = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
             s.rsplit_once(')')
                 .map(|(_, r)| r.trim_start().starts_with('Z'))
         })
-        .unwrap_or(true)
+        .unwrap_or(true);
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count);
+    zombie_leader && threads <= 1
 }
 
 /// Starts `program args` (inside `netns` when given), detached from the caller's process
@@ -142,14 +148,14 @@ pub fn terminate(pid: u32, start_time: Option<u64>, hard: bool, grace: Duration)
     }
     let Ok(p) = i32::try_from(pid) else { return };
     let target = Pid::from_raw(p);
-    let _ = kill(
-        target,
-        if hard {
-            Signal::SIGKILL
-        } else {
-            Signal::SIGTERM
-        },
-    );
+    if hard {
+        let _ = kill(target, Signal::SIGKILL);
+    } else {
+        let _ = kill(target, Signal::SIGTERM);
+        // A stopped process (SIGSTOP, as a test's fault injection) handles SIGTERM only once
+        // it runs again.
+        let _ = kill(target, Signal::SIGCONT);
+    }
     let deadline = Instant::now() + grace;
     while is_running(pid, start_time) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

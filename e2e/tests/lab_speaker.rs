@@ -1,0 +1,503 @@
+//! The speakers on the lab: real ARP/NDP peers in the `client` namespace (`arping`,
+//! `ndisc6`, `tcpdump`), real kube-proxy behind the IPs, and faults injected the way they
+//! happen (a node's link cut, its processes killed, its speaker stopped). Runs against a
+//! running lab of three nodes; `make test` runs it on IPv4, dual-stack and IPv6 labs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferrolb_e2e::lab::cli::NodeAction;
+use ferrolb_e2e::lab::echo::EchoReply;
+use ferrolb_e2e::lab::handle::Lab;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams};
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+const CLIENT_IF: &str = "eth0";
+
+async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The Service's `ferrolb.io/Announced` condition: (status, reason, message).
+async fn announced(lab: &Lab, ns: &str, name: &str) -> Option<(String, String, String)> {
+    let api: Api<Service> = Api::namespaced(lab.client(), ns);
+    let svc = api.get(name).await.ok()?;
+    svc.status?
+        .conditions?
+        .into_iter()
+        .find(|c| c.type_ == "ferrolb.io/Announced")
+        .map(|c| (c.status, c.reason, c.message))
+}
+
+async fn ingress_ips(lab: &Lab, ns: &str, name: &str) -> Vec<IpAddr> {
+    let api: Api<Service> = Api::namespaced(lab.client(), ns);
+    let Ok(svc) = api.get(name).await else {
+        return vec![];
+    };
+    svc.status
+        .and_then(|s| s.load_balancer)
+        .and_then(|lb| lb.ingress)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip?.parse().ok())
+        .collect()
+}
+
+/// Owner per IP from a True condition's message ("IP from node NODE on IFACE; ...").
+fn parse_owners(message: &str) -> BTreeMap<IpAddr, String> {
+    message
+        .trim_start_matches("announced: ")
+        .split("; ")
+        .filter_map(|part| {
+            let mut w = part.split_whitespace();
+            let ip = w.next()?.parse().ok()?;
+            (w.next()? == "from" && w.next()? == "node").then_some(())?;
+            Some((ip, w.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// Waits for a True condition covering every IP; returns the owners.
+async fn wait_announced(lab: &Lab, ns: &str, name: &str) -> BTreeMap<IpAddr, String> {
+    eventually(&format!("{ns}/{name} announced"), 60, || async {
+        let ips = ingress_ips(lab, ns, name).await;
+        let (status, _, message) = announced(lab, ns, name).await?;
+        let o = parse_owners(&message);
+        (status == "True" && !ips.is_empty() && ips.iter().all(|ip| o.contains_key(ip)))
+            .then_some(o)
+    })
+    .await
+}
+
+fn mac_of(lab: &Lab, node: &str) -> String {
+    lab.exec(node, "cat", &["/sys/class/net/eth0/address"])
+        .unwrap()
+        .trim()
+        .to_lowercase()
+}
+
+/// The MAC the client's ARP or NDP resolves `ip` to.
+fn resolve(lab: &Lab, ip: IpAddr) -> Option<String> {
+    let out = match ip {
+        IpAddr::V4(_) => lab.exec(
+            "client",
+            "arping",
+            &["-r", "-c", "1", "-w", "2", "-I", CLIENT_IF, &ip.to_string()],
+        ),
+        IpAddr::V6(_) => lab.exec(
+            "client",
+            "ndisc6",
+            &[
+                "-q",
+                "-1",
+                "-r",
+                "2",
+                "-w",
+                "1000",
+                &ip.to_string(),
+                CLIENT_IF,
+            ],
+        ),
+    };
+    let mac = out.ok()?.lines().next()?.trim().to_lowercase();
+    (!mac.is_empty()).then_some(mac)
+}
+
+fn url(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("http://{a}/"),
+        IpAddr::V6(a) => format!("http://[{a}]/"),
+    }
+}
+
+/// A new connection from the client to the IP, answered by a backend.
+fn connect(lab: &Lab, ip: IpAddr) -> Option<EchoReply> {
+    let body = lab
+        .exec(
+            "client",
+            "curl",
+            &["-sS", "--max-time", "2", "-g", &url(ip)],
+        )
+        .ok()?;
+    EchoReply::parse(&body)
+}
+
+/// Source MACs of the ARP replies / Neighbor Advertisements for `ip` seen on the client's
+/// link while the client asks for it a few times.
+fn answerers(lab: &Lab, ip: IpAddr) -> BTreeSet<String> {
+    let filter = match ip {
+        IpAddr::V4(_) => "arp".to_string(),
+        IpAddr::V6(_) => "icmp6 and ip6[40] == 136".to_string(),
+    };
+    let cap = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "flb-client",
+            "timeout",
+            "4",
+            "tcpdump",
+            "-i",
+            CLIENT_IF,
+            "-nn",
+            "-e",
+            "-l",
+            "-U",
+        ])
+        .arg(&filter)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    for _ in 0..3 {
+        let _ = resolve(lab, ip);
+    }
+    let out = cap.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let needle = match ip {
+        IpAddr::V4(a) => format!("Reply {a} is-at"),
+        IpAddr::V6(a) => format!("tgt is {a}"),
+    };
+    text.lines()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_lowercase))
+        .collect()
+}
+
+/// The admin address of a node's speaker.
+fn admin(lab: &Lab, node: &str) -> String {
+    let n = lab.plan.node(node).unwrap();
+    match (n.lan_v4, n.lan_v6) {
+        (Some(a), _) => format!("http://{a}:7473"),
+        (None, Some(a)) => format!("http://[{a}]:7473"),
+        _ => unreachable!(),
+    }
+}
+
+fn metric(lab: &Lab, node: &str, line_prefix: &str) -> Option<u64> {
+    let text = lab
+        .exec(
+            node,
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "2",
+                "-g",
+                &format!("{}/metrics", admin(lab, node)),
+            ],
+        )
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// IP families of the lab: a dual-stack Service has one EndpointSlice per family.
+fn families(lab: &Lab) -> usize {
+    usize::from(lab.plan.client_v4.is_some()) + usize::from(lab.plan.client_v6.is_some())
+}
+
+fn node_names(lab: &Lab) -> Vec<String> {
+    lab.plan.nodes.iter().map(|n| n.name.clone()).collect()
+}
+
+/// Every node's speaker runs and sees all the others alive.
+async fn wait_speakers_converged(lab: &Lab) {
+    let nodes = node_names(lab);
+    let peers = (nodes.len() - 1) as u64;
+    eventually("every speaker sees every other", 60, || async {
+        nodes
+            .iter()
+            .all(|n| metric(lab, n, "ferrolb_gossip_members{state=\"alive\"}") == Some(peers))
+            .then_some(())
+    })
+    .await;
+}
+
+/// A Service with a backend on each node named; returns its owners once announced.
+async fn service_with_backends(
+    lab: &Lab,
+    ns: &str,
+    name: &str,
+    nodes: &[&str],
+    local: bool,
+) -> BTreeMap<IpAddr, String> {
+    for n in nodes {
+        lab.echo_pod(ns, &format!("{name}-{n}"), n, json!({"app": name}))
+            .await
+            .unwrap();
+    }
+    let mut spec = json!({"type": "LoadBalancer", "selector": {"app": name},
+        "ipFamilyPolicy": "PreferDualStack",
+        "ports": [{"port": 80, "targetPort": 8080}]});
+    if local {
+        spec["externalTrafficPolicy"] = json!("Local");
+    }
+    lab.service(ns, name, spec).await.unwrap();
+    lab.wait_endpoints(ns, name, nodes.len() * families(lab))
+        .await
+        .unwrap();
+    wait_announced(lab, ns, name).await
+}
+
+/// Waits until a new connection to `ip` succeeds and the client resolves it to `mac`.
+async fn wait_served_by(lab: &Lab, ip: IpAddr, mac: &str) {
+    eventually(&format!("{ip} served from {mac}"), 30, || async {
+        (resolve(lab, ip).as_deref() == Some(mac) && connect(lab, ip).is_some()).then_some(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn each_ip_resolves_to_its_owner_answers_alone_and_carries_traffic() {
+    let lab = Lab::connect().await.unwrap();
+    wait_speakers_converged(&lab).await;
+    let ns = lab.namespace("announce").await.unwrap();
+    let owners =
+        service_with_backends(&lab, &ns.name, "web", &["node1", "node2", "node3"], false).await;
+    if lab.plan.client_v4.is_some() && lab.plan.client_v6.is_some() {
+        assert_eq!(owners.len(), 2, "dual-stack: one IP per family {owners:?}");
+    }
+    for (ip, owner) in &owners {
+        let mac = mac_of(&lab, owner);
+        wait_served_by(&lab, *ip, &mac).await;
+        let seen = answerers(&lab, *ip);
+        assert_eq!(
+            seen,
+            BTreeSet::from([mac.clone()]),
+            "{ip}: exactly one node ({owner}, {mac}) answers"
+        );
+    }
+    // One Announcing event for the Service, and no more while nothing changes.
+    let events: Api<Event> = Api::namespaced(lab.client(), &ns.name);
+    let count = || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("Announcing"))
+            .count()
+    };
+    let first = count().await;
+    assert_eq!(first, 1, "one Announcing event for one owner change");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(count().await, first, "no event without a change");
+}
+
+#[tokio::test]
+async fn local_policy_only_nodes_with_local_pods_announce_and_the_client_address_survives() {
+    let lab = Lab::connect().await.unwrap();
+    wait_speakers_converged(&lab).await;
+    let ns = lab.namespace("local").await.unwrap();
+    let owners = service_with_backends(&lab, &ns.name, "loc", &["node2"], true).await;
+    assert!(owners.values().all(|o| o == "node2"), "{owners:?}");
+    let client_ips: BTreeSet<IpAddr> = lab
+        .plan
+        .client_v4
+        .map(IpAddr::V4)
+        .into_iter()
+        .chain(lab.plan.client_v6.map(IpAddr::V6))
+        .collect();
+    for ip in owners.keys() {
+        wait_served_by(&lab, *ip, &mac_of(&lab, "node2")).await;
+        let r = connect(&lab, *ip).unwrap();
+        assert_eq!(r.node, "node2");
+        assert!(
+            client_ips.contains(&r.client.ip()),
+            "the backend saw {} instead of the client's address",
+            r.client
+        );
+    }
+
+    // Move the last local pod: the IP follows it.
+    lab.echo_pod(&ns.name, "loc-node3", "node3", json!({"app": "loc"}))
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(lab.client(), &ns.name);
+    pods.delete("loc-node2", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    lab.wait_endpoints(&ns.name, "loc", families(&lab))
+        .await
+        .unwrap();
+    let moved = eventually("the IP follows the pod to node3", 60, || async {
+        let (status, _, message) = announced(&lab, &ns.name, "loc").await?;
+        let o = parse_owners(&message);
+        (status == "True" && !o.is_empty() && o.values().all(|n| n == "node3")).then_some(o)
+    })
+    .await;
+    for ip in moved.keys() {
+        wait_served_by(&lab, *ip, &mac_of(&lab, "node3")).await;
+    }
+
+    // No local pod anywhere: not announced, and the condition says why.
+    pods.delete("loc-node3", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let (_, reason, message) = eventually("Announced=False", 60, || async {
+        let c = announced(&lab, &ns.name, "loc").await?;
+        (c.0 == "False").then_some(c)
+    })
+    .await;
+    assert_eq!(reason, "NoLocalEndpoints", "{message}");
+    for ip in moved.keys() {
+        eventually(&format!("{ip} no longer answered"), 30, || async {
+            resolve(&lab, *ip).is_none().then_some(())
+        })
+        .await;
+    }
+}
+
+/// One failover: the owner of the Service's IPs suffers `fault`; every IP moves to another
+/// node that answers for it and carries new connections; `restore` undoes the fault.
+async fn failover(prefix: &str, fault: impl Fn(&Lab, &str), restore: impl Fn(&Lab, &str)) {
+    let lab = Lab::connect().await.unwrap();
+    wait_speakers_converged(&lab).await;
+    let ns = lab.namespace(prefix).await.unwrap();
+    let owners =
+        service_with_backends(&lab, &ns.name, "fo", &["node1", "node2", "node3"], false).await;
+    let (first_ip, victim) = owners.iter().next().map(|(i, n)| (*i, n.clone())).unwrap();
+    wait_served_by(&lab, first_ip, &mac_of(&lab, &victim)).await;
+
+    fault(&lab, &victim);
+    let after = eventually("the IPs move off the failed node", 60, || async {
+        let (status, _, message) = announced(&lab, &ns.name, "fo").await?;
+        let o = parse_owners(&message);
+        (status == "True"
+            && o.len() == owners.len()
+            && owners
+                .keys()
+                .filter(|ip| owners[*ip] == victim)
+                .all(|ip| o.get(ip).is_some_and(|n| *n != victim)))
+        .then_some(o)
+    })
+    .await;
+    for (ip, owner) in &after {
+        wait_served_by(&lab, *ip, &mac_of(&lab, owner)).await;
+    }
+
+    restore(&lab, &victim);
+    wait_speakers_converged(&lab).await;
+    // Once the node returns, every IP is again answered by the owner the condition names
+    // (the returning node may win its IPs back; the condition follows).
+    eventually(
+        "the condition and the wire agree after the return",
+        60,
+        || async {
+            let (status, _, message) = announced(&lab, &ns.name, "fo").await?;
+            let o = parse_owners(&message);
+            (status == "True"
+                && o.len() == owners.len()
+                && o.iter().all(|(ip, owner)| {
+                    resolve(&lab, *ip).as_deref() == Some(mac_of(&lab, owner).as_str())
+                        && connect(&lab, *ip).is_some()
+                }))
+            .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn failover_when_the_owner_is_cut_off() {
+    failover(
+        "fo-cut",
+        |lab, n| lab.node(n, NodeAction::Cut).unwrap(),
+        |lab, n| lab.node(n, NodeAction::Heal).unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn failover_when_the_owner_node_is_killed() {
+    failover(
+        "fo-stop",
+        |lab, n| lab.node(n, NodeAction::Stop).unwrap(),
+        |lab, n| lab.node(n, NodeAction::Start).unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn handover_when_the_owner_speaker_gets_sigterm() {
+    failover(
+        "fo-term",
+        |lab, n| lab.kill_speaker(n, Signal::SIGTERM).unwrap(),
+        |lab, n| {
+            lab.restart_speaker(n).unwrap();
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn forged_and_garbage_gossip_changes_nothing() {
+    let lab = Lab::connect().await.unwrap();
+    wait_speakers_converged(&lab).await;
+    let ns = lab.namespace("forged").await.unwrap();
+    let owners =
+        service_with_backends(&lab, &ns.name, "fg", &["node1", "node2", "node3"], false).await;
+    let dropped = |lab: &Lab, n: &str| {
+        metric(
+            lab,
+            n,
+            "ferrolb_gossip_dropped_total{reason=\"unauthenticated\"}",
+        )
+        .unwrap_or(0)
+    };
+    let before: Vec<u64> = node_names(&lab).iter().map(|n| dropped(&lab, n)).collect();
+    // Garbage, a short datagram, and an envelope of the right shape with a made-up tag.
+    for n in &lab.plan.nodes {
+        let ip = n
+            .lan_v4
+            .map(|a| a.to_string())
+            .or(n.lan_v6.map(|a| a.to_string()))
+            .unwrap();
+        let script = format!(
+            "for i in 1 2 3 4 5; do \
+               printf 'garbage' > /dev/udp/{ip}/7946; \
+               printf '\\x01' > /dev/udp/{ip}/7946; \
+               printf '\\x01%s{{\"node\":\"evil\"}}' \"$(head -c 32 /dev/zero | tr '\\0' 'A')\" > /dev/udp/{ip}/7946; \
+             done"
+        );
+        lab.exec("client", "bash", &["-c", &script]).unwrap();
+    }
+    eventually("the forgeries are counted", 30, || async {
+        node_names(&lab)
+            .iter()
+            .zip(&before)
+            .all(|(n, b)| dropped(&lab, n) >= b + 15)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_speakers_converged(&lab).await;
+    let (status, _, message) = announced(&lab, &ns.name, "fg").await.unwrap();
+    assert_eq!(status, "True");
+    assert_eq!(parse_owners(&message), owners, "ownership did not move");
+    for (ip, owner) in &owners {
+        assert_eq!(answerers(&lab, *ip), BTreeSet::from([mac_of(&lab, owner)]));
+    }
+}
