@@ -12,7 +12,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -25,7 +24,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Parser, ValueEnum};
 use ferrolb_e2e::lab::cli::NodeAction;
 use ferrolb_e2e::lab::echo::EchoReply;
-use ferrolb_e2e::lab::handle::Lab;
+use ferrolb_e2e::lab::handle::{Lab, announced_owners};
 use ferrolb_e2e::lab::topology::CLIENT_NS;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -108,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
     let lab = Lab::connect()
         .await
         .context("no lab: run `target/debug/ferrolb-lab up --nodes 3` first")?;
-    let nodes = node_names(&lab);
+    let nodes = lab.node_names();
     if nodes.len() != 3 || lab.plan.client_v4.is_none() || lab.plan.client_v6.is_some() {
         bail!(
             "this benchmark wants a 3-node IPv4 lab (`ferrolb-lab up --nodes 3`); found {} nodes, {:?}",
@@ -176,10 +175,6 @@ async fn main() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // The lab: names, metrics, conditions.
 
-fn node_names(lab: &Lab) -> Vec<String> {
-    lab.plan.nodes.iter().map(|n| n.name.clone()).collect()
-}
-
 fn node_ip(lab: &Lab, node: &str) -> anyhow::Result<Ipv4Addr> {
     lab.plan
         .node(node)
@@ -215,79 +210,17 @@ fn speaker_log(lab: &Lab, node: &str) -> PathBuf {
     ))
 }
 
-/// The whole `/metrics` text of a node's speaker, read with curl from the node's namespace.
-fn metrics_text(lab: &Lab, node: &str) -> Option<String> {
-    let ip = node_ip(lab, node).ok()?;
-    lab.exec(
-        node,
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "2",
-            &format!("http://{ip}:7473/metrics"),
-        ],
-    )
-    .ok()
-}
-
-/// One series of a speaker's metrics; 0 when the speaker answers without it (a per-interface
-/// series appears once the interface is used), `None` when it does not answer.
-fn metric(lab: &Lab, node: &str, series: &str) -> Option<u64> {
-    let text = metrics_text(lab, node)?;
-    match text
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-    {
-        Some(l) => l.rsplit(' ').next()?.parse::<f64>().ok().map(|v| v as u64),
-        None => Some(0),
-    }
-}
-
-const ALIVE: &str = "ferrolb_gossip_members{state=\"alive\"}";
 const ARP_REQUESTS: &str = "ferrolb_arp_requests_total{interface=\"eth0\"}";
 const ANNOUNCED_IPS: &str = "ferrolb_announced_ips{interface=\"eth0\"}";
 
-/// Every speaker sees the two others alive.
-async fn wait_converged(lab: &Lab, limit: Duration) -> anyhow::Result<()> {
-    let nodes = node_names(lab);
-    let peers = (nodes.len() - 1) as u64;
-    let deadline = Instant::now() + limit;
-    loop {
-        let seen: Vec<Option<u64>> = nodes.iter().map(|n| metric(lab, n, ALIVE)).collect();
-        if seen.iter().all(|s| *s == Some(peers)) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("speakers not converged after {limit:?}: alive peers {seen:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The Service's `ferrolb.io/Announced` condition: (status, message).
 async fn announced(lab: &Lab, ns: &str, name: &str) -> Option<(String, String)> {
-    let api: Api<Service> = Api::namespaced(lab.client(), ns);
-    let svc = api.get(name).await.ok()?;
-    svc.status?
-        .conditions?
-        .into_iter()
-        .find(|c| c.type_ == "ferrolb.io/Announced")
-        .map(|c| (c.status, c.message))
+    lab.announced(ns, name).await.map(|c| (c.status, c.message))
 }
 
-/// Owner per IP from a True condition's message ("announced: IP from node NODE on IFACE; ...").
-fn parse_owners(message: &str) -> BTreeMap<IpAddr, String> {
-    message
-        .trim_start_matches("announced: ")
-        .split("; ")
-        .filter_map(|part| {
-            let mut w = part.split_whitespace();
-            let ip = w.next()?.parse().ok()?;
-            (w.next()? == "from" && w.next()? == "node").then_some(())?;
-            Some((ip, w.next()?.to_string()))
-        })
-        .collect()
+/// Every speaker sees the two others alive.
+async fn wait_converged(lab: &Lab, limit: Duration) -> anyhow::Result<()> {
+    Ok(lab.wait_speakers_converged(limit).await?)
 }
 
 fn ingress_ip(svc: &Service) -> Option<IpAddr> {
@@ -314,7 +247,7 @@ async fn wait_announced(
         let ip = api.get(name).await.ok().as_ref().and_then(ingress_ip);
         if let (Some(ip), Some((status, message))) = (ip, announced(lab, ns, name).await)
             && status == "True"
-            && let Some(owner) = parse_owners(&message).get(&ip)
+            && let Some(owner) = announced_owners(&message).get(&ip)
         {
             return Ok((ip, owner.clone()));
         }
@@ -327,7 +260,7 @@ async fn wait_announced(
 
 /// Best effort after a failed section: every link up, every speaker running.
 fn restore_all(lab: &Lab) {
-    for n in node_names(lab) {
+    for n in lab.node_names() {
         let _ = lab.node(&n, NodeAction::Heal);
         if lab.speaker_pid(&n).is_none()
             && let Err(e) = lab.restart_speaker(&n)
@@ -483,7 +416,7 @@ async fn failover_and_cpu(
     ns: &str,
     report: &mut String,
 ) -> anyhow::Result<()> {
-    for n in node_names(lab) {
+    for n in lab.node_names() {
         lab.echo_pod(ns, &format!("fo-{n}"), &n, json!({"app": "fo"}))
             .await?;
     }
@@ -603,7 +536,7 @@ async fn trial(lab: &Lab, ns: &str, case: Case, i: usize) -> anyhow::Result<Outc
     }
     if matches!(outcome, Outcome::Failed) {
         say!("trial {i} did not recover within {RECOVERY_LIMIT:?}; speaker logs:");
-        for n in node_names(lab) {
+        for n in lab.node_names() {
             let log = speaker_log(lab, &n);
             eprintln!(
                 "--- {} (last 25 lines)\n{}",
@@ -833,7 +766,8 @@ fn rx_packets(lab: &Lab, node: &str) -> Option<u64> {
 async fn cpu(lab: &Lab, ns: &str, report: &mut String) -> anyhow::Result<()> {
     wait_converged(lab, Duration::from_secs(90)).await?;
     let (ip, owner) = wait_announced(lab, ns, "fo", Duration::from_secs(60)).await?;
-    let other = node_names(lab)
+    let other = lab
+        .node_names()
         .into_iter()
         .find(|n| *n != owner)
         .ok_or_else(|| anyhow!("no second node"))?;
@@ -861,7 +795,7 @@ async fn cpu(lab: &Lab, ns: &str, report: &mut String) -> anyhow::Result<()> {
         tokio::time::sleep(SETTLE).await;
         let arp_before: Vec<Option<u64>> = watched
             .iter()
-            .map(|(n, _)| metric(lab, n, ARP_REQUESTS))
+            .map(|(n, _)| lab.speaker_metric(n, ARP_REQUESTS))
             .collect();
         let pids: Vec<u32> = watched
             .iter()
@@ -893,7 +827,7 @@ async fn cpu(lab: &Lab, ns: &str, report: &mut String) -> anyhow::Result<()> {
         let rx_after: Vec<Option<u64>> = watched.iter().map(|(n, _)| rx_packets(lab, n)).collect();
         let arp_after: Vec<Option<u64>> = watched
             .iter()
-            .map(|(n, _)| metric(lab, n, ARP_REQUESTS))
+            .map(|(n, _)| lab.speaker_metric(n, ARP_REQUESTS))
             .collect();
         let speakers = watched
             .iter()
@@ -993,7 +927,7 @@ fn vm(pid: u32) -> anyhow::Result<(u64, u64)> {
 }
 
 fn speakers_vm(lab: &Lab) -> anyhow::Result<Vec<(String, u64, u64)>> {
-    node_names(lab)
+    lab.node_names()
         .into_iter()
         .map(|n| {
             let pid = lab
@@ -1006,9 +940,9 @@ fn speakers_vm(lab: &Lab) -> anyhow::Result<Vec<(String, u64, u64)>> {
 }
 
 fn announced_counts(lab: &Lab) -> Vec<Option<u64>> {
-    node_names(lab)
+    lab.node_names()
         .iter()
-        .map(|n| metric(lab, n, ANNOUNCED_IPS))
+        .map(|n| lab.speaker_metric(n, ANNOUNCED_IPS))
         .collect()
 }
 
@@ -1090,14 +1024,15 @@ async fn memory(lab: &Lab, args: &Args, ns: &str, report: &mut String) -> anyhow
         created_in.as_secs_f64()
     );
 
-    let node1 = node_names(lab)
+    let node1 = lab
+        .node_names()
         .iter()
         .position(|x| x == MEM_NODE)
         .ok_or_else(|| anyhow!("no {MEM_NODE}"))?;
     let want = base[node1].unwrap_or(0) + (n - errors) as u64;
     let mut last = None;
     let reached = loop {
-        last = metric(lab, MEM_NODE, ANNOUNCED_IPS).or(last);
+        last = lab.speaker_metric(MEM_NODE, ANNOUNCED_IPS).or(last);
         if last.is_some_and(|v| v >= want) {
             break Some(t0.elapsed());
         }
@@ -1118,7 +1053,10 @@ async fn memory(lab: &Lab, args: &Args, ns: &str, report: &mut String) -> anyhow
     delete_pool(lab).await;
     let t1 = Instant::now();
     let released_in = loop {
-        if metric(lab, MEM_NODE, ANNOUNCED_IPS).is_some_and(|v| v <= base[node1].unwrap_or(0)) {
+        if lab
+            .speaker_metric(MEM_NODE, ANNOUNCED_IPS)
+            .is_some_and(|v| v <= base[node1].unwrap_or(0))
+        {
             break Some(t1.elapsed());
         }
         if t1.elapsed() > Duration::from_secs(120) {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ferrolb_e2e::lab::cli::NodeAction;
 use ferrolb_e2e::lab::echo::EchoReply;
-use ferrolb_e2e::lab::handle::Lab;
+use ferrolb_e2e::lab::handle::{Lab, announced_owners};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams};
@@ -38,12 +38,8 @@ where
 
 /// The Service's `ferrolb.io/Announced` condition: (status, reason, message).
 async fn announced(lab: &Lab, ns: &str, name: &str) -> Option<(String, String, String)> {
-    let api: Api<Service> = Api::namespaced(lab.client(), ns);
-    let svc = api.get(name).await.ok()?;
-    svc.status?
-        .conditions?
-        .into_iter()
-        .find(|c| c.type_ == "ferrolb.io/Announced")
+    lab.announced(ns, name)
+        .await
         .map(|c| (c.status, c.reason, c.message))
 }
 
@@ -61,26 +57,12 @@ async fn ingress_ips(lab: &Lab, ns: &str, name: &str) -> Vec<IpAddr> {
         .collect()
 }
 
-/// Owner per IP from a True condition's message ("IP from node NODE on IFACE; ...").
-fn parse_owners(message: &str) -> BTreeMap<IpAddr, String> {
-    message
-        .trim_start_matches("announced: ")
-        .split("; ")
-        .filter_map(|part| {
-            let mut w = part.split_whitespace();
-            let ip = w.next()?.parse().ok()?;
-            (w.next()? == "from" && w.next()? == "node").then_some(())?;
-            Some((ip, w.next()?.to_string()))
-        })
-        .collect()
-}
-
 /// Waits for a True condition covering every IP; returns the owners.
 async fn wait_announced(lab: &Lab, ns: &str, name: &str) -> BTreeMap<IpAddr, String> {
     eventually(&format!("{ns}/{name} announced"), 60, || async {
         let ips = ingress_ips(lab, ns, name).await;
         let (status, _, message) = announced(lab, ns, name).await?;
-        let o = parse_owners(&message);
+        let o = announced_owners(&message);
         (status == "True" && !ips.is_empty() && ips.iter().all(|ip| o.contains_key(ip)))
             .then_some(o)
     })
@@ -183,55 +165,16 @@ fn answerers(lab: &Lab, ip: IpAddr) -> BTreeSet<String> {
         .collect()
 }
 
-/// The admin address of a node's speaker.
-fn admin(lab: &Lab, node: &str) -> String {
-    let n = lab.plan.node(node).unwrap();
-    match (n.lan_v4, n.lan_v6) {
-        (Some(a), _) => format!("http://{a}:7473"),
-        (None, Some(a)) => format!("http://[{a}]:7473"),
-        _ => unreachable!(),
-    }
-}
-
-fn metric(lab: &Lab, node: &str, line_prefix: &str) -> Option<u64> {
-    let text = lab
-        .exec(
-            node,
-            "curl",
-            &[
-                "-sS",
-                "--max-time",
-                "2",
-                "-g",
-                &format!("{}/metrics", admin(lab, node)),
-            ],
-        )
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 /// IP families of the lab: a dual-stack Service has one EndpointSlice per family.
 fn families(lab: &Lab) -> usize {
     usize::from(lab.plan.client_v4.is_some()) + usize::from(lab.plan.client_v6.is_some())
 }
 
-fn node_names(lab: &Lab) -> Vec<String> {
-    lab.plan.nodes.iter().map(|n| n.name.clone()).collect()
-}
-
 /// Every node's speaker runs and sees all the others alive.
 async fn wait_speakers_converged(lab: &Lab) {
-    let nodes = node_names(lab);
-    let peers = (nodes.len() - 1) as u64;
-    eventually("every speaker sees every other", 60, || async {
-        nodes
-            .iter()
-            .all(|n| metric(lab, n, "ferrolb_gossip_members{state=\"alive\"}") == Some(peers))
-            .then_some(())
-    })
-    .await;
+    lab.wait_speakers_converged(Duration::from_secs(60))
+        .await
+        .unwrap();
 }
 
 /// A Service with a backend on each node named; returns its owners once announced.
@@ -344,7 +287,7 @@ async fn local_policy_only_nodes_with_local_pods_announce_and_the_client_address
         .unwrap();
     let moved = eventually("the IP follows the pod to node3", 60, || async {
         let (status, _, message) = announced(&lab, &ns.name, "loc").await?;
-        let o = parse_owners(&message);
+        let o = announced_owners(&message);
         (status == "True" && !o.is_empty() && o.values().all(|n| n == "node3")).then_some(o)
     })
     .await;
@@ -384,7 +327,7 @@ async fn failover(prefix: &str, fault: impl Fn(&Lab, &str), restore: impl Fn(&La
     fault(&lab, &victim);
     let after = eventually("the IPs move off the failed node", 60, || async {
         let (status, _, message) = announced(&lab, &ns.name, "fo").await?;
-        let o = parse_owners(&message);
+        let o = announced_owners(&message);
         (status == "True"
             && o.len() == owners.len()
             && owners
@@ -407,7 +350,7 @@ async fn failover(prefix: &str, fault: impl Fn(&Lab, &str), restore: impl Fn(&La
         60,
         || async {
             let (status, _, message) = announced(&lab, &ns.name, "fo").await?;
-            let o = parse_owners(&message);
+            let o = announced_owners(&message);
             (status == "True"
                 && o.len() == owners.len()
                 && o.iter().all(|(ip, owner)| {
@@ -460,14 +403,13 @@ async fn forged_and_garbage_gossip_changes_nothing() {
     let owners =
         service_with_backends(&lab, &ns.name, "fg", &["node1", "node2", "node3"], false).await;
     let dropped = |lab: &Lab, n: &str| {
-        metric(
-            lab,
+        lab.speaker_metric(
             n,
             "ferrolb_gossip_dropped_total{reason=\"unauthenticated\"}",
         )
         .unwrap_or(0)
     };
-    let before: Vec<u64> = node_names(&lab).iter().map(|n| dropped(&lab, n)).collect();
+    let before: Vec<u64> = lab.node_names().iter().map(|n| dropped(&lab, n)).collect();
     // Garbage, a short datagram, and an envelope of the right shape with a made-up tag.
     for n in &lab.plan.nodes {
         let ip = n
@@ -485,7 +427,7 @@ async fn forged_and_garbage_gossip_changes_nothing() {
         lab.exec("client", "bash", &["-c", &script]).unwrap();
     }
     eventually("the forgeries are counted", 30, || async {
-        node_names(&lab)
+        lab.node_names()
             .iter()
             .zip(&before)
             .all(|(n, b)| dropped(&lab, n) >= b + 15)
@@ -496,7 +438,7 @@ async fn forged_and_garbage_gossip_changes_nothing() {
     wait_speakers_converged(&lab).await;
     let (status, _, message) = announced(&lab, &ns.name, "fg").await.unwrap();
     assert_eq!(status, "True");
-    assert_eq!(parse_owners(&message), owners, "ownership did not move");
+    assert_eq!(announced_owners(&message), owners, "ownership did not move");
     for (ip, owner) in &owners {
         assert_eq!(answerers(&lab, *ip), BTreeSet::from([mac_of(&lab, owner)]));
     }

@@ -73,8 +73,8 @@ impl Announcer {
 
     /// Makes the responders answer for exactly `owned`. Interfaces that are not in
     /// `locals` (or have no MAC) cannot answer; their IPs are skipped with a warning and
-    /// retried on the next call. Returns the IPs this node answers for afterwards.
-    pub fn apply(&mut self, owned: &[Announcement], locals: &[LocalInterface]) -> BTreeSet<IpAddr> {
+    /// retried on the next call.
+    pub fn apply(&mut self, owned: &[Announcement], locals: &[LocalInterface]) {
         let mut want: BTreeMap<&str, BTreeSet<IpAddr>> = BTreeMap::new();
         for a in owned {
             want.entry(a.interface.as_str()).or_default().insert(a.ip);
@@ -164,7 +164,6 @@ impl Announcer {
             o.owned = now;
             self.on.insert(iface.to_string(), o);
         }
-        self.announced()
     }
 
     fn count_changes(&self, iface: &str, before: &BTreeSet<IpAddr>, after: &BTreeSet<IpAddr>) {
@@ -196,13 +195,7 @@ impl Announcer {
         if let Some(r) = current
             && !r.cancel.is_cancelled()
         {
-            r.owned.send_if_modified(|cur| {
-                let changed = *cur != want;
-                if changed {
-                    *cur = want;
-                }
-                changed
-            });
+            crate::publish(&r.owned, want);
             return Some(r);
         }
         let socket = match open(iface) {

@@ -145,15 +145,15 @@ where
     }
 }
 
-/// The first InternalIP of a Node.
-fn internal_ip(node: &K8sNode) -> Option<IpAddr> {
+/// A Node's InternalIPs, in the order the Node lists them.
+fn internal_ips(node: &K8sNode) -> impl Iterator<Item = IpAddr> + '_ {
     node.status
-        .as_ref()?
-        .addresses
-        .as_ref()?
-        .iter()
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
         .filter(|a| a.type_ == "InternalIP")
-        .find_map(|a| a.address.parse().ok())
+        .filter_map(|a| a.address.parse().ok())
 }
 
 /// Gossip seeds: every other Node's InternalIP of our family, at the gossip port.
@@ -171,15 +171,7 @@ fn seeds(
             if name == me {
                 return None;
             }
-            let ip = n
-                .status
-                .as_ref()?
-                .addresses
-                .as_ref()?
-                .iter()
-                .filter(|a| a.type_ == "InternalIP")
-                .filter_map(|a| a.address.parse::<IpAddr>().ok())
-                .find(|ip| ip.is_ipv4() == family_v4)?;
+            let ip = internal_ips(n).find(|ip| ip.is_ipv4() == family_v4)?;
             Some((name, SocketAddr::new(ip, port)))
         })
         .collect();
@@ -274,7 +266,9 @@ pub async fn run(args: Args) -> Result<(), String> {
                 .get(&me)
                 .await
                 .map_err(|e| format!("cannot read Node {me}: {e}"))?;
-            internal_ip(&n).ok_or_else(|| format!("Node {me} has no InternalIP yet"))
+            internal_ips(&n)
+                .next()
+                .ok_or_else(|| format!("Node {me} has no InternalIP yet"))
         }
     })
     .await
@@ -393,16 +387,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     loop {
         // Elect and announce.
         let member_view: BTreeMap<String, Member> = members.borrow_and_update().clone();
-        let _ = seeds_tx.send_if_modified({
-            let now = seeds(&nodes, &me, family_v4, args.gossip_port);
-            move |cur| {
-                let changed = *cur != now;
-                if changed {
-                    *cur = now;
-                }
-                changed
-            }
-        });
+        crate::publish(&seeds_tx, seeds(&nodes, &me, family_v4, args.gossip_port));
         let node_objs = nodes.state();
         let svc_objs = services.state();
         let slice_objs = slices.state();
@@ -422,13 +407,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             .filter_map(|re| election::interface_regex(re).ok())
             .collect();
         let advertised = interfaces::announcing(&locals.borrow(), &named);
-        advertised_tx.send_if_modified(|cur| {
-            let changed = *cur != advertised;
-            if changed {
-                *cur = advertised;
-            }
-            changed
-        });
+        crate::publish(&advertised_tx, advertised);
         let election = election::elect(&inputs);
         metrics.elections.fetch_add(1, Ordering::Relaxed);
         let owned = election.owned_by(&me);

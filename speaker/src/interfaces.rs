@@ -178,13 +178,7 @@ pub fn watch(period: Duration, cancel: CancellationToken) -> watch::Receiver<Vec
             }
             match tokio::task::spawn_blocking(scan).await {
                 Ok(Ok(now)) => {
-                    tx.send_if_modified(|cur| {
-                        let changed = *cur != now;
-                        if changed {
-                            *cur = now;
-                        }
-                        changed
-                    });
+                    crate::publish(&tx, now);
                 }
                 Ok(Err(e)) => warn!(%e, "scanning interfaces"),
                 Err(e) => warn!(%e, "interface scan task"),

@@ -26,3 +26,15 @@ pub mod membership;
 pub mod responder;
 pub mod status;
 pub mod wire;
+
+/// Replaces the value in `tx` with `value` when they differ, waking receivers only then;
+/// returns whether it changed.
+pub(crate) fn publish<T: PartialEq>(tx: &tokio::sync::watch::Sender<T>, value: T) -> bool {
+    tx.send_if_modified(|cur| {
+        let changed = *cur != value;
+        if changed {
+            *cur = value;
+        }
+        changed
+    })
+}

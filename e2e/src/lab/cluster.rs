@@ -473,7 +473,7 @@ pub fn start_speaker(plan: &LabPlan, node: &str) -> Result<ProcRecord> {
 }
 
 /// Where a node's speaker serves `/healthz`, `/readyz` and `/metrics`: its first LAN address.
-fn speaker_admin_address(n: &NodePlan) -> Result<String> {
+pub fn speaker_admin_address(n: &NodePlan) -> Result<String> {
     match (n.lan_v4, n.lan_v6) {
         (Some(v4), _) => Ok(format!("{v4}:7473")),
         (None, Some(v6)) => Ok(format!("[{v6}]:7473")),

@@ -1,10 +1,13 @@
 //! A test's handle on a running lab: a Kubernetes client, commands in the lab's namespaces,
 //! fault injection, and a fresh Kubernetes namespace per test.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use nix::sys::signal::Signal;
 use serde_json::json;
@@ -115,6 +118,70 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// The lab's node names, in order.
+    pub fn node_names(&self) -> Vec<String> {
+        self.plan.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// The `/metrics` text of `node`'s speaker, read with curl from the node's namespace;
+    /// `None` when it does not answer.
+    pub fn speaker_metrics(&self, node: &str) -> Option<String> {
+        let n = self.plan.node(node)?;
+        let url = format!("http://{}/metrics", cluster::speaker_admin_address(n).ok()?);
+        self.exec(node, "curl", &["-sS", "--max-time", "2", "-g", &url])
+            .ok()
+    }
+
+    /// One series of `node`'s speaker metrics, e.g.
+    /// `ferrolb_gossip_members{state="alive"}`: 0 when the speaker answers without it (a
+    /// per-interface series appears once the interface is used), `None` when it does not
+    /// answer.
+    pub fn speaker_metric(&self, node: &str, series: &str) -> Option<u64> {
+        let text = self.speaker_metrics(node)?;
+        match text.lines().find(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with(' '))
+        }) {
+            Some(l) => l.rsplit(' ').next()?.parse::<f64>().ok().map(|v| v as u64),
+            None => Some(0),
+        }
+    }
+
+    /// Waits until every node's speaker sees all the others alive in gossip.
+    pub async fn wait_speakers_converged(&self, limit: Duration) -> Result<()> {
+        const ALIVE: &str = "ferrolb_gossip_members{state=\"alive\"}";
+        let nodes = self.node_names();
+        let peers = nodes.len().saturating_sub(1) as u64;
+        let deadline = Instant::now() + limit;
+        loop {
+            let seen: Vec<Option<u64>> = nodes
+                .iter()
+                .map(|n| self.speaker_metric(n, ALIVE))
+                .collect();
+            if seen.iter().all(|s| *s == Some(peers)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Lab(format!(
+                    "speakers not converged after {limit:?}: alive peers per node {seen:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The Service's `ferrolb.io/Announced` condition, if it has one.
+    pub async fn announced(&self, ns: &str, name: &str) -> Option<Condition> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
+        api.get(name)
+            .await
+            .ok()?
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == ferrolb_crds::names::CONDITION_ANNOUNCED)
     }
 
     fn speaker_record(&self, node: &str) -> Option<super::procs::ProcRecord> {
@@ -240,6 +307,21 @@ impl Lab {
     }
 }
 
+/// The owner of each IP named in a True `ferrolb.io/Announced` message
+/// (`announced: IP from node NODE on IFACE; ...`).
+pub fn announced_owners(message: &str) -> BTreeMap<IpAddr, String> {
+    message
+        .trim_start_matches("announced: ")
+        .split("; ")
+        .filter_map(|part| {
+            let mut w = part.split_whitespace();
+            let ip = w.next()?.parse().ok()?;
+            (w.next()? == "from" && w.next()? == "node").then_some(())?;
+            Some((ip, w.next()?.to_string()))
+        })
+        .collect()
+}
+
 /// A Kubernetes namespace for one test; deleted (in the background) when dropped.
 pub struct TestNamespace {
     pub name: String,
@@ -263,5 +345,21 @@ impl Drop for TestNamespace {
                 let _ = api.delete(&name, &DeleteParams::default()).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_come_from_a_true_announced_message() {
+        let got = announced_owners(
+            "announced: 10.77.0.200 from node node1 on eth0; fd77::200 from node node2 on eth0",
+        );
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[&"10.77.0.200".parse::<IpAddr>().unwrap()], "node1");
+        assert_eq!(got[&"fd77::200".parse::<IpAddr>().unwrap()], "node2");
+        assert!(announced_owners("10.77.0.200 not announced: no eligible node").is_empty());
     }
 }
