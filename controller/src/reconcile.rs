@@ -67,6 +67,8 @@ pub struct Context {
     allocator: Mutex<Allocator>,
     namespaces: Store<Namespace>,
     pools: Store<IPPool>,
+    /// The Services as the watch last saw them: deletions leave it before they release.
+    services: Store<Service>,
     leader: Option<LeaderHandle>,
     metrics: Arc<Metrics>,
     /// Set once allocations are rebuilt from Service status.
@@ -154,15 +156,42 @@ impl Context {
     }
 }
 
+/// What one reconcile decided, and about which version of the Service.
+struct Decision {
+    svc: Arc<Service>,
+    plan: Plan,
+    pools: Vec<String>,
+    freed: bool,
+}
+
 /// Decides (under the allocator's lock) what the Service should look like.
-fn decide(svc: &Service, ctx: &Context) -> Result<(Plan, Vec<String>, bool), Error> {
-    let key = key_of(svc);
+///
+/// The reconcile's copy may predate a deletion whose release already ran; allocating for
+/// it would give a deleted Service an address for good. So the decision is made about the
+/// store's current copy, read under the lock: the watch removes a deleted Service from the
+/// store before it takes the lock to release, so either the release comes after this
+/// decision or this decision sees the Service gone.
+fn decide(snapshot: &Service, ctx: &Context) -> Result<Option<Decision>, Error> {
+    let key = key_of(snapshot);
     let mut alloc = lock(&ctx.allocator)?;
+    let Some(current) = ctx.services.get(&svc_ref(&key)) else {
+        return Ok(None);
+    };
+    if current.metadata.uid != snapshot.metadata.uid {
+        // Deleted and created again: the new object has its own reconcile coming.
+        return Ok(None);
+    }
+    let svc: &Service = &current;
     let held_before: Vec<IpAddr> = alloc.held(&key).iter().map(|h| h.ip).collect();
     let handling = service::handling(svc, ctx.settings.default_class);
     let (plan, pending) = match handling {
         Handling::OtherClass if held_before.is_empty() => {
-            return Ok((Plan::Nothing, vec![], false));
+            return Ok(Some(Decision {
+                svc: current.clone(),
+                plan: Plan::Nothing,
+                pools: vec![],
+                freed: false,
+            }));
         }
         Handling::OtherClass => {
             let released = alloc.release(&key);
@@ -241,7 +270,12 @@ fn decide(svc: &Service, ctx: &Context) -> Result<(Plan, Vec<String>, bool), Err
             p.remove(&key);
         }
     }
-    Ok((plan, pools, freed))
+    Ok(Some(Decision {
+        svc: current.clone(),
+        plan,
+        pools,
+        freed,
+    }))
 }
 
 /// One Service: snapshot, plan, apply.
@@ -250,7 +284,16 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
     let mut restored = ctx.restored.subscribe();
     let _ = restored.wait_for(|r| *r).await;
 
-    let (plan, pools, freed) = decide(&svc, &ctx)?;
+    let Some(Decision {
+        svc,
+        plan,
+        pools,
+        freed,
+    }) = decide(&svc, &ctx)?
+    else {
+        debug!("gone from the store; nothing to do");
+        return Ok(Action::await_change());
+    };
     debug!(?plan, "planned");
     match &plan {
         Plan::Nothing => {}
@@ -621,6 +664,7 @@ pub async fn run(
         allocator: Mutex::new(Allocator::new()),
         namespaces: ns_reader.clone(),
         pools: pool_reader.clone(),
+        services: svc_reader.clone(),
         leader,
         metrics,
         restored: restored_tx,

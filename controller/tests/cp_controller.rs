@@ -440,6 +440,31 @@ async fn allocation_rules_against_the_real_api() {
     );
 }
 
+/// Deleting a Service right after it got its address races the reconcile its own status
+/// write triggers; the address must come free every time, never stay with the deleted one.
+#[tokio::test]
+async fn deleting_right_after_allocation_never_keeps_the_address() {
+    let c = Cluster::start(1).await;
+    c.pool("one", json!({"addresses": ["10.77.0.1"]})).await;
+    let api: Api<Service> = Api::namespaced(c.client(), "default");
+    for i in 0..40 {
+        let name = format!("s{i}");
+        c.service("default", &name, json!({}), json!({})).await;
+        c.wait_ips("default", &name, &["10.77.0.1"]).await;
+        // A change just before the delete queues one more reconcile of the doomed Service.
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"touch": "1"}}})),
+        )
+        .await
+        .unwrap();
+        api.delete(&name, &DeleteParams::default()).await.unwrap();
+    }
+    c.service("default", "last", json!({}), json!({})).await;
+    c.wait_ips("default", "last", &["10.77.0.1"]).await;
+}
+
 #[tokio::test]
 async fn dual_stack_and_sharing() {
     let c = Cluster::start(1).await;
