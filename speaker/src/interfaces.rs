@@ -102,10 +102,12 @@ fn ip_json(args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Name prefixes of interfaces that never announce: loopback, container and CNI plumbing,
-/// tunnels. Answering ARP from one of them is the classic "wrong MAC" failure.
-pub const NEVER_ANNOUNCE: [&str; 21] = [
+/// Name prefixes of interfaces that never announce: loopback, container and CNI plumbing
+/// (`cbr0` is kubenet's pod bridge, which goes up and down as pods come and go), tunnels.
+/// Answering ARP from one of them is the classic "wrong MAC" failure.
+pub const NEVER_ANNOUNCE: [&str; 22] = [
     "lo",
+    "cbr",
     "docker",
     "veth",
     "cni",
@@ -228,6 +230,7 @@ mod tests {
         let extra = r#"[
           {"ifname":"veth1234","flags":["UP","LOWER_UP"],"link_type":"ether","address":"02:00:00:00:00:01","addr_info":[]},
           {"ifname":"cni0","flags":["UP","LOWER_UP"],"link_type":"ether","address":"02:00:00:00:00:02","addr_info":[{"local":"10.244.0.1","prefixlen":24}]},
+          {"ifname":"cbr0","flags":["UP","LOWER_UP"],"link_type":"ether","address":"02:00:00:00:00:04","addr_info":[{"local":"10.244.1.1","prefixlen":24}]},
           {"ifname":"bond0","flags":["UP","LOWER_UP"],"link_type":"ether","address":"02:00:00:00:00:03","addr_info":[{"local":"10.2.0.1","prefixlen":24}]}
         ]"#;
         let mut all = parse(ADDRS, &[]).unwrap();

@@ -161,3 +161,38 @@ async fn members_join_leave_crash_and_ignore_forgeries() {
     eprintln!("member gone after a leave in {left:?}, after a crash in {crashed:?}");
     a.cancel.cancel();
 }
+
+/// A member that crashes while the survivor's own identity changes (its interfaces moved,
+/// or it rejoined) must still be declared down: the change must not leave the suspicion
+/// hanging for ever, which would keep a dead node owning its IPs.
+#[tokio::test]
+async fn a_suspicion_outlives_an_identity_change() {
+    let a = start("a").await;
+    let b = start("b").await;
+    let all = vec![("a".to_string(), a.addr), ("b".to_string(), b.addr)];
+    for n in [&a, &b] {
+        n.seeds.send(all.clone()).unwrap();
+    }
+    for n in [&a, &b] {
+        wait_members(n, &["a", "b"]).await;
+    }
+    // b crashes; once a suspects it, a's interfaces change.
+    b.task.abort();
+    let t0 = Instant::now();
+    while a
+        .view
+        .stats
+        .peers_suspect
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "a never suspected b"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.interfaces.send(eth0("10.0.5.7")).unwrap();
+    wait_members(&a, &["a"]).await;
+    a.cancel.cancel();
+}

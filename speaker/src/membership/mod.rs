@@ -12,15 +12,18 @@
 //! peer.
 
 pub mod auth;
+pub mod suspicion;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use foca::{AccumulatingRuntime, Config, Foca, PostcardCodec, Timer};
+
 use serde::{Deserialize, Serialize};
+use suspicion::Suspicions;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -117,9 +120,9 @@ impl Settings {
             bind,
             advertise: None,
             key,
-            probe_period: Duration::from_millis(400),
-            probe_rtt: Duration::from_millis(150),
-            suspect_to_down: Duration::from_millis(700),
+            probe_period: Duration::from_millis(300),
+            probe_rtt: Duration::from_millis(100),
+            suspect_to_down: Duration::from_millis(500),
             generation: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -132,6 +135,16 @@ impl Settings {
         c.probe_period = self.probe_period;
         c.probe_rtt = self.probe_rtt;
         c.suspect_to_down_after = self.suspect_to_down;
+        // Spread news (a suspicion, a refutation, a death) between probes too, so the node
+        // that takes over learns of a death without waiting to be probed itself; a LAN of
+        // speakers affords a few small datagrams every 100 ms.
+        c.periodic_gossip = Some(foca::PeriodicParams {
+            frequency: Duration::from_millis(100),
+            num_members: std::num::NonZeroUsize::MIN.saturating_add(2),
+        });
+        // A member wrongly declared down hears of it and comes back with a new generation
+        // (`Speaker::renew`) instead of waiting to be announced again.
+        c.notify_down_members = true;
         c.max_packet_size =
             std::num::NonZeroUsize::new(1400 - auth::OVERHEAD).unwrap_or(c.max_packet_size);
         c
@@ -250,6 +263,8 @@ impl Membership {
         let (timer_tx, mut timer_rx) = mpsc::unbounded_channel::<Timer<Speaker>>();
         let mut buf = vec![0u8; 65536];
         let mut announce = tokio::time::interval(Duration::from_millis(500));
+        // foca's own suspicion timer normally fires first; this is the backstop.
+        let mut suspicions = Suspicions::new(settings.suspect_to_down + settings.probe_period);
         info!(node = %me.node, addr = %me.addr, "gossip membership started");
         loop {
             tokio::select! {
@@ -322,6 +337,23 @@ impl Membership {
                 }
             }
             flush(&socket, &settings.key, &mut rt, &timer_tx, &stats).await;
+            let suspects = foca
+                .iter_membership_state()
+                .filter(|m| m.state() == foca::State::Suspect)
+                .map(|m| (m.id().clone(), m.incarnation()));
+            let overdue = suspicions.overdue(suspects.collect::<Vec<_>>(), Instant::now());
+            if !overdue.is_empty() {
+                for (id, _) in &overdue {
+                    info!(node = %id.node, generation = id.generation, "suspect not refuted in time: declaring it down");
+                }
+                let down = overdue
+                    .into_iter()
+                    .map(|(id, inc)| foca::Member::new(id, inc, foca::State::Down));
+                if let Err(e) = foca.apply_many(down, true, &mut rt) {
+                    warn!(%e, "declaring overdue suspects down");
+                }
+                flush(&socket, &settings.key, &mut rt, &timer_tx, &stats).await;
+            }
             let (mut alive, mut suspect, mut down) = (0u64, 0u64, 0u64);
             for m in foca.iter_membership_state() {
                 match m.state() {
