@@ -76,6 +76,9 @@ struct Args {
     /// Services (announced IPs) in the memory case.
     #[arg(long, default_value_t = 1000)]
     services: usize,
+    /// Rounds of the memory case (create, measure, delete, measure).
+    #[arg(long, default_value_t = 2)]
+    memory_rounds: usize,
     /// Also write the report to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -149,13 +152,10 @@ async fn main() -> anyhow::Result<()> {
         drop(ns);
     }
     if args.runs(Case::Memory) {
-        let ns = lab.namespace("bench-mem").await?;
-        if let Err(e) = memory(&lab, &args, &ns.name, &mut report).await {
+        if let Err(e) = memory(&lab, &args, &mut report).await {
             say!("memory section failed: {e:#}");
             failed.push(format!("memory: {e:#}"));
         }
-        delete_namespace(&lab, &ns.name).await;
-        drop(ns);
         delete_pool(&lab).await;
     }
     for f in &failed {
@@ -961,7 +961,23 @@ async fn delete_pool(lab: &Lab) {
     }
 }
 
-async fn memory(lab: &Lab, args: &Args, ns: &str, report: &mut String) -> anyhow::Result<()> {
+/// One round of the memory case, as measured.
+struct Round {
+    created_in: Duration,
+    errors: usize,
+    last: Option<u64>,
+    want: u64,
+    reached: Option<Duration>,
+    /// VmRSS/VmHWM 10 s after the owner announced them all.
+    loaded: Vec<(String, u64, u64)>,
+    counts: Vec<Option<u64>>,
+    deleted_in: Option<Duration>,
+    released_in: Option<Duration>,
+    /// VmRSS/VmHWM 10 s after the namespace was gone and the IPs released.
+    cleaned: Vec<(String, u64, u64)>,
+}
+
+async fn memory(lab: &Lab, args: &Args, report: &mut String) -> anyhow::Result<()> {
     wait_converged(lab, Duration::from_secs(90)).await?;
     // The previous section's Service must be gone from the counts.
     let t = Instant::now();
@@ -990,9 +1006,43 @@ async fn memory(lab: &Lab, args: &Args, ns: &str, report: &mut String) -> anyhow
             &Patch::Apply(&pool),
         )
         .await?;
+    let node1 = lab
+        .node_names()
+        .iter()
+        .position(|x| x == MEM_NODE)
+        .ok_or_else(|| anyhow!("no {MEM_NODE}"))?;
+    let base_owner = base[node1].unwrap_or(0);
+
+    let mut rounds = Vec::new();
+    for r in 1..=args.memory_rounds.max(1) {
+        let ns = lab.namespace(&format!("bench-mem{r}")).await?;
+        let round = memory_round(lab, args, &ns.name, base_owner).await;
+        drop(ns);
+        match round {
+            Ok(round) => rounds.push(round),
+            Err(e) => {
+                memory_report(report, args, &before, &rounds)?;
+                return Err(e);
+            }
+        }
+    }
+    delete_pool(lab).await;
+    memory_report(report, args, &before, &rounds)?;
+    if let Some(r) = rounds.iter().find(|r| r.reached.is_none()) {
+        bail!(
+            "{MEM_NODE} announced {:?} IPs, not {}, within {MEM_TIMEOUT:?}",
+            r.last,
+            r.want
+        );
+    }
+    Ok(())
+}
+
+/// Creates `args.services` Services in `ns`, waits until the owner announces them all,
+/// measures, deletes the namespace, waits until the owner announced none, measures again.
+async fn memory_round(lab: &Lab, args: &Args, ns: &str, base_owner: u64) -> anyhow::Result<Round> {
     lab.echo_pod(ns, "mem", MEM_NODE, json!({"app": "bench-mem"}))
         .await?;
-
     let api: Api<Service> = Api::namespaced(lab.client(), ns);
     let n = args.services;
     let t0 = Instant::now();
@@ -1019,17 +1069,12 @@ async fn memory(lab: &Lab, args: &Args, ns: &str, report: &mut String) -> anyhow
         say!("{errors} Service creations failed, e.g. {e}");
     }
     say!(
-        "{} Services created in {:.1} s",
+        "{ns}: {} Services created in {:.1} s",
         n - errors,
         created_in.as_secs_f64()
     );
 
-    let node1 = lab
-        .node_names()
-        .iter()
-        .position(|x| x == MEM_NODE)
-        .ok_or_else(|| anyhow!("no {MEM_NODE}"))?;
-    let want = base[node1].unwrap_or(0) + (n - errors) as u64;
+    let want = base_owner + (n - errors) as u64;
     let mut last = None;
     let reached = loop {
         last = lab.speaker_metric(MEM_NODE, ANNOUNCED_IPS).or(last);
@@ -1042,20 +1087,18 @@ async fn memory(lab: &Lab, args: &Args, ns: &str, report: &mut String) -> anyhow
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     say!("{MEM_NODE} announces {last:?} (want {want}) after {reached:?}");
-    let at_reach = speakers_vm(lab)?;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let after = speakers_vm(lab)?;
+    let loaded = speakers_vm(lab)?;
     let counts = announced_counts(lab);
-    say!("memory after: {after:?}; announced {counts:?}");
+    say!("memory loaded: {loaded:?}; announced {counts:?}");
 
     // Clean up here, to see what the speakers give back.
     let deleted_in = delete_namespace(lab, ns).await;
-    delete_pool(lab).await;
     let t1 = Instant::now();
     let released_in = loop {
         if lab
             .speaker_metric(MEM_NODE, ANNOUNCED_IPS)
-            .is_some_and(|v| v <= base[node1].unwrap_or(0))
+            .is_some_and(|v| v <= base_owner)
         {
             break Some(t1.elapsed());
         }
@@ -1067,68 +1110,106 @@ async fn memory(lab: &Lab, args: &Args, ns: &str, report: &mut String) -> anyhow
     tokio::time::sleep(Duration::from_secs(10)).await;
     let cleaned = speakers_vm(lab)?;
     say!("memory after cleanup: {cleaned:?}; {MEM_NODE} released its IPs after {released_in:?}");
+    Ok(Round {
+        created_in,
+        errors,
+        last,
+        want,
+        reached,
+        loaded,
+        counts,
+        deleted_in,
+        released_in,
+        cleaned,
+    })
+}
 
+fn memory_report(
+    report: &mut String,
+    args: &Args,
+    before: &[(String, u64, u64)],
+    rounds: &[Round],
+) -> anyhow::Result<()> {
+    let n = args.services;
     writeln!(report, "### Speaker memory with {n} announced IPs\n")?;
     writeln!(
         report,
         "IPPool `{MEM_POOL}` `{MEM_POOL_CIDR}` (`autoAssign: false`, `l2.nodeSelector` \
          `kubernetes.io/hostname: {MEM_NODE}` (the lab agent sets that label), interfaces \
-         `[eth0]`), one echo pod on {MEM_NODE}, and {n} Services of type LoadBalancer naming \
-         the pool (`ferrolb.io/ip-pool`), created {MEM_CONCURRENCY} at a time. Every speaker \
-         watches all of them; only {MEM_NODE}'s may announce them. Memory = VmRSS and VmHWM \
-         from `/proc/PID/status` of each speaker: before (lab idle, no LoadBalancer Service), \
-         when {MEM_NODE}'s `{ANNOUNCED_IPS}` reached {want}, 10 s later, and 10 s after the \
-         namespace (and so the Services) and the pool were deleted and {MEM_NODE} announced \
-         none of them any more.\n"
+         `[eth0]`). Each round: a namespace with one echo pod on {MEM_NODE} and {n} Services \
+         of type LoadBalancer naming the pool (`ferrolb.io/ip-pool`), created \
+         {MEM_CONCURRENCY} at a time; then the namespace is deleted. Every speaker watches \
+         all of them; only {MEM_NODE}'s may announce them. Memory = VmRSS (and VmHWM) from \
+         `/proc/PID/status` of each speaker: before (lab idle, no LoadBalancer Service), 10 s \
+         after {MEM_NODE}'s `{ANNOUNCED_IPS}` reached the round's count (\"loaded\"), and \
+         10 s after the namespace was gone and {MEM_NODE} announced none of them any more \
+         (\"cleaned\"). A second round tells a plateau (allocator or caches keeping freed \
+         memory for reuse) from a leak (growing again).\n"
     )?;
-    writeln!(
-        report,
-        "- {} Services created in {:.1} s ({errors} failed; the API server's pace); \
-         {MEM_NODE} announced {} IPs {} after the first creation, {} after the last.\n\
-         - Cleanup: the namespace was gone after {}; {MEM_NODE} announced none of the IPs \
-         {} after that.\n",
-        n - errors,
-        created_in.as_secs_f64(),
-        last.map_or("?".into(), |v| v.to_string()),
-        reached.map_or(
-            format!("(not all within {} s)", MEM_TIMEOUT.as_secs()),
-            |d| format!("{:.1} s", d.as_secs_f64())
-        ),
-        reached.map_or("-".into(), |d| format!(
-            "{:.1} s",
-            d.saturating_sub(created_in).as_secs_f64()
-        )),
-        deleted_in.map_or("?".into(), |d| format!("{:.1} s", d.as_secs_f64())),
-        released_in.map_or("(not within 120 s)".into(), |d| format!(
-            "{:.1} s",
-            d.as_secs_f64()
-        )),
-    )?;
-    writeln!(
-        report,
-        "| speaker | announces | VmRSS before (MiB) | VmRSS at {want} (MiB) | VmRSS 10 s later (MiB) | growth (MiB) | VmHWM (MiB) | VmRSS after cleanup (MiB) |"
-    )?;
-    writeln!(report, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
-    let mib = |k: u64| k as f64 / 1024.0;
-    for (k, (node, rss0, _)) in before.iter().enumerate() {
-        let (_, rss1, _) = &at_reach[k];
-        let (_, rss2, hwm2) = &after[k];
-        let (_, rss3, _) = &cleaned[k];
+    for (i, r) in rounds.iter().enumerate() {
         writeln!(
             report,
-            "| {node} | {} | {:.1} | {:.1} | {:.1} | {:+.1} | {:.1} | {:.1} |",
-            counts[k].map_or("?".into(), |v| v.to_string()),
-            mib(*rss0),
-            mib(*rss1),
-            mib(*rss2),
-            mib(*rss2) - mib(*rss0),
-            mib(*hwm2),
-            mib(*rss3),
+            "- Round {}: {} Services created in {:.1} s ({} failed; the API server's pace); \
+             {MEM_NODE} announced {} IPs {} after the first creation, {} after the last; the \
+             namespace was gone after {}; {MEM_NODE} announced none of the IPs {} after that.",
+            i + 1,
+            n - r.errors,
+            r.created_in.as_secs_f64(),
+            r.errors,
+            r.last.map_or("?".into(), |v| v.to_string()),
+            r.reached.map_or(
+                format!("(not all within {} s)", MEM_TIMEOUT.as_secs()),
+                |d| format!("{:.1} s", d.as_secs_f64())
+            ),
+            r.reached.map_or("-".into(), |d| format!(
+                "{:.1} s",
+                d.saturating_sub(r.created_in).as_secs_f64()
+            )),
+            r.deleted_in
+                .map_or("?".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+            r.released_in
+                .map_or("(not within 120 s)".into(), |d| format!(
+                    "{:.1} s",
+                    d.as_secs_f64()
+                )),
         )?;
     }
     writeln!(report)?;
-    if reached.is_none() {
-        bail!("{MEM_NODE} announced {last:?} IPs, not {want}, within {MEM_TIMEOUT:?}");
+    let mut header = String::from("| speaker | announces | VmRSS before (MiB)");
+    let mut rule = String::from("|---|---:|---:");
+    for i in 1..=rounds.len() {
+        header.push_str(&format!(" | round {i} loaded | round {i} cleaned"));
+        rule.push_str("|---:|---:");
     }
+    header.push_str(" | growth, round 1 loaded (MiB) | VmHWM at the end (MiB) |");
+    rule.push_str("|---:|---:|");
+    writeln!(report, "{header}\n{rule}")?;
+    let mib = |k: u64| k as f64 / 1024.0;
+    for (k, (node, rss0, _)) in before.iter().enumerate() {
+        let mut row = format!(
+            "| {node} | {} | {:.1}",
+            rounds
+                .first()
+                .and_then(|r| r.counts.get(k).copied().flatten())
+                .map_or("?".into(), |v| v.to_string()),
+            mib(*rss0)
+        );
+        for r in rounds {
+            let loaded = r.loaded.get(k).map_or(0, |v| v.1);
+            let cleaned = r.cleaned.get(k).map_or(0, |v| v.1);
+            row.push_str(&format!(" | {:.1} | {:.1}", mib(loaded), mib(cleaned)));
+        }
+        let growth = rounds
+            .first()
+            .and_then(|r| r.loaded.get(k))
+            .map_or("?".into(), |v| format!("{:+.1}", mib(v.1) - mib(*rss0)));
+        let hwm = rounds
+            .last()
+            .and_then(|r| r.cleaned.get(k))
+            .map_or("?".into(), |v| format!("{:.1}", mib(v.2)));
+        row.push_str(&format!(" | {growth} | {hwm} |"));
+        writeln!(report, "{row}")?;
+    }
+    writeln!(report)?;
     Ok(())
 }
