@@ -46,6 +46,31 @@ fn spawn_controller(cp: &TestControlPlane, bin: &PathBuf, name: &str) -> Supervi
     Supervised::spawn(name, cmd, &cp.dir().join(format!("{name}.log"))).unwrap()
 }
 
+/// VmRSS and VmHWM of a process, in KiB.
+fn memory_kib(pid: Option<u32>) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn mib(m: Option<(u64, u64)>) -> String {
+    m.map_or("?".into(), |(rss, hwm)| {
+        format!(
+            "{:.1} MiB (peak {:.1} MiB)",
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        )
+    })
+}
+
 fn service(name: &str) -> Service {
     serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": "bench"},
@@ -148,6 +173,8 @@ async fn main() {
     }
     let all_secs = t0.elapsed().as_secs_f64();
     watch.abort();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mem_loaded = memory_kib(controller.pid());
     let mut lat: Vec<f64> = {
         let seen = seen.lock().unwrap();
         created
@@ -179,6 +206,8 @@ async fn main() {
     let controller = spawn_controller(&cp, &bin, "controller-2");
     let probe_ip = wait_ip(&api, "probe").await;
     let probe_secs = t1.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mem_restarted = memory_kib(controller.pid());
     let log = std::fs::read_to_string(controller.log_path()).unwrap_or_default();
     let after = snapshot().await;
     let changed = before
@@ -218,6 +247,14 @@ async fn main() {
     println!(
         "| addresses changed by the restart | {changed} of {} |",
         before.len()
+    );
+    println!(
+        "| controller memory with {n} Services allocated, 5 s after the last | {} |",
+        mib(mem_loaded)
+    );
+    println!(
+        "| restarted controller's memory, 5 s after serving the new Service | {} |",
+        mib(mem_restarted)
     );
     println!(
         "| new Service given an address already held | {} |",

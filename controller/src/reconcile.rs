@@ -100,6 +100,11 @@ fn key_of(svc: &Service) -> ServiceKey {
     )
 }
 
+/// Keeps cached objects small (see [`ferrolb_crds::cache::slim`]).
+fn slim<K: Resource>(obj: &mut K) {
+    ferrolb_crds::cache::slim(obj.meta_mut());
+}
+
 fn svc_ref(key: &ServiceKey) -> ObjectRef<Service> {
     ObjectRef::new(&key.name).within(&key.namespace)
 }
@@ -680,10 +685,12 @@ pub async fn run(
         let svc_reader = svc_reader.clone();
         let api: Api<Namespace> = Api::all(client.clone());
         let mut labels_seen: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        let stream =
-            reflector::reflector(ns_writer, watcher::watcher(api, watcher::Config::default()))
-                .default_backoff()
-                .applied_objects();
+        let stream = reflector::reflector(
+            ns_writer,
+            watcher::watcher(api, watcher::Config::default()).modify(slim),
+        )
+        .default_backoff()
+        .applied_objects();
         async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(ns) = stream.next().await {
@@ -708,7 +715,7 @@ pub async fn run(
         let api: Api<IPPool> = Api::all(client.clone());
         let stream = reflector::reflector(
             pool_writer,
-            watcher::watcher(api, watcher::Config::default()),
+            watcher::watcher(api, watcher::Config::default()).modify(slim),
         )
         .default_backoff();
         async move {
@@ -746,7 +753,7 @@ pub async fn run(
         let reader = svc_reader.clone();
         reflector::reflector(
             svc_writer,
-            watcher::watcher(svc_api, watcher::Config::default()),
+            watcher::watcher(svc_api, watcher::Config::default()).modify(slim),
         )
         .default_backoff()
         .inspect_ok(move |ev| {

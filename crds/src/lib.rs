@@ -1,11 +1,13 @@
 //! ferrolb's ground floor: the `IPPool` API type, address parsing shared by the controller
-//! and the speaker, and the names users type (annotations, conditions, class).
+//! and the speaker, the names users type (annotations, conditions, class), and what both
+//! keep of the objects they cache.
 //!
 //! Nothing here does I/O.
 
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod cache;
 pub mod ippool;
 pub mod names;
 pub mod schema;

@@ -179,18 +179,6 @@ fn seeds(
     out
 }
 
-/// Drops what the speaker never reads but every cached object would carry: the field
-/// managers (often the largest part of a Service or an EndpointSlice) and kubectl's copy of
-/// the last applied object.
-fn slim(meta: &mut kube::api::ObjectMeta) {
-    meta.managed_fields = None;
-    if let Some(a) = meta.annotations.as_mut() {
-        a.remove(LAST_APPLIED);
-    }
-}
-
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
 /// Watches one kind into a store, poking `changed` on every event.
 fn watch_into<K>(
     api: Api<K>,
@@ -212,7 +200,7 @@ where
     let (reader, writer) = reflector::store::<K>();
     let stream = reflector::reflector(
         writer,
-        watcher::watcher(api, config).modify(|o| slim(o.meta_mut())),
+        watcher::watcher(api, config).modify(|o| ferrolb_crds::cache::slim(o.meta_mut())),
     )
     .default_backoff();
     let task = async move {
@@ -607,37 +595,5 @@ async fn wait_for_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
-
-    #[test]
-    fn slim_drops_field_managers_and_the_last_applied_copy_only() {
-        let mut meta = kube::api::ObjectMeta {
-            name: Some("web".into()),
-            annotations: Some(BTreeMap::from([
-                (LAST_APPLIED.to_string(), "{\"big\":true}".to_string()),
-                ("ferrolb.io/ip-pool".to_string(), "lab".to_string()),
-            ])),
-            managed_fields: Some(vec![ManagedFieldsEntry {
-                manager: Some("kubectl".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        };
-        slim(&mut meta);
-        assert_eq!(meta.managed_fields, None);
-        assert_eq!(
-            meta.annotations,
-            Some(BTreeMap::from([(
-                "ferrolb.io/ip-pool".to_string(),
-                "lab".to_string()
-            )]))
-        );
-        assert_eq!(meta.name.as_deref(), Some("web"));
     }
 }
