@@ -313,9 +313,35 @@ async fn local_policy_only_nodes_with_local_pods_announce_and_the_client_address
     }
 }
 
+/// How the surviving speakers must learn of the failure.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Detection {
+    /// The failed speaker stops answering: the survivors suspect it before declaring it down.
+    Suspicion,
+    /// The speaker leaves gossip on its way out: nobody has to suspect it.
+    Leave,
+}
+
+const SUSPICIONS: &str = "ferrolb_gossip_suspicions_total";
+
+/// Suspicions begun, summed over every speaker but `except`'s.
+fn survivors_suspicions(lab: &Lab, except: &str) -> u64 {
+    lab.node_names()
+        .iter()
+        .filter(|n| n.as_str() != except)
+        .map(|n| lab.speaker_metric(n, SUSPICIONS).unwrap())
+        .sum()
+}
+
 /// One failover: the owner of the Service's IPs suffers `fault`; every IP moves to another
-/// node that answers for it and carries new connections; `restore` undoes the fault.
-async fn failover(prefix: &str, fault: impl Fn(&Lab, &str), restore: impl Fn(&Lab, &str)) {
+/// node that answers for it and carries new connections, the survivors having learnt of it
+/// as `detection` says; `restore` undoes the fault.
+async fn failover(
+    prefix: &str,
+    detection: Detection,
+    fault: impl Fn(&Lab, &str),
+    restore: impl Fn(&Lab, &str),
+) {
     let lab = Lab::connect().await.unwrap();
     wait_speakers_converged(&lab).await;
     let ns = lab.namespace(prefix).await.unwrap();
@@ -324,6 +350,7 @@ async fn failover(prefix: &str, fault: impl Fn(&Lab, &str), restore: impl Fn(&La
     let (first_ip, victim) = owners.iter().next().map(|(i, n)| (*i, n.clone())).unwrap();
     wait_served_by(&lab, first_ip, &mac_of(&lab, &victim)).await;
 
+    let suspicions_before = survivors_suspicions(&lab, &victim);
     fault(&lab, &victim);
     let after = eventually("the IPs move off the failed node", 60, || async {
         let (status, _, message) = announced(&lab, &ns.name, "fo").await?;
@@ -337,6 +364,17 @@ async fn failover(prefix: &str, fault: impl Fn(&Lab, &str), restore: impl Fn(&La
         .then_some(o)
     })
     .await;
+    let suspicions_after = survivors_suspicions(&lab, &victim);
+    match detection {
+        Detection::Suspicion => assert!(
+            suspicions_after > suspicions_before,
+            "the survivors took over without suspecting {victim} first"
+        ),
+        Detection::Leave => assert_eq!(
+            suspicions_after, suspicions_before,
+            "a speaker that left was suspected: the handover waited for failure detection"
+        ),
+    }
     for (ip, owner) in &after {
         wait_served_by(&lab, *ip, &mac_of(&lab, owner)).await;
     }
@@ -367,6 +405,7 @@ async fn failover(prefix: &str, fault: impl Fn(&Lab, &str), restore: impl Fn(&La
 async fn failover_when_the_owner_is_cut_off() {
     failover(
         "fo-cut",
+        Detection::Suspicion,
         |lab, n| lab.node(n, NodeAction::Cut).unwrap(),
         |lab, n| lab.node(n, NodeAction::Heal).unwrap(),
     )
@@ -377,6 +416,7 @@ async fn failover_when_the_owner_is_cut_off() {
 async fn failover_when_the_owner_node_is_killed() {
     failover(
         "fo-stop",
+        Detection::Suspicion,
         |lab, n| lab.node(n, NodeAction::Stop).unwrap(),
         |lab, n| lab.node(n, NodeAction::Start).unwrap(),
     )
@@ -387,6 +427,7 @@ async fn failover_when_the_owner_node_is_killed() {
 async fn handover_when_the_owner_speaker_gets_sigterm() {
     failover(
         "fo-term",
+        Detection::Leave,
         |lab, n| lab.kill_speaker(n, Signal::SIGTERM).unwrap(),
         |lab, n| {
             lab.restart_speaker(n).unwrap();

@@ -188,6 +188,11 @@ impl Metrics {
                     "Gossip datagrams sent.",
                     &g.sent,
                 ),
+                (
+                    "ferrolb_gossip_suspicions_total",
+                    "Peers suspected of failure (stopped answering probes); a peer that leaves is not suspected.",
+                    &g.suspicions,
+                ),
             ] {
                 let _ = writeln!(out, "# HELP {name} {help}");
                 let _ = writeln!(out, "# TYPE {name} counter");

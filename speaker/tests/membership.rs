@@ -149,15 +149,31 @@ async fn members_join_leave_crash_and_ignore_forgeries() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // A graceful leave: gone from the others without waiting for suspicion.
+    // A graceful leave: gone from the others without any suspicion.
+    let suspicions = |n: &Node| {
+        n.view
+            .stats
+            .suspicions
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = (suspicions(&a), suspicions(&b));
     c.cancel.cancel();
     c.task.await.unwrap();
     let left = wait_members(&a, &["a", "b"]).await;
     wait_members(&b, &["a", "b"]).await;
+    assert_eq!(
+        (suspicions(&a), suspicions(&b)),
+        before,
+        "a leave is not a suspicion"
+    );
 
     // A crash (the task and its socket vanish without a word): gone after suspicion.
     b.task.abort();
     let crashed = wait_members(&a, &["a"]).await;
+    assert!(
+        suspicions(&a) > before.0,
+        "a crash is detected by suspicion"
+    );
     eprintln!("member gone after a leave in {left:?}, after a crash in {crashed:?}");
     a.cancel.cancel();
 }

@@ -162,6 +162,9 @@ pub struct Stats {
     pub peers_alive: AtomicU64,
     pub peers_suspect: AtomicU64,
     pub peers_down: AtomicU64,
+    /// Suspicions begun: a peer that stopped answering probes. A peer that leaves (SIGTERM)
+    /// goes straight to down without one.
+    pub suspicions: AtomicU64,
 }
 
 /// Errors of the membership loop.
@@ -341,7 +344,11 @@ impl Membership {
                 .iter_membership_state()
                 .filter(|m| m.state() == foca::State::Suspect)
                 .map(|m| (m.id().clone(), m.incarnation()));
-            let overdue = suspicions.overdue(suspects.collect::<Vec<_>>(), Instant::now());
+            let seen = suspicions.observe(suspects.collect::<Vec<_>>(), Instant::now());
+            stats
+                .suspicions
+                .fetch_add(seen.new as u64, Ordering::Relaxed);
+            let overdue = seen.overdue;
             if !overdue.is_empty() {
                 for (id, _) in &overdue {
                     info!(node = %id.node, generation = id.generation, "suspect not refuted in time: declaring it down");
