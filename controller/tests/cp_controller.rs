@@ -465,6 +465,75 @@ async fn deleting_right_after_allocation_never_keeps_the_address() {
     c.wait_ips("default", "last", &["10.77.0.1"]).await;
 }
 
+/// The sample pools and Services in `deploy/samples/` pass the API server's validation and
+/// get what their comments promise.
+#[tokio::test]
+async fn the_samples_apply_and_get_their_addresses() {
+    let c = Cluster::start(1).await;
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/samples");
+    let file = |f: &str| samples.join(f).to_string_lossy().into_owned();
+    c.cp.kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        &file("ippools.yaml"),
+        "-f",
+        &file("services.yaml"),
+    ])
+    .unwrap();
+
+    let in_range = |ip: &str, lo: [u8; 4], hi: [u8; 4]| {
+        ip.parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|a| a >= std::net::Ipv4Addr::from(lo) && a <= std::net::Ipv4Addr::from(hi))
+    };
+    let lan_v4 = |ip: &str| in_range(ip, [192, 168, 10, 200], [192, 168, 10, 250]);
+    let lan_v6 = |ip: &str| {
+        ip.parse::<std::net::Ipv6Addr>().is_ok_and(|a| {
+            let s = a.segments();
+            s[..7] == [0x2001, 0xdb8, 0x10, 0, 0, 0, 0] && s[7] <= 0xff
+        })
+    };
+    let mut held = Vec::new();
+    for name in ["web", "web-local"] {
+        let got = c.wait_reason("default", name, "Allocated").await;
+        assert!(got.len() == 1 && lan_v4(&got[0]), "{name}: {got:?}");
+        held.extend(got);
+    }
+    let dual = c.wait_reason("default", "web-dual", "Allocated").await;
+    assert!(
+        dual.len() == 2 && lan_v4(&dual[0]) && lan_v6(&dual[1]),
+        "web-dual: {dual:?}"
+    );
+    held.extend(dual);
+    for name in ["dns-tcp", "dns-udp"] {
+        c.wait_ips("default", name, &["192.168.20.20"]).await;
+    }
+    let distinct: std::collections::BTreeSet<&String> = held.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        held.len(),
+        "an address given twice: {held:?}"
+    );
+
+    let pools: Api<IPPool> = Api::all(c.client());
+    for name in ["lan", "reserved", "team-blue"] {
+        c.wait_for(&format!("IPPool {name} Ready"), || async {
+            let p = pools.get(name).await.unwrap();
+            let ready = p.status.as_ref().is_some_and(|st| {
+                st.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+            if ready {
+                Ok(())
+            } else {
+                Err(format!("{:?}", p.status))
+            }
+        })
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn dual_stack_and_sharing() {
     let c = Cluster::start(1).await;
