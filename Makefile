@@ -72,7 +72,7 @@ clippy:
 
 unit:
 	cargo test --workspace --lib --bins
-	# Speaker tests that need nothing but loopback sockets.
+	# Speaker tests that need loopback sockets, or (as root) a network namespace of their own.
 	cargo test -p ferrolb-speaker --tests
 
 # A short run of the packet-codec fuzzer (cargo-fuzz; installs itself once).

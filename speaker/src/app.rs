@@ -82,8 +82,9 @@ pub struct Args {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub default_class: bool,
 
-    /// Seconds between two scans of the local interfaces.
-    #[arg(long, default_value_t = 1.0)]
+    /// Seconds between two backstop rescans of the local interfaces (a change the kernel
+    /// reports over netlink is rescanned at once).
+    #[arg(long, default_value_t = 10.0)]
     pub interface_scan_period: f64,
 
     /// Log format.

@@ -1,13 +1,18 @@
 //! The node's network interfaces as the election and the responders need them: name, up,
-//! addresses with prefix lengths, default route, MAC. Read with `ip -j` (iproute2) and
-//! rescanned periodically, so interfaces that appear, vanish or change addresses are
-//! noticed while the speaker runs. Parsing is pure and tested on recorded output.
+//! addresses with prefix lengths, default route, MAC. Read with `ip -j` (iproute2),
+//! rescanned whenever the kernel reports a link, address or route change (rtnetlink
+//! notifications) and periodically as a backstop, so interfaces that appear, vanish, go
+//! down or change addresses are noticed at once while the speaker runs. Parsing is pure
+//! and tested on recorded output.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use bytes::BytesMut;
+use netlink_sys::protocols::NETLINK_ROUTE;
+use netlink_sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -168,15 +173,80 @@ pub fn scan() -> Result<Vec<LocalInterface>, String> {
     parse(&addrs, &[&v4, &v6])
 }
 
-/// Rescans every `period` and publishes the interfaces whenever they change.
+/// rtnetlink multicast groups (`linux/rtnetlink.h`): links, IPv4 and IPv6 addresses and
+/// routes, everything [`scan`] reads.
+const RTMGRP_LINK: u32 = 0x1;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+const RTMGRP_IPV6_ROUTE: u32 = 0x400;
+const GROUPS: u32 =
+    RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE;
+
+/// After a change, further notifications are gathered this long before the rescan (a link
+/// going down sends several), up to [`BURST_MAX`] in all.
+const BURST_QUIET: Duration = Duration::from_millis(20);
+const BURST_MAX: Duration = Duration::from_millis(200);
+
+/// A socket the kernel notifies of every link, address and route change.
+fn change_events() -> std::io::Result<TokioSocket> {
+    let mut s = TokioSocket::new(NETLINK_ROUTE)?;
+    s.socket_mut().bind(&SocketAddr::new(0, GROUPS))?;
+    Ok(s)
+}
+
+/// Waits for the next change notification; never returns without a socket.
+async fn next_change(events: &mut Option<TokioSocket>, buf: &mut BytesMut) -> std::io::Result<()> {
+    match events {
+        Some(s) => {
+            buf.clear();
+            s.recv(buf).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Rescans as soon as the kernel reports a link, address or route change (so a link that
+/// goes down stops counting within milliseconds), and every `period` as a backstop, and
+/// publishes the interfaces whenever they change. Without netlink notifications (an
+/// error opening or reading the socket), it falls back to the periodic rescan alone.
 pub fn watch(period: Duration, cancel: CancellationToken) -> watch::Receiver<Vec<LocalInterface>> {
     let (tx, rx) = watch::channel(scan().unwrap_or_default());
     tokio::spawn(async move {
+        let mut events = match change_events() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(%e, "no netlink change notifications; rescanning interfaces periodically only");
+                None
+            }
+        };
+        let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
+                r = next_change(&mut events, &mut buf) => {
+                    match r {
+                        // An overrun (ENOBUFS) lost notifications: a rescan covers them.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                        Err(e) => {
+                            warn!(%e, "netlink change notifications failed; rescanning interfaces periodically only");
+                            events = None;
+                        }
+                        Ok(()) => {
+                            let start = tokio::time::Instant::now();
+                            while start.elapsed() < BURST_MAX {
+                                match tokio::time::timeout(BURST_QUIET, next_change(&mut events, &mut buf)).await {
+                                    Ok(Ok(())) => continue,
+                                    _ => break,
+                                }
+                            }
+                        }
+                    }
+                    tick.reset();
+                }
             }
             match tokio::task::spawn_blocking(scan).await {
                 Ok(Ok(now)) => {
