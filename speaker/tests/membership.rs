@@ -36,7 +36,10 @@ fn eth0(subnet: &str) -> Vec<Interface> {
 }
 
 async fn start(name: &str) -> Node {
-    let settings = Settings::lan(name, "127.0.0.1:0".parse().unwrap(), key());
+    start_with(Settings::lan(name, "127.0.0.1:0".parse().unwrap(), key())).await
+}
+
+async fn start_with(settings: Settings) -> Node {
     let (m, view) = Membership::bind(settings).await.unwrap();
     let addr = m.addr();
     let (seeds, rx) = watch::channel(Vec::new());
@@ -211,4 +214,58 @@ async fn a_suspicion_outlives_an_identity_change() {
     a.interfaces.send(eth0("10.0.5.7")).unwrap();
     wait_members(&a, &["a"]).await;
     a.cancel.cancel();
+}
+
+/// A partition long enough for each side to declare the other down, then healed: both
+/// come back. Each side ignores a member it holds down, so this needs the down member to
+/// be told (foca's `notify_down_members`) and to rejoin under a new generation.
+#[tokio::test]
+async fn members_declared_down_in_a_partition_come_back_when_it_heals() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // b is reached through a relay that the test can cut; b reaches a directly.
+    let relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let b_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let b_addr: SocketAddr = format!("127.0.0.1:{b_port}").parse().unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let relay_task = tokio::spawn({
+        let cut = cut.clone();
+        async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, _)) = relay.recv_from(&mut buf).await {
+                if !cut.load(Ordering::Relaxed) {
+                    let _ = relay.send_to(&buf[..n], b_addr).await;
+                }
+            }
+        }
+    });
+
+    let a = start("a").await;
+    let mut settings = Settings::lan("b", b_addr, key());
+    settings.advertise = Some(relay_addr);
+    let b = start_with(settings).await;
+    let seeds = vec![("a".to_string(), a.addr), ("b".to_string(), relay_addr)];
+    for n in [&a, &b] {
+        n.seeds.send(seeds.clone()).unwrap();
+    }
+    for n in [&a, &b] {
+        wait_members(n, &["a", "b"]).await;
+    }
+
+    cut.store(true, Ordering::Relaxed);
+    wait_members(&a, &["a"]).await;
+    wait_members(&b, &["b"]).await;
+
+    cut.store(false, Ordering::Relaxed);
+    wait_members(&a, &["a", "b"]).await;
+    wait_members(&b, &["a", "b"]).await;
+    relay_task.abort();
+    a.cancel.cancel();
+    b.cancel.cancel();
 }
