@@ -63,14 +63,6 @@ impl Announcer {
         }
     }
 
-    /// Everything this node announces now.
-    pub fn announced(&self) -> BTreeSet<IpAddr> {
-        self.on
-            .values()
-            .flat_map(|o| o.owned.iter().copied())
-            .collect()
-    }
-
     /// Makes the responders answer for exactly `owned`. Interfaces that are not in
     /// `locals` (or have no MAC) cannot answer; their IPs are skipped with a warning and
     /// retried on the next call.

@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 
 use super::sys::PacketSocket;
 use crate::wire::arp::{ArpOp, ArpRepr, gratuitous_frames};
-use crate::wire::ethernet::{EtherType, EthernetFrame, Mac};
+use crate::wire::ethernet::Mac;
 
 /// Counters for metrics.
 #[derive(Debug, Default)]
@@ -30,75 +30,54 @@ pub struct ArpStats {
 pub async fn run(
     socket: PacketSocket,
     mac: Mac,
-    mut owned: watch::Receiver<BTreeSet<Ipv4Addr>>,
+    owned: watch::Receiver<BTreeSet<Ipv4Addr>>,
     stats: Arc<ArpStats>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    let fd = Arc::new(socket.into_async()?);
-    let mut buf = vec![0u8; 2048];
-    let mut announced: BTreeSet<Ipv4Addr> = BTreeSet::new();
-    loop {
-        // New addresses: gratuitous burst (in the background, so answering goes on).
-        let now: BTreeSet<Ipv4Addr> = owned.borrow_and_update().clone();
-        for ip in now.difference(&announced) {
-            let stats = stats.clone();
-            let frames = gratuitous_frames(mac, *ip).to_vec();
-            super::announce(
-                fd.clone(),
-                frames,
-                move || {
-                    stats.gratuitous.fetch_add(1, Ordering::Relaxed);
-                },
-                cancel.clone(),
-            );
-        }
-        announced = now;
-
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            r = owned.changed() => {
-                if r.is_err() {
-                    return Ok(());
-                }
-            }
-            r = super::recv_frame(&fd, &mut buf) => match r {
-                Ok(n) => answer(&fd, buf.get(..n).unwrap_or(&[]), mac, &announced, &stats),
-                Err(e) => warn!(%e, "ARP receive"),
-            },
-        }
-    }
+    super::serve(socket, owned, Arp { mac, stats }, "ARP", cancel).await
 }
 
-fn answer(
-    fd: &AsyncFd<PacketSocket>,
-    frame: &[u8],
+struct Arp {
     mac: Mac,
-    owned: &BTreeSet<Ipv4Addr>,
-    stats: &ArpStats,
-) {
-    let Ok((eth, req)) = parse(frame) else {
-        stats.ignored.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    if req.op != ArpOp::Request {
-        return;
-    }
-    stats.requests.fetch_add(1, Ordering::Relaxed);
-    if !owned.contains(&req.target_ip) {
-        return;
-    }
-    let reply = ArpRepr::reply_to(&req, mac);
-    let out = reply.frame(mac, eth.src);
-    match fd.get_ref().send(&out) {
-        Ok(_) => {
-            stats.replies.fetch_add(1, Ordering::Relaxed);
-            debug!(ip = %req.target_ip, to = %req.sender_ip, "answered ARP");
-        }
-        Err(e) => warn!(%e, "ARP send"),
-    }
+    stats: Arc<ArpStats>,
 }
 
-fn parse(frame: &[u8]) -> Result<(EthernetFrame, ArpRepr), crate::wire::WireError> {
-    let (eth, payload) = EthernetFrame::parse_expecting(frame, EtherType::ARP)?;
-    Ok((eth, ArpRepr::parse(payload)?))
+impl super::Family<Ipv4Addr> for Arp {
+    fn changed(&mut self, _: &AsyncFd<PacketSocket>, _: Ipv4Addr, _: bool) {}
+
+    fn burst(&self, ip: Ipv4Addr) -> Vec<Vec<u8>> {
+        gratuitous_frames(self.mac, ip).to_vec()
+    }
+
+    fn burst_sent(&self) -> impl Fn() + Send + 'static {
+        let stats = self.stats.clone();
+        move || {
+            stats.gratuitous.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn answer(&mut self, fd: &AsyncFd<PacketSocket>, frame: &[u8], owned: &BTreeSet<Ipv4Addr>) {
+        let stats = &self.stats;
+        let Ok((eth, req)) = ArpRepr::parse_frame(frame) else {
+            stats.ignored.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if req.op != ArpOp::Request {
+            return;
+        }
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        if !owned.contains(&req.target_ip) {
+            return;
+        }
+        match fd
+            .get_ref()
+            .send(&ArpRepr::reply_frame(&req, self.mac, eth.src))
+        {
+            Ok(_) => {
+                stats.replies.fetch_add(1, Ordering::Relaxed);
+                debug!(ip = %req.target_ip, to = %req.sender_ip, "answered ARP");
+            }
+            Err(e) => warn!(%e, "ARP send"),
+        }
+    }
 }

@@ -6,11 +6,14 @@ pub mod arp;
 pub mod ndp;
 pub mod sys;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use sys::PacketSocket;
 
@@ -60,6 +63,68 @@ pub(crate) async fn recv_frame(
             Ok(Ok(Some(n))) => return Ok(n),
             Ok(Ok(None)) | Err(_) => {}
             Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+/// What one responder does for its address family; [`serve`] runs the loop they share.
+pub(crate) trait Family<T> {
+    /// Called once for each address that joins (`taken`) or leaves the owned set, before
+    /// any frame is answered with the new set.
+    fn changed(&mut self, fd: &AsyncFd<PacketSocket>, ip: T, taken: bool);
+    /// The announcement frames sent in a burst after taking `ip`.
+    fn burst(&self, ip: T) -> Vec<Vec<u8>>;
+    /// Counts one burst frame sent; it runs on the burst's task.
+    fn burst_sent(&self) -> impl Fn() + Send + 'static;
+    /// Handles one received frame, given the addresses owned now.
+    fn answer(&mut self, fd: &AsyncFd<PacketSocket>, frame: &[u8], owned: &BTreeSet<T>);
+}
+
+/// Runs a responder on `socket` until `cancel` (or until the owned set's sender is gone):
+/// follows `owned`, announcing each address it takes, and hands every received frame to
+/// `family` with the current set. The set is compared only when it changes, never per
+/// frame.
+pub(crate) async fn serve<T: Ord + Copy>(
+    socket: PacketSocket,
+    mut owned: watch::Receiver<BTreeSet<T>>,
+    mut family: impl Family<T>,
+    what: &'static str,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let fd = Arc::new(socket.into_async()?);
+    let mut buf = vec![0u8; 2048];
+    let mut announced: BTreeSet<T> = BTreeSet::new();
+    let mut changed = true;
+    loop {
+        if changed {
+            let now: BTreeSet<T> = owned.borrow_and_update().clone();
+            for ip in announced.difference(&now) {
+                family.changed(&fd, *ip, false);
+            }
+            for ip in now.difference(&announced) {
+                family.changed(&fd, *ip, true);
+                announce(
+                    fd.clone(),
+                    family.burst(*ip),
+                    family.burst_sent(),
+                    cancel.clone(),
+                );
+            }
+            announced = now;
+            changed = false;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = owned.changed() => {
+                if r.is_err() {
+                    return Ok(());
+                }
+                changed = true;
+            }
+            r = recv_frame(&fd, &mut buf) => match r {
+                Ok(n) => family.answer(&fd, buf.get(..n).unwrap_or(&[]), &announced),
+                Err(e) => warn!(%e, "{what} receive"),
+            },
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// `sll_pkttype` of frames this host sent itself.
 const PACKET_OUTGOING: u8 = 4;
@@ -158,10 +158,6 @@ impl PacketSocket {
         Ok(())
     }
 
-    pub fn ifindex(&self) -> i32 {
-        self.ifindex
-    }
-
     /// Receives one frame into `buf`; `Ok(None)` for frames this host sent itself.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         // SAFETY: all-zero is a valid sockaddr_ll.
@@ -209,11 +205,5 @@ impl PacketSocket {
 impl AsRawFd for PacketSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
-    }
-}
-
-impl AsFd for PacketSocket {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
     }
 }

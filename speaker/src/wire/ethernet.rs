@@ -15,10 +15,6 @@ impl Mac {
     pub const BROADCAST: Mac = Mac([0xff; 6]);
     pub const ZERO: Mac = Mac([0; 6]);
 
-    pub const fn octets(self) -> [u8; 6] {
-        self.0
-    }
-
     pub fn is_broadcast(self) -> bool {
         self == Mac::BROADCAST
     }
@@ -73,7 +69,6 @@ impl FromStr for Mac {
 pub struct EtherType(pub u16);
 
 impl EtherType {
-    pub const IPV4: EtherType = EtherType(0x0800);
     pub const ARP: EtherType = EtherType(0x0806);
     pub const IPV6: EtherType = EtherType(0x86dd);
     /// 802.1Q, 802.1ad and the pre-standard 0x9100: tags we refuse.
