@@ -120,3 +120,34 @@ async fn answers_only_for_owned_addresses_and_sees_only_arp() {
     cancel.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// An address given up in the middle of its gratuitous burst: the rest of the burst is not
+/// sent (it would pull the address's traffic back from its new owner).
+#[tokio::test]
+async fn a_released_address_is_not_announced_any_more() {
+    const C: &str = "flbt-arp-c";
+    const D: &str = "flbt-arp-d";
+    let _ns = Pair::up(C, D, "10.98.0.1/24", "10.98.0.2/24", "10.98.0.1");
+    let mac = mac_of(C, "a0");
+    let socket = in_ns(C, || PacketSocket::open("a0", EtherType::ARP.0).unwrap());
+    let (owned_tx, owned) = watch::channel(BTreeSet::from([Ipv4Addr::new(10, 98, 0, 100)]));
+    let stats = Arc::new(arp::ArpStats::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(arp::run(socket, mac, owned, stats.clone(), cancel.clone()));
+
+    // The burst's first step (request and reply forms) goes out at once; then the address
+    // is given up, long before the next step.
+    while stats.gratuitous.load(Ordering::Relaxed) < 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    owned_tx.send(BTreeSet::new()).unwrap();
+    // Past the whole schedule.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(
+        stats.gratuitous.load(Ordering::Relaxed),
+        2,
+        "the burst went on after the address was given up"
+    );
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}

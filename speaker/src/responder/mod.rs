@@ -6,7 +6,7 @@ pub mod arp;
 pub mod ndp;
 pub mod sys;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,21 +94,29 @@ pub(crate) async fn serve<T: Ord + Copy>(
     let fd = Arc::new(socket.into_async()?);
     let mut buf = vec![0u8; 2048];
     let mut announced: BTreeSet<T> = BTreeSet::new();
+    // Each address's burst stops when the address is given up: announcing it any longer
+    // would pull its traffic back from the new owner.
+    let mut bursts: BTreeMap<T, CancellationToken> = BTreeMap::new();
     let mut changed = true;
     loop {
         if changed {
             let now: BTreeSet<T> = owned.borrow_and_update().clone();
             for ip in announced.difference(&now) {
                 family.changed(&fd, *ip, false);
+                if let Some(burst) = bursts.remove(ip) {
+                    burst.cancel();
+                }
             }
             for ip in now.difference(&announced) {
                 family.changed(&fd, *ip, true);
+                let burst = cancel.child_token();
                 announce(
                     fd.clone(),
                     family.burst(*ip),
                     family.burst_sent(),
-                    cancel.clone(),
+                    burst.clone(),
                 );
+                bursts.insert(*ip, burst);
             }
             announced = now;
             changed = false;
