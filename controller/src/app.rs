@@ -73,7 +73,7 @@ pub struct Args {
 
     /// Secret (in the Lease's namespace) holding the speakers' gossip key; created with a
     /// random key when absent, never changed when present. Empty: do not manage it.
-    #[arg(long, default_value = "ferrolb-gossip")]
+    #[arg(long, default_value = ferrolb_crds::names::GOSSIP_SECRET)]
     pub gossip_secret: String,
 }
 

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 /// Length of the gossip key, in bytes.
 pub const KEY_LEN: usize = 32;
 /// The Secret's data key that holds the gossip key.
-pub const DATA_KEY: &str = "key";
+pub const DATA_KEY: &str = ferrolb_crds::names::GOSSIP_SECRET_KEY;
 
 /// Errors of one attempt to ensure the Secret; [`run`] retries them.
 #[derive(Debug, thiserror::Error)]

@@ -53,12 +53,7 @@ pub enum Plan {
 
 /// The condition as it stands on the Service.
 pub fn current_condition(svc: &Service) -> Option<&Condition> {
-    svc.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == CONDITION_IP_ALLOCATED)
+    ferrolb_crds::service::condition(svc, CONDITION_IP_ALLOCATED)
 }
 
 fn current_ip_modes(svc: &Service) -> Vec<(IpAddr, Option<String>)> {

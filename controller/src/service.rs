@@ -8,7 +8,8 @@ use ferrolb_crds::Family;
 use ferrolb_crds::names::{
     ANNOTATION_ALLOW_SHARED_IP, ANNOTATION_IP_POOL, ANNOTATION_LOAD_BALANCER_IPS, is_our_class,
 };
-use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
+pub use ferrolb_crds::service::{ingress, status_ips};
+use k8s_openapi::api::core::v1::Service;
 
 use crate::allocator::{FamilyPolicy, PortKey, ServiceKey, ServiceRequest, Sharing};
 
@@ -142,24 +143,6 @@ fn parse_ips(list: &str) -> Result<Vec<IpAddr>, String> {
                 format!("{s:?} in {ANNOTATION_LOAD_BALANCER_IPS} is not an IP address")
             })
         })
-        .collect()
-}
-
-/// The entries of `status.loadBalancer.ingress`.
-pub fn ingress(svc: &Service) -> impl Iterator<Item = &LoadBalancerIngress> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-}
-
-/// The addresses in `status.loadBalancer.ingress`, as written before (ignoring entries
-/// that are hostnames or not IPs).
-pub fn status_ips(svc: &Service) -> Vec<IpAddr> {
-    ingress(svc)
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
         .collect()
 }
 

@@ -1,6 +1,6 @@
 //! ferrolb's ground floor: the `IPPool` API type, address parsing shared by the controller
-//! and the speaker, the names users type (annotations, conditions, class), and what both
-//! keep of the objects they cache.
+//! and the speaker, the names users type (annotations, conditions, class), what both keep
+//! of the objects they cache, and how both read a Service's status back.
 //!
 //! Nothing here does I/O.
 
@@ -12,6 +12,7 @@ pub mod ippool;
 pub mod names;
 pub mod schema;
 pub mod selector;
+pub mod service;
 
 pub use address::{AddressBlock, AddressError, Family};
 pub use ippool::{FamilyUsage, Forwarding, IPPool, IPPoolSpec, IPPoolStatus, L2Config};

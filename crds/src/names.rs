@@ -42,6 +42,12 @@ pub const FIELD_MANAGER_CONTROLLER: &str = "ferrolb-controller";
 /// Server-side-apply field manager of the speaker.
 pub const FIELD_MANAGER_SPEAKER: &str = "ferrolb-speaker";
 
+/// The Secret (in the controller's namespace) holding the speakers' gossip key: the
+/// controller creates it, the speakers read it.
+pub const GOSSIP_SECRET: &str = "ferrolb-gossip";
+/// The data key of [`GOSSIP_SECRET`] that holds the gossip key.
+pub const GOSSIP_SECRET_KEY: &str = "key";
+
 /// Why `ferrolb.io/IPAllocated` has the status it has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AllocationReason {

@@ -7,7 +7,7 @@
 //!
 //! SIGTERM: leave gossip first (peers take over at once), then stop answering, then exit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use ferrolb_crds::IPPool;
 use ferrolb_crds::names::{CONDITION_ANNOUNCED, FIELD_MANAGER_SPEAKER, events::ANNOUNCING};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node as K8sNode, Secret, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
@@ -38,7 +38,7 @@ use crate::announcer::Announcer;
 use crate::election::{self, Election, Service};
 use crate::inputs::{self, SERVICE_NAME_LABEL};
 use crate::interfaces;
-use crate::membership::{GossipKey, Member, Membership, Settings};
+use crate::membership::{GossipKey, Membership, Settings};
 use crate::status;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -66,7 +66,7 @@ pub struct Args {
 
     /// Secret holding the gossip key (data key `key`, at least 16 bytes). The controller
     /// creates it; the speaker waits for it.
-    #[arg(long, default_value = "ferrolb-gossip")]
+    #[arg(long, default_value = ferrolb_crds::names::GOSSIP_SECRET)]
     pub gossip_secret: String,
 
     /// UDP port of the gossip between speakers, on the Node's first InternalIP.
@@ -159,13 +159,12 @@ fn internal_ips(node: &K8sNode) -> impl Iterator<Item = IpAddr> + '_ {
 
 /// Gossip seeds: every other Node's InternalIP of our family, at the gossip port.
 fn seeds(
-    nodes: &Store<K8sNode>,
+    nodes: &[Arc<K8sNode>],
     me: &str,
     family_v4: bool,
     port: u16,
 ) -> Vec<(String, SocketAddr)> {
     let mut out: Vec<(String, SocketAddr)> = nodes
-        .state()
         .iter()
         .filter_map(|n| {
             let name = n.metadata.name.clone()?;
@@ -221,7 +220,7 @@ where
 struct StatusInput {
     election: Arc<Election>,
     services: Arc<Vec<Service>>,
-    members: Arc<Vec<String>>,
+    members: Arc<BTreeSet<String>>,
 }
 
 /// Runs the speaker process until a signal stops it.
@@ -293,7 +292,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             let bytes = s
                 .data
                 .as_ref()
-                .and_then(|d| d.get("key"))
+                .and_then(|d| d.get(ferrolb_crds::names::GOSSIP_SECRET_KEY))
                 .ok_or_else(|| format!("Secret {name} has no data key `key`"))?;
             GossipKey::new(&bytes.0).map_err(|e| format!("Secret {name}: {e}"))
         }
@@ -370,11 +369,11 @@ pub async fn run(args: Args) -> Result<(), String> {
         }
     }
     let family_v4 = node_ip.is_ipv4();
-    let _ = seeds_tx.send(seeds(&nodes, &me, family_v4, args.gossip_port));
+    let _ = seeds_tx.send(seeds(&nodes.state(), &me, family_v4, args.gossip_port));
     let mut members = view.members.clone();
     let settle_until = Instant::now() + Duration::from_secs(3);
+    let expected = seeds_tx.borrow().len() + 1;
     while Instant::now() < settle_until && !signal.is_cancelled() {
-        let expected = seeds(&nodes, &me, family_v4, args.gossip_port).len() + 1;
         if members.borrow().len() >= expected {
             break;
         }
@@ -387,61 +386,72 @@ pub async fn run(args: Args) -> Result<(), String> {
     readiness.set(true);
 
     let mut announcer = Announcer::new(metrics.clone(), root.clone());
+    // Every input of the election has its own change signal; the tick only retries
+    // responders that could not start (no socket yet, an interface without a MAC).
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut last_problems: Vec<String> = Vec::new();
+    let mut owned: Vec<election::Announcement> = Vec::new();
+    let mut recompute = true;
     loop {
-        // Elect and announce.
-        let member_view: BTreeMap<String, Member> = members.borrow_and_update().clone();
-        crate::publish(&seeds_tx, seeds(&nodes, &me, family_v4, args.gossip_port));
-        let node_objs = nodes.state();
-        let svc_objs = services.state();
-        let slice_objs = slices.state();
-        let pool_objs = pools.state();
-        let (inputs, errors) = inputs::gather(
-            node_objs.iter().map(|n| &**n),
-            svc_objs.iter().map(|s| &**s),
-            slice_objs.iter().map(|s| &**s),
-            pool_objs.iter().map(|p| &**p),
-            &member_view,
-            args.default_class,
-        );
-        let named: Vec<regex::Regex> = inputs
-            .pools
-            .iter()
-            .flat_map(|p| p.interfaces.iter())
-            .filter_map(|re| election::interface_regex(re).ok())
-            .collect();
-        let advertised = interfaces::announcing(&locals.borrow(), &named);
-        crate::publish(&advertised_tx, advertised);
-        let election = election::elect(&inputs);
-        metrics.elections.fetch_add(1, Ordering::Relaxed);
-        let owned = election.owned_by(&me);
-        announcer.apply(&owned, &locals.borrow_and_update());
-        let problems: Vec<String> = errors
-            .into_iter()
-            .chain(election.problems.iter().map(ToString::to_string))
-            .collect();
-        if problems != last_problems {
-            for p in &problems {
-                warn!(problem = %p, "configuration problem");
+        let local_now = locals.borrow_and_update().clone();
+        if recompute {
+            // Elect and announce.
+            let node_objs = nodes.state();
+            crate::publish(
+                &seeds_tx,
+                seeds(&node_objs, &me, family_v4, args.gossip_port),
+            );
+            let svc_objs = services.state();
+            let slice_objs = slices.state();
+            let pool_objs = pools.state();
+            let (inputs, errors) = inputs::gather(
+                node_objs.iter().map(|n| &**n),
+                svc_objs.iter().map(|s| &**s),
+                slice_objs.iter().map(|s| &**s),
+                pool_objs.iter().map(|p| &**p),
+                &members.borrow_and_update(),
+                args.default_class,
+            );
+            let named: Vec<regex::Regex> = inputs
+                .pools
+                .iter()
+                .flat_map(|p| p.interfaces.iter())
+                .filter_map(|re| election::interface_regex(re).ok())
+                .collect();
+            crate::publish(&advertised_tx, interfaces::announcing(&local_now, &named));
+            let election = election::elect(&inputs);
+            metrics.elections.fetch_add(1, Ordering::Relaxed);
+            owned = election.owned_by(&me);
+            let problems: Vec<String> = errors
+                .into_iter()
+                .chain(election.problems.iter().map(ToString::to_string))
+                .collect();
+            if problems != last_problems {
+                for p in &problems {
+                    warn!(problem = %p, "configuration problem");
+                }
+                last_problems = problems;
             }
-            last_problems = problems;
+            let _ = status_tx.send(StatusInput {
+                election: Arc::new(election),
+                services: Arc::new(inputs.services),
+                members: Arc::new(inputs.members),
+            });
         }
-        let _ = status_tx.send(StatusInput {
-            election: Arc::new(election),
-            services: Arc::new(inputs.services),
-            members: Arc::new(member_view.keys().cloned().collect()),
-        });
+        announcer.apply(&owned, &local_now);
 
+        recompute = true;
         tokio::select! {
             _ = signal.cancelled() => break,
             _ = changed.notified() => {
-                // Let a burst of events land before recomputing.
+                // Let a burst of events land before recomputing, and take the permit the
+                // burst left so that it does not wake the next round for nothing.
                 tokio::time::sleep(Duration::from_millis(5)).await;
+                let _ = changed.notified().now_or_never();
             }
             r = members.changed() => if r.is_err() { break },
             r = locals.changed() => if r.is_err() { break },
-            _ = tick.tick() => {}
+            _ = tick.tick() => recompute = false,
         }
     }
 
@@ -481,11 +491,12 @@ async fn status_loop(
             _ = tick.tick() => {}
         }
         let now = input.borrow_and_update().clone();
-        written.retain(|(ns, name), _| {
-            now.services
-                .iter()
-                .any(|s| s.namespace == *ns && s.name == *name)
-        });
+        let live: BTreeSet<(&str, &str)> = now
+            .services
+            .iter()
+            .map(|s| (s.namespace.as_str(), s.name.as_str()))
+            .collect();
+        written.retain(|(ns, name), _| live.contains(&(ns.as_str(), name.as_str())));
         for svc in now.services.iter() {
             if status::writer(svc, &now.election, now.members.iter().map(String::as_str))
                 != Some(me.as_str())

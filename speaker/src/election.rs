@@ -441,9 +441,8 @@ fn compile_pools<'a>(
 /// An `l2.interfaces` entry matches the whole interface name, so `eth0` never matches
 /// `veth0abc` (announcing from the wrong NIC is the complaint users raise most).
 pub fn interface_regex(re: &str) -> Result<Regex, regex::Error> {
-    // Compiled bare first so an error quotes what the user wrote, not our anchors.
-    Regex::new(re)?;
-    Regex::new(&format!("^(?:{re})$"))
+    // On an error, the bare pattern's error quotes what the user wrote, not our anchors.
+    Regex::new(&format!("^(?:{re})$")).map_err(|anchored| Regex::new(re).err().unwrap_or(anchored))
 }
 
 /// Why a node is not eligible for an IP. The order of variants is the order of the checks.

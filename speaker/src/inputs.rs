@@ -82,15 +82,7 @@ pub fn service<'a>(
     {
         return None;
     }
-    let ips: Vec<IpAddr> = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect();
+    let ips: Vec<IpAddr> = ferrolb_crds::service::status_ips(svc);
     if ips.is_empty() {
         return None;
     }
@@ -322,7 +314,6 @@ mod tests {
         let members = BTreeMap::from([(
             "n1".to_string(),
             Member {
-                addr: "10.0.0.11:7946".parse().unwrap(),
                 interfaces: vec![eth0.clone()],
             },
         )]);

@@ -110,7 +110,7 @@ fn ip_json(args: &[&str]) -> Result<String, String> {
 /// Name prefixes of interfaces that never announce: loopback, container and CNI plumbing
 /// (`cbr0` is kubenet's pod bridge, which goes up and down as pods come and go), tunnels.
 /// Answering ARP from one of them is the classic "wrong MAC" failure.
-pub const NEVER_ANNOUNCE: [&str; 22] = [
+pub const NEVER_ANNOUNCE: [&str; 21] = [
     "lo",
     "cbr",
     "docker",
@@ -124,7 +124,6 @@ pub const NEVER_ANNOUNCE: [&str; 22] = [
     "kube-bridge",
     "nodelocaldns",
     "vxlan",
-    "tunl",
     "tun",
     "tap",
     "genev",
@@ -152,7 +151,7 @@ pub fn announcing(locals: &[LocalInterface], named: &[regex::Regex]) -> Vec<Inte
                 .subnets
                 .iter()
                 .filter(|(ip, _)| match ip {
-                    IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+                    IpAddr::V6(v6) => !v6.is_unicast_link_local(),
                     IpAddr::V4(_) => true,
                 })
                 .copied()
@@ -221,7 +220,8 @@ pub fn watch(period: Duration, cancel: CancellationToken) -> watch::Receiver<Vec
             }
         };
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        let mut tick = tokio::time::interval(period);
+        // The first scan is the channel's initial value; the next is due a period later.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

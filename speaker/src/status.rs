@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use ferrolb_crds::names::CONDITION_ANNOUNCED;
+use ferrolb_crds::names::{AnnouncementReason, CONDITION_ANNOUNCED};
 use k8s_openapi::api::core::v1::Service as K8sService;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
@@ -47,7 +47,7 @@ pub fn announced(svc: &Service, election: &Election) -> Announced {
                 parts.push(format!("{ip} not announced: {message}"));
             }
             None => {
-                first_problem.get_or_insert("NoEligibleNode");
+                first_problem.get_or_insert(AnnouncementReason::NoEligibleNode.as_str());
                 parts.push(format!("{ip} not announced: not elected yet"));
             }
         }
@@ -81,12 +81,7 @@ pub fn writer<'a>(
 
 /// The Service's current `ferrolb.io/Announced` condition.
 pub fn current(svc: &K8sService) -> Option<&Condition> {
-    svc.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == CONDITION_ANNOUNCED)
+    ferrolb_crds::service::condition(svc, CONDITION_ANNOUNCED)
 }
 
 /// Does the Service already say `want`?

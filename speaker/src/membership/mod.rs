@@ -47,7 +47,6 @@ pub struct Speaker {
 /// A live member as the rest of the speaker sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
-    pub addr: SocketAddr,
     pub interfaces: Vec<Interface>,
 }
 
@@ -123,10 +122,7 @@ impl Settings {
             probe_period: Duration::from_millis(300),
             probe_rtt: Duration::from_millis(100),
             suspect_to_down: Duration::from_millis(500),
-            generation: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                .unwrap_or(0),
+            generation: now_millis(),
         }
     }
 
@@ -219,7 +215,6 @@ impl Membership {
         let (members_tx, members) = watch::channel(BTreeMap::from([(
             me.node.clone(),
             Member {
-                addr: me.addr,
                 interfaces: Vec::new(),
             },
         )]));
@@ -265,6 +260,8 @@ impl Membership {
         let mut rt: AccumulatingRuntime<Speaker> = AccumulatingRuntime::new();
         let (timer_tx, mut timer_rx) = mpsc::unbounded_channel::<Timer<Speaker>>();
         let mut buf = vec![0u8; 65536];
+        // Once the interface watch is gone, the last known interfaces stay.
+        let mut interfaces_open = true;
         let mut announce = tokio::time::interval(Duration::from_millis(500));
         // foca's own suspicion timer normally fires first; this is the backstop.
         let mut suspicions = Suspicions::new(settings.suspect_to_down + settings.probe_period);
@@ -301,10 +298,9 @@ impl Membership {
                         debug!(%e, "gossip timer");
                     }
                 }
-                r = interfaces.changed() => {
+                r = interfaces.changed(), if interfaces_open => {
                     if r.is_err() {
-                        // The interface watch is gone: keep the last known ones.
-                        interfaces = watch::channel(me.interfaces.clone()).1;
+                        interfaces_open = false;
                         continue;
                     }
                     let now = fit_local(&interfaces.borrow_and_update());
@@ -379,7 +375,6 @@ impl Membership {
                     (
                         id.node.clone(),
                         Member {
-                            addr: id.addr,
                             interfaces: id.interfaces.clone(),
                         },
                     )
@@ -388,7 +383,6 @@ impl Membership {
             members.insert(
                 me.node.clone(),
                 Member {
-                    addr: me.addr,
                     interfaces: me.interfaces.clone(),
                 },
             );
@@ -420,11 +414,15 @@ fn fit_local(interfaces: &[Interface]) -> Vec<Interface> {
 /// A generation above `current` and, where the clock allows, the current time in
 /// milliseconds (so that a restart also wins over the identity before it).
 fn next_generation(current: u64) -> u64 {
-    let now = std::time::SystemTime::now()
+    now_millis().max(current.saturating_add(1))
+}
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
-    now.max(current.saturating_add(1))
+        .unwrap_or(0)
 }
 
 async fn flush(
