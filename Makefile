@@ -46,8 +46,7 @@ bench: deps
 	./target/release/examples/api_bench --services 2000
 
 # The lab starts the debug speakers (target/debug); the example only probes and reads /proc.
-bench-lab: deps
-	$(MAKE) lab-bins
+bench-lab: deps lab-bins
 	cargo build -p ferrolb-e2e --example speaker_bench
 	$(LAB) up --nodes 3 || { s=$$?; $(LAB) down; exit $$s; }
 	./target/debug/examples/speaker_bench --out target/bench-lab.md; s=$$?; $(LAB) down; exit $$s

@@ -9,14 +9,7 @@ use ferrolb_controller::allocator::{Allocator, FamilyPolicy, ServiceKey, Service
 use ferrolb_crds::{Family, IPPoolSpec};
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-        })
-        .unwrap_or(0)
+    ferrolb_e2e::process::memory_kib(std::process::id()).map_or(0, |(rss, _)| rss)
 }
 
 fn request(i: usize, family: Family) -> ServiceRequest {

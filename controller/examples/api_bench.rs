@@ -46,21 +46,6 @@ fn spawn_controller(cp: &TestControlPlane, bin: &PathBuf, name: &str) -> Supervi
     Supervised::spawn(name, cmd, &cp.dir().join(format!("{name}.log"))).unwrap()
 }
 
-/// VmRSS and VmHWM of a process, in KiB.
-fn memory_kib(pid: Option<u32>) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))?
-            .split_whitespace()
-            .nth(1)?
-            .parse::<u64>()
-            .ok()
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 fn mib(m: Option<(u64, u64)>) -> String {
     m.map_or("?".into(), |(rss, hwm)| {
         format!(
@@ -174,7 +159,7 @@ async fn main() {
     let all_secs = t0.elapsed().as_secs_f64();
     watch.abort();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let mem_loaded = memory_kib(controller.pid());
+    let mem_loaded = controller.pid().and_then(ferrolb_e2e::process::memory_kib);
     let mut lat: Vec<f64> = {
         let seen = seen.lock().unwrap();
         created
@@ -207,7 +192,7 @@ async fn main() {
     let probe_ip = wait_ip(&api, "probe").await;
     let probe_secs = t1.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let mem_restarted = memory_kib(controller.pid());
+    let mem_restarted = controller.pid().and_then(ferrolb_e2e::process::memory_kib);
     let log = std::fs::read_to_string(controller.log_path()).unwrap_or_default();
     let after = snapshot().await;
     let changed = before

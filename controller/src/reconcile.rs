@@ -35,6 +35,7 @@ use crate::allocator::{Allocator, Failure, Outcome, ServiceKey};
 use crate::leader::LeaderHandle;
 use crate::plan::{self, Plan};
 use crate::service::{self, Handling};
+use ferrolb_crds::cache::slim;
 
 /// Errors of one reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -98,11 +99,6 @@ fn key_of(svc: &Service) -> ServiceKey {
         svc.metadata.namespace.as_deref().unwrap_or("default"),
         svc.metadata.name.as_deref().unwrap_or(""),
     )
-}
-
-/// Keeps cached objects small (see [`ferrolb_crds::cache::slim`]).
-fn slim<K: Resource>(obj: &mut K) {
-    ferrolb_crds::cache::slim(obj.meta_mut());
 }
 
 fn svc_ref(key: &ServiceKey) -> ObjectRef<Service> {

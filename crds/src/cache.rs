@@ -1,6 +1,6 @@
 //! What the controller and the speaker keep of the objects they cache.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
 
 /// kubectl's copy of the last applied object, kept in an annotation.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -9,7 +9,8 @@ pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration
 /// carry: the field managers (often the largest part of a Service or an EndpointSlice) and
 /// kubectl's copy of the last applied object. Writes go by server-side apply and never
 /// need them.
-pub fn slim(meta: &mut ObjectMeta) {
+pub fn slim<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
         a.remove(LAST_APPLIED);
@@ -19,12 +20,13 @@ pub fn slim(meta: &mut ObjectMeta) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
     use std::collections::BTreeMap;
 
     #[test]
     fn slim_drops_field_managers_and_the_last_applied_copy_only() {
-        let mut meta = ObjectMeta {
+        let meta = ObjectMeta {
             name: Some("web".into()),
             annotations: Some(BTreeMap::from([
                 (LAST_APPLIED.to_string(), "{\"big\":true}".to_string()),
@@ -36,7 +38,12 @@ mod tests {
             }]),
             ..Default::default()
         };
-        slim(&mut meta);
+        let mut svc = Service {
+            metadata: meta,
+            ..Default::default()
+        };
+        slim(&mut svc);
+        let meta = svc.metadata;
         assert_eq!(meta.managed_fields, None);
         assert_eq!(
             meta.annotations,

@@ -193,21 +193,10 @@ fn utc_now() -> String {
 
 fn speaker_binary(lab: &Lab) -> Option<String> {
     let node = lab.plan.nodes.first()?;
-    let rec = ferrolb_e2e::lab::procs::record(
-        &lab.plan.state_dir,
-        &ferrolb_e2e::lab::cluster::speaker_record_name(&node.name),
-    )?;
-    rec.command
-        .iter()
+    lab.speaker_record(&node.name)?
+        .command
+        .into_iter()
         .find(|a| a.ends_with("ferrolb-speaker"))
-        .cloned()
-}
-
-fn speaker_log(lab: &Lab, node: &str) -> PathBuf {
-    ferrolb_e2e::lab::procs::log_dir(&lab.plan.state_dir).join(format!(
-        "{}.log",
-        ferrolb_e2e::lab::cluster::speaker_record_name(node)
-    ))
 }
 
 const ARP_REQUESTS: &str = "ferrolb_arp_requests_total{interface=\"eth0\"}";
@@ -536,8 +525,12 @@ async fn trial(lab: &Lab, ns: &str, case: Case, i: usize) -> anyhow::Result<Outc
     }
     if matches!(outcome, Outcome::Failed) {
         say!("trial {i} did not recover within {RECOVERY_LIMIT:?}; speaker logs:");
-        for n in lab.node_names() {
-            let log = speaker_log(lab, &n);
+        for log in lab
+            .node_names()
+            .iter()
+            .filter_map(|n| lab.speaker_record(n))
+            .map(|r| r.log)
+        {
             eprintln!(
                 "--- {} (last 25 lines)\n{}",
                 log.display(),
@@ -913,19 +906,6 @@ async fn cpu(lab: &Lab, ns: &str, report: &mut String) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // Memory with 1,000 announced IPs.
 
-/// VmRSS and VmHWM of a process, in KiB.
-fn vm(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> anyhow::Result<u64> {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .ok_or_else(|| anyhow!("no {name} in /proc/{pid}/status"))
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 fn speakers_vm(lab: &Lab) -> anyhow::Result<Vec<(String, u64, u64)>> {
     lab.node_names()
         .into_iter()
@@ -933,7 +913,8 @@ fn speakers_vm(lab: &Lab) -> anyhow::Result<Vec<(String, u64, u64)>> {
             let pid = lab
                 .speaker_pid(&n)
                 .ok_or_else(|| anyhow!("the speaker of {n} is not running"))?;
-            let (rss, hwm) = vm(pid)?;
+            let (rss, hwm) = ferrolb_e2e::process::memory_kib(pid)
+                .ok_or_else(|| anyhow!("no VmRSS/VmHWM in /proc/{pid}/status"))?;
             Ok((n, rss, hwm))
         })
         .collect()

@@ -109,6 +109,22 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// A process's resident memory and its peak (`VmRSS`, `VmHWM` from `/proc/PID/status`), in
+/// KiB; `None` when it is gone.
+pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
 /// True while a process with this PID exists (zombies included).
 pub fn pid_alive(pid: u32) -> bool {
     match i32::try_from(pid) {

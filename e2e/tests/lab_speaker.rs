@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use ferrolb_e2e::lab::cli::NodeAction;
 use ferrolb_e2e::lab::echo::EchoReply;
 use ferrolb_e2e::lab::handle::{Lab, announced_owners};
+use ferrolb_e2e::lab::netns;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams};
@@ -70,10 +71,8 @@ async fn wait_announced(lab: &Lab, ns: &str, name: &str) -> BTreeMap<IpAddr, Str
 }
 
 fn mac_of(lab: &Lab, node: &str) -> String {
-    lab.exec(node, "cat", &["/sys/class/net/eth0/address"])
-        .unwrap()
-        .trim()
-        .to_lowercase()
+    let n = lab.plan.node(node).unwrap();
+    netns::mac_of(&n.netns, "eth0").unwrap().to_lowercase()
 }
 
 /// The MAC the client's ARP or NDP resolves `ip` to.
@@ -383,6 +382,14 @@ async fn failover(
     wait_speakers_converged(&lab).await;
     // Once the node returns, every IP is again answered by the owner the condition names
     // (the returning node may win its IPs back; the condition follows).
+    let macs: BTreeMap<String, String> = lab
+        .node_names()
+        .into_iter()
+        .map(|n| {
+            let mac = mac_of(&lab, &n);
+            (n, mac)
+        })
+        .collect();
     eventually(
         "the condition and the wire agree after the return",
         60,
@@ -392,7 +399,7 @@ async fn failover(
             (status == "True"
                 && o.len() == owners.len()
                 && o.iter().all(|(ip, owner)| {
-                    resolve(&lab, *ip).as_deref() == Some(mac_of(&lab, owner).as_str())
+                    resolve(&lab, *ip).as_deref() == macs.get(owner).map(String::as_str)
                         && connect(&lab, *ip).is_some()
                 }))
             .then_some(())

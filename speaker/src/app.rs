@@ -200,7 +200,7 @@ where
     let (reader, writer) = reflector::store::<K>();
     let stream = reflector::reflector(
         writer,
-        watcher::watcher(api, config).modify(|o| ferrolb_crds::cache::slim(o.meta_mut())),
+        watcher::watcher(api, config).modify(ferrolb_crds::cache::slim),
     )
     .default_backoff();
     let task = async move {

@@ -319,14 +319,7 @@ fn status(plan: &LabPlan) -> Result<()> {
 
 /// Resident memory of a process, in KiB (0 when it is gone).
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    crate::process::memory_kib(pid).map_or(0, |(rss, _)| rss)
 }
 
 /// Stops `node`'s speaker gracefully (SIGTERM: it leaves the gossip group and hands its IPs

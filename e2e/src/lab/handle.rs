@@ -184,7 +184,8 @@ impl Lab {
             .find(|c| c.type_ == ferrolb_crds::names::CONDITION_ANNOUNCED)
     }
 
-    fn speaker_record(&self, node: &str) -> Option<super::procs::ProcRecord> {
+    /// The process record of `node`'s speaker (its PID, command line and log).
+    pub fn speaker_record(&self, node: &str) -> Option<super::procs::ProcRecord> {
         let n = self.plan.node(node)?;
         super::procs::record(&self.plan.state_dir, &cluster::speaker_record_name(&n.name))
     }
