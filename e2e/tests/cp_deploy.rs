@@ -145,6 +145,7 @@ async fn the_base_applies_and_rbac_is_least_privilege() {
     }
     for (verb, what, ns) in [
         ("patch", "nodes", None),
+        ("get", "services", Some("default")),
         ("update", "services", Some("default")),
         ("patch", "services", Some("default")),
         ("patch", "ippools.ferrolb.io/status", None),
