@@ -29,11 +29,11 @@ lab-bins:
 # always taken down; then the agent on its own, and up/down themselves.
 lab-tests: lab-bins
 	$(LAB) up --nodes 3 --proxy-mode iptables
-	cargo test -p ferrolb-e2e --test lab_cluster --test lab_speaker -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
+	cargo test -p ferrolb-e2e --test lab_cluster --test e2e_speaker -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
 	$(LAB) up --nodes 3 --proxy-mode nftables --dual-stack
-	cargo test -p ferrolb-e2e --test lab_cluster --test lab_speaker -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
+	cargo test -p ferrolb-e2e --test lab_cluster --test e2e_speaker -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
 	$(LAB) up --nodes 3 --ipv6
-	cargo test -p ferrolb-e2e --test lab_cluster --test lab_speaker -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
+	cargo test -p ferrolb-e2e --test lab_cluster --test e2e_speaker -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
 	cargo test -p ferrolb-e2e --test lab_agent --test lab_down -- --test-threads=1
 
 # Benchmarks print Markdown; the committed report is docs/benchmarks.md. `make bench` runs

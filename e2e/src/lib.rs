@@ -1,13 +1,17 @@
 //! ferrolb's end-to-end harness: the Kubernetes binaries it runs, a PKI for them, the
-//! test control plane (`etcd` + `kube-apiserver` on loopback) and, later, the lab cluster.
+//! test control plane (`etcd` + `kube-apiserver` on loopback), the lab cluster, and the
+//! cluster providers (lab, kind) the end-to-end suite runs against.
 //!
 //! Everything here starts real processes and stops exactly those, by PID.
 
 #![forbid(unsafe_code)]
 
 pub mod bins;
+pub mod cluster;
 pub mod control_plane;
+pub mod kind;
 pub mod lab;
+pub mod objects;
 pub mod pki;
 pub mod process;
 

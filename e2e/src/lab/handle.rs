@@ -1,14 +1,12 @@
 //! A test's handle on a running lab: a Kubernetes client, commands in the lab's namespaces,
 //! fault injection, and a fresh Kubernetes namespace per test.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
@@ -16,6 +14,8 @@ use super::cli::NodeAction;
 use super::cluster::{self, Files};
 use super::topology::LabPlan;
 use crate::{Error, Result, io_err};
+
+pub use crate::objects::{TestNamespace, announced_owners};
 
 /// A lab that `ferrolb-lab up` started.
 pub struct Lab {
@@ -139,14 +139,7 @@ impl Lab {
     /// per-interface series appears once the interface is used), `None` when it does not
     /// answer.
     pub fn speaker_metric(&self, node: &str, series: &str) -> Option<u64> {
-        let text = self.speaker_metrics(node)?;
-        match text.lines().find(|l| {
-            l.strip_prefix(series)
-                .is_some_and(|rest| rest.starts_with(' '))
-        }) {
-            Some(l) => l.rsplit(' ').next()?.parse::<f64>().ok().map(|v| v as u64),
-            None => Some(0),
-        }
+        crate::cluster::metric(&self.speaker_metrics(node)?, series)
     }
 
     /// Waits until every node's speaker sees all the others alive in gossip.
@@ -174,14 +167,7 @@ impl Lab {
 
     /// The Service's `ferrolb.io/Announced` condition, if it has one.
     pub async fn announced(&self, ns: &str, name: &str) -> Option<Condition> {
-        let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
-        api.get(name)
-            .await
-            .ok()?
-            .status?
-            .conditions?
-            .into_iter()
-            .find(|c| c.type_ == ferrolb_crds::names::CONDITION_ANNOUNCED)
+        crate::objects::announced(&self.client, ns, name).await
     }
 
     /// The process record of `node`'s speaker (its PID, command line and log).
@@ -192,26 +178,7 @@ impl Lab {
 
     /// A new Kubernetes namespace, deleted when the value is dropped.
     pub async fn namespace(&self, prefix: &str) -> Result<TestNamespace> {
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        let ns: Namespace =
-            serde_json::from_value(json!({"metadata": {"generateName": format!("{prefix}-")}}))
-                .map_err(|e| Error::Lab(e.to_string()))?;
-        let created = api.create(&PostParams::default(), &ns).await?;
-        let name = created.metadata.name.unwrap_or_default();
-        // The ServiceAccount admission plugin needs the default ServiceAccount first.
-        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-            Api::namespaced(self.client.clone(), &name);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while sa.get_opt("default").await?.is_none() {
-            if Instant::now() > deadline {
-                return Err(Error::Lab(format!("no default ServiceAccount in {name}")));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(TestNamespace {
-            name,
-            client: self.client.clone(),
-        })
+        crate::objects::namespace(&self.client, prefix).await
     }
 
     /// Creates an echo pod on `node` and waits until it is Running and Ready.
@@ -222,38 +189,13 @@ impl Lab {
         node: &str,
         labels: serde_json::Value,
     ) -> Result<Pod> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": labels},
-            "spec": {"nodeName": node, "containers": [{"name": "echo", "image": "ferrolb.io/lab-echo",
-                "ports": [{"containerPort": 8080}]}]}
-        }))
-        .map_err(|e| Error::Lab(e.to_string()))?;
-        api.create(&PostParams::default(), &pod).await?;
-        self.wait_pod_ready(ns, name, true).await
+        let spec = json!({"nodeName": node, "containers": [{"name": "echo", "image": "ferrolb.io/lab-echo",
+            "ports": [{"containerPort": 8080}]}]});
+        crate::objects::create_pod(&self.client, ns, name, labels, spec).await
     }
 
     pub async fn wait_pod_ready(&self, ns: &str, name: &str, ready: bool) -> Result<Pod> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let p = api.get(name).await?;
-            let is_ready = p
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            if is_ready == ready && p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some() {
-                return Ok(p);
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Lab(format!(
-                    "pod {ns}/{name} not ready={ready} after 60 s: {:?}",
-                    p.status
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        crate::objects::wait_pod_ready(&self.client, ns, name, ready).await
     }
 
     /// Flips a pod's readiness through the lab agent.
@@ -268,99 +210,11 @@ impl Lab {
 
     /// Creates (applies) a Service from a spec.
     pub async fn service(&self, ns: &str, name: &str, spec: serde_json::Value) -> Result<Service> {
-        let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
-        let obj = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns}, "spec": spec});
-        Ok(api
-            .patch(
-                name,
-                &PatchParams::apply("lab-test").force(),
-                &Patch::Apply(&obj),
-            )
-            .await?)
+        crate::objects::service(&self.client, ns, name, spec).await
     }
 
     /// Waits until the Service's EndpointSlices list exactly `ready` ready addresses.
     pub async fn wait_endpoints(&self, ns: &str, svc: &str, ready: usize) -> Result<()> {
-        let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
-            Api::namespaced(self.client.clone(), ns);
-        let lp =
-            kube::api::ListParams::default().labels(&format!("kubernetes.io/service-name={svc}"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let n: usize = api
-                .list(&lp)
-                .await?
-                .items
-                .iter()
-                .flat_map(|s| s.endpoints.iter().flatten())
-                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
-                .count();
-            if n == ready {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Lab(format!(
-                    "{ns}/{svc}: {n} ready endpoints, wanted {ready}"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// The owner of each IP named in a True `ferrolb.io/Announced` message
-/// (`announced: IP from node NODE on IFACE; ...`).
-pub fn announced_owners(message: &str) -> BTreeMap<IpAddr, String> {
-    message
-        .trim_start_matches("announced: ")
-        .split("; ")
-        .filter_map(|part| {
-            let mut w = part.split_whitespace();
-            let ip = w.next()?.parse().ok()?;
-            (w.next()? == "from" && w.next()? == "node").then_some(())?;
-            Some((ip, w.next()?.to_string()))
-        })
-        .collect()
-}
-
-/// A Kubernetes namespace for one test; deleted (in the background) when dropped.
-pub struct TestNamespace {
-    pub name: String,
-    client: kube::Client,
-}
-
-impl std::fmt::Debug for TestNamespace {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestNamespace")
-            .field("name", &self.name)
-            .finish()
-    }
-}
-
-impl Drop for TestNamespace {
-    fn drop(&mut self) {
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        let name = self.name.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = api.delete(&name, &DeleteParams::default()).await;
-            });
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn owners_come_from_a_true_announced_message() {
-        let got = announced_owners(
-            "announced: 10.77.0.200 from node node1 on eth0; fd77::200 from node node2 on eth0",
-        );
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[&"10.77.0.200".parse::<IpAddr>().unwrap()], "node1");
-        assert_eq!(got[&"fd77::200".parse::<IpAddr>().unwrap()], "node2");
-        assert!(announced_owners("10.77.0.200 not announced: no eligible node").is_empty());
+        crate::objects::wait_endpoints(&self.client, ns, svc, ready).await
     }
 }

@@ -1,26 +1,25 @@
-//! The speakers on the lab: real ARP/NDP peers in the `client` namespace (`arping`,
-//! `ndisc6`, `tcpdump`), real kube-proxy behind the IPs, and faults injected the way they
-//! happen (a node's link cut, its processes killed, its speaker stopped). Runs against a
-//! running lab of three nodes; `make test` runs it on IPv4, dual-stack and IPv6 labs.
+//! The speakers on a real cluster: real ARP/NDP peers in the client (`arping`, `ndisc6`,
+//! `tcpdump`), real kube-proxy behind the IPs, and faults injected the way they happen (a
+//! node's link cut, the node killed, its speaker stopped). Runs against the cluster that
+//! `FERROLB_E2E_CLUSTER` names (see `ferrolb_e2e::cluster`): the lab, which `make test`
+//! runs on IPv4, dual-stack and IPv6, or kind, which it runs dual-stack, with ferrolb from
+//! its images under its chart. Needs three nodes that may announce.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use ferrolb_e2e::cluster::Cluster;
 use ferrolb_e2e::lab::cli::NodeAction;
 use ferrolb_e2e::lab::echo::EchoReply;
-use ferrolb_e2e::lab::handle::{Lab, announced_owners};
-use ferrolb_e2e::lab::netns;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use ferrolb_e2e::objects::announced_owners;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams};
-use nix::sys::signal::Signal;
 use serde_json::json;
-
-const CLIENT_IF: &str = "eth0";
 
 async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
 where
@@ -38,30 +37,16 @@ where
 }
 
 /// The Service's `ferrolb.io/Announced` condition: (status, reason, message).
-async fn announced(lab: &Lab, ns: &str, name: &str) -> Option<(String, String, String)> {
+async fn announced(lab: &Cluster, ns: &str, name: &str) -> Option<(String, String, String)> {
     lab.announced(ns, name)
         .await
         .map(|c| (c.status, c.reason, c.message))
 }
 
-async fn ingress_ips(lab: &Lab, ns: &str, name: &str) -> Vec<IpAddr> {
-    let api: Api<Service> = Api::namespaced(lab.client(), ns);
-    let Ok(svc) = api.get(name).await else {
-        return vec![];
-    };
-    svc.status
-        .and_then(|s| s.load_balancer)
-        .and_then(|lb| lb.ingress)
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip?.parse().ok())
-        .collect()
-}
-
 /// Waits for a True condition covering every IP; returns the owners.
-async fn wait_announced(lab: &Lab, ns: &str, name: &str) -> BTreeMap<IpAddr, String> {
+async fn wait_announced(lab: &Cluster, ns: &str, name: &str) -> BTreeMap<IpAddr, String> {
     eventually(&format!("{ns}/{name} announced"), 60, || async {
-        let ips = ingress_ips(lab, ns, name).await;
+        let ips = lab.ingress_ips(ns, name).await;
         let (status, _, message) = announced(lab, ns, name).await?;
         let o = announced_owners(&message);
         (status == "True" && !ips.is_empty() && ips.iter().all(|ip| o.contains_key(ip)))
@@ -70,32 +55,21 @@ async fn wait_announced(lab: &Lab, ns: &str, name: &str) -> BTreeMap<IpAddr, Str
     .await
 }
 
-fn mac_of(lab: &Lab, node: &str) -> String {
-    let n = lab.plan.node(node).unwrap();
-    netns::mac_of(&n.netns, "eth0").unwrap().to_lowercase()
+fn mac_of(lab: &Cluster, node: &str) -> String {
+    lab.node_mac(node).unwrap()
 }
 
 /// The MAC the client's ARP or NDP resolves `ip` to.
-fn resolve(lab: &Lab, ip: IpAddr) -> Option<String> {
+fn resolve(lab: &Cluster, ip: IpAddr) -> Option<String> {
+    let iface = lab.client_iface();
     let out = match ip {
-        IpAddr::V4(_) => lab.exec(
-            "client",
+        IpAddr::V4(_) => lab.client_exec(
             "arping",
-            &["-r", "-c", "1", "-w", "2", "-I", CLIENT_IF, &ip.to_string()],
+            &["-r", "-c", "1", "-w", "2", "-I", &iface, &ip.to_string()],
         ),
-        IpAddr::V6(_) => lab.exec(
-            "client",
+        IpAddr::V6(_) => lab.client_exec(
             "ndisc6",
-            &[
-                "-q",
-                "-1",
-                "-r",
-                "2",
-                "-w",
-                "1000",
-                &ip.to_string(),
-                CLIENT_IF,
-            ],
+            &["-q", "-1", "-r", "2", "-w", "1000", &ip.to_string(), &iface],
         ),
     };
     let mac = out.ok()?.lines().next()?.trim().to_lowercase();
@@ -110,34 +84,27 @@ fn url(ip: IpAddr) -> String {
 }
 
 /// A new connection from the client to the IP, answered by a backend.
-fn connect(lab: &Lab, ip: IpAddr) -> Option<EchoReply> {
+fn connect(lab: &Cluster, ip: IpAddr) -> Option<EchoReply> {
     let body = lab
-        .exec(
-            "client",
-            "curl",
-            &["-sS", "--max-time", "2", "-g", &url(ip)],
-        )
+        .client_exec("curl", &["-sS", "--max-time", "2", "-g", &url(ip)])
         .ok()?;
     EchoReply::parse(&body)
 }
 
 /// Source MACs of the ARP replies / Neighbor Advertisements for `ip` seen on the client's
 /// link while the client asks for it a few times.
-fn answerers(lab: &Lab, ip: IpAddr) -> BTreeSet<String> {
+fn answerers(lab: &Cluster, ip: IpAddr) -> BTreeSet<String> {
     let filter = match ip {
         IpAddr::V4(_) => "arp".to_string(),
         IpAddr::V6(_) => "icmp6 and ip6[40] == 136".to_string(),
     };
-    let cap = Command::new("ip")
+    let cap = lab
+        .client_command("timeout")
         .args([
-            "netns",
-            "exec",
-            "flb-client",
-            "timeout",
             "4",
             "tcpdump",
             "-i",
-            CLIENT_IF,
+            &lab.client_iface(),
             "-nn",
             "-e",
             "-l",
@@ -164,13 +131,8 @@ fn answerers(lab: &Lab, ip: IpAddr) -> BTreeSet<String> {
         .collect()
 }
 
-/// IP families of the lab: a dual-stack Service has one EndpointSlice per family.
-fn families(lab: &Lab) -> usize {
-    usize::from(lab.plan.client_v4.is_some()) + usize::from(lab.plan.client_v6.is_some())
-}
-
 /// Every node's speaker runs and sees all the others alive.
-async fn wait_speakers_converged(lab: &Lab) {
+async fn wait_speakers_converged(lab: &Cluster) {
     lab.wait_speakers_converged(Duration::from_secs(60))
         .await
         .unwrap();
@@ -178,10 +140,10 @@ async fn wait_speakers_converged(lab: &Lab) {
 
 /// A Service with a backend on each node named; returns its owners once announced.
 async fn service_with_backends(
-    lab: &Lab,
+    lab: &Cluster,
     ns: &str,
     name: &str,
-    nodes: &[&str],
+    nodes: &[String],
     local: bool,
 ) -> BTreeMap<IpAddr, String> {
     for n in nodes {
@@ -196,14 +158,14 @@ async fn service_with_backends(
         spec["externalTrafficPolicy"] = json!("Local");
     }
     lab.service(ns, name, spec).await.unwrap();
-    lab.wait_endpoints(ns, name, nodes.len() * families(lab))
+    lab.wait_endpoints(ns, name, nodes.len() * lab.families())
         .await
         .unwrap();
     wait_announced(lab, ns, name).await
 }
 
 /// Waits until a new connection to `ip` succeeds and the client resolves it to `mac`.
-async fn wait_served_by(lab: &Lab, ip: IpAddr, mac: &str) {
+async fn wait_served_by(lab: &Cluster, ip: IpAddr, mac: &str) {
     eventually(&format!("{ip} served from {mac}"), 30, || async {
         (resolve(lab, ip).as_deref() == Some(mac) && connect(lab, ip).is_some()).then_some(())
     })
@@ -212,12 +174,11 @@ async fn wait_served_by(lab: &Lab, ip: IpAddr, mac: &str) {
 
 #[tokio::test]
 async fn each_ip_resolves_to_its_owner_answers_alone_and_carries_traffic() {
-    let lab = Lab::connect().await.unwrap();
+    let lab = Cluster::connect().await.unwrap();
     wait_speakers_converged(&lab).await;
     let ns = lab.namespace("announce").await.unwrap();
-    let owners =
-        service_with_backends(&lab, &ns.name, "web", &["node1", "node2", "node3"], false).await;
-    if lab.plan.client_v4.is_some() && lab.plan.client_v6.is_some() {
+    let owners = service_with_backends(&lab, &ns.name, "web", &lab.node_names(), false).await;
+    if lab.families() == 2 {
         assert_eq!(owners.len(), 2, "dual-stack: one IP per family {owners:?}");
     }
     for (ip, owner) in &owners {
@@ -250,22 +211,24 @@ async fn each_ip_resolves_to_its_owner_answers_alone_and_carries_traffic() {
 
 #[tokio::test]
 async fn local_policy_only_nodes_with_local_pods_announce_and_the_client_address_survives() {
-    let lab = Lab::connect().await.unwrap();
+    let lab = Cluster::connect().await.unwrap();
     wait_speakers_converged(&lab).await;
     let ns = lab.namespace("local").await.unwrap();
-    let owners = service_with_backends(&lab, &ns.name, "loc", &["node2"], true).await;
-    assert!(owners.values().all(|o| o == "node2"), "{owners:?}");
-    let client_ips: BTreeSet<IpAddr> = lab
-        .plan
-        .client_v4
+    let nodes = lab.node_names();
+    let (second, third) = (&nodes[1], &nodes[2]);
+    let owners =
+        service_with_backends(&lab, &ns.name, "loc", std::slice::from_ref(second), true).await;
+    assert!(owners.values().all(|o| o == second), "{owners:?}");
+    let (v4, v6) = lab.client_addresses();
+    let client_ips: BTreeSet<IpAddr> = v4
         .map(IpAddr::V4)
         .into_iter()
-        .chain(lab.plan.client_v6.map(IpAddr::V6))
+        .chain(v6.map(IpAddr::V6))
         .collect();
     for ip in owners.keys() {
-        wait_served_by(&lab, *ip, &mac_of(&lab, "node2")).await;
+        wait_served_by(&lab, *ip, &mac_of(&lab, second)).await;
         let r = connect(&lab, *ip).unwrap();
-        assert_eq!(r.node, "node2");
+        assert_eq!(&r.node, second);
         assert!(
             client_ips.contains(&r.client.ip()),
             "the backend saw {} instead of the client's address",
@@ -274,30 +237,45 @@ async fn local_policy_only_nodes_with_local_pods_announce_and_the_client_address
     }
 
     // Move the last local pod: the IP follows it.
-    lab.echo_pod(&ns.name, "loc-node3", "node3", json!({"app": "loc"}))
-        .await
-        .unwrap();
+    lab.echo_pod(
+        &ns.name,
+        &format!("loc-{third}"),
+        third,
+        json!({"app": "loc"}),
+    )
+    .await
+    .unwrap();
     let pods: Api<Pod> = Api::namespaced(lab.client(), &ns.name);
-    pods.delete("loc-node2", &DeleteParams::default().grace_period(0))
+    pods.delete(
+        &format!("loc-{second}"),
+        &DeleteParams::default().grace_period(0),
+    )
+    .await
+    .unwrap();
+    lab.wait_endpoints(&ns.name, "loc", lab.families())
         .await
         .unwrap();
-    lab.wait_endpoints(&ns.name, "loc", families(&lab))
-        .await
-        .unwrap();
-    let moved = eventually("the IP follows the pod to node3", 60, || async {
-        let (status, _, message) = announced(&lab, &ns.name, "loc").await?;
-        let o = announced_owners(&message);
-        (status == "True" && !o.is_empty() && o.values().all(|n| n == "node3")).then_some(o)
-    })
+    let moved = eventually(
+        &format!("the IP follows the pod to {third}"),
+        60,
+        || async {
+            let (status, _, message) = announced(&lab, &ns.name, "loc").await?;
+            let o = announced_owners(&message);
+            (status == "True" && !o.is_empty() && o.values().all(|n| n == third)).then_some(o)
+        },
+    )
     .await;
     for ip in moved.keys() {
-        wait_served_by(&lab, *ip, &mac_of(&lab, "node3")).await;
+        wait_served_by(&lab, *ip, &mac_of(&lab, third)).await;
     }
 
     // No local pod anywhere: not announced, and the condition says why.
-    pods.delete("loc-node3", &DeleteParams::default().grace_period(0))
-        .await
-        .unwrap();
+    pods.delete(
+        &format!("loc-{third}"),
+        &DeleteParams::default().grace_period(0),
+    )
+    .await
+    .unwrap();
     let (_, reason, message) = eventually("Announced=False", 60, || async {
         let c = announced(&lab, &ns.name, "loc").await?;
         (c.0 == "False").then_some(c)
@@ -324,33 +302,56 @@ enum Detection {
 const SUSPICIONS: &str = "ferrolb_gossip_suspicions_total";
 
 /// Suspicions begun, summed over every speaker but `except`'s.
-fn survivors_suspicions(lab: &Lab, except: &str) -> u64 {
-    lab.node_names()
+fn survivors_suspicions(lab: &Cluster, except: &str) -> u64 {
+    lab.speaker_nodes()
         .iter()
         .filter(|n| n.as_str() != except)
         .map(|n| lab.speaker_metric(n, SUSPICIONS).unwrap())
         .sum()
 }
 
+/// What happens to the owner in a failover test.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Its link is cut; healed afterwards.
+    Cut,
+    /// The node is killed; started afterwards.
+    Stop,
+    /// Its speaker gets SIGTERM and stays away; brought back afterwards.
+    Sigterm,
+}
+
+impl Fault {
+    async fn inflict(self, lab: &Cluster, node: &str) {
+        match self {
+            Fault::Cut => lab.node_action(node, NodeAction::Cut).await.unwrap(),
+            Fault::Stop => lab.node_action(node, NodeAction::Stop).await.unwrap(),
+            Fault::Sigterm => lab.sigterm_speaker(node).await.unwrap(),
+        }
+    }
+
+    async fn undo(self, lab: &Cluster, node: &str) {
+        match self {
+            Fault::Cut => lab.node_action(node, NodeAction::Heal).await.unwrap(),
+            Fault::Stop => lab.node_action(node, NodeAction::Start).await.unwrap(),
+            Fault::Sigterm => lab.restore_speaker(node).await.unwrap(),
+        }
+    }
+}
+
 /// One failover: the owner of the Service's IPs suffers `fault`; every IP moves to another
 /// node that answers for it and carries new connections, the survivors having learnt of it
-/// as `detection` says; `restore` undoes the fault.
-async fn failover(
-    prefix: &str,
-    detection: Detection,
-    fault: impl Fn(&Lab, &str),
-    restore: impl Fn(&Lab, &str),
-) {
-    let lab = Lab::connect().await.unwrap();
+/// as `detection` says; then the fault is undone.
+async fn failover(prefix: &str, detection: Detection, fault: Fault) {
+    let lab = Cluster::connect().await.unwrap();
     wait_speakers_converged(&lab).await;
     let ns = lab.namespace(prefix).await.unwrap();
-    let owners =
-        service_with_backends(&lab, &ns.name, "fo", &["node1", "node2", "node3"], false).await;
+    let owners = service_with_backends(&lab, &ns.name, "fo", &lab.node_names(), false).await;
     let (first_ip, victim) = owners.iter().next().map(|(i, n)| (*i, n.clone())).unwrap();
     wait_served_by(&lab, first_ip, &mac_of(&lab, &victim)).await;
 
     let suspicions_before = survivors_suspicions(&lab, &victim);
-    fault(&lab, &victim);
+    fault.inflict(&lab, &victim).await;
     let after = eventually("the IPs move off the failed node", 60, || async {
         let (status, _, message) = announced(&lab, &ns.name, "fo").await?;
         let o = announced_owners(&message);
@@ -378,7 +379,7 @@ async fn failover(
         wait_served_by(&lab, *ip, &mac_of(&lab, owner)).await;
     }
 
-    restore(&lab, &victim);
+    fault.undo(&lab, &victim).await;
     wait_speakers_converged(&lab).await;
     // Once the node returns, every IP is again answered by the owner the condition names
     // (the returning node may win its IPs back; the condition follows).
@@ -410,47 +411,26 @@ async fn failover(
 
 #[tokio::test]
 async fn failover_when_the_owner_is_cut_off() {
-    failover(
-        "fo-cut",
-        Detection::Suspicion,
-        |lab, n| lab.node(n, NodeAction::Cut).unwrap(),
-        |lab, n| lab.node(n, NodeAction::Heal).unwrap(),
-    )
-    .await;
+    failover("fo-cut", Detection::Suspicion, Fault::Cut).await;
 }
 
 #[tokio::test]
 async fn failover_when_the_owner_node_is_killed() {
-    failover(
-        "fo-stop",
-        Detection::Suspicion,
-        |lab, n| lab.node(n, NodeAction::Stop).unwrap(),
-        |lab, n| lab.node(n, NodeAction::Start).unwrap(),
-    )
-    .await;
+    failover("fo-stop", Detection::Suspicion, Fault::Stop).await;
 }
 
 #[tokio::test]
 async fn handover_when_the_owner_speaker_gets_sigterm() {
-    failover(
-        "fo-term",
-        Detection::Leave,
-        |lab, n| lab.kill_speaker(n, Signal::SIGTERM).unwrap(),
-        |lab, n| {
-            lab.restart_speaker(n).unwrap();
-        },
-    )
-    .await;
+    failover("fo-term", Detection::Leave, Fault::Sigterm).await;
 }
 
 #[tokio::test]
 async fn forged_and_garbage_gossip_changes_nothing() {
-    let lab = Lab::connect().await.unwrap();
+    let lab = Cluster::connect().await.unwrap();
     wait_speakers_converged(&lab).await;
     let ns = lab.namespace("forged").await.unwrap();
-    let owners =
-        service_with_backends(&lab, &ns.name, "fg", &["node1", "node2", "node3"], false).await;
-    let dropped = |lab: &Lab, n: &str| {
+    let owners = service_with_backends(&lab, &ns.name, "fg", &lab.node_names(), false).await;
+    let dropped = |lab: &Cluster, n: &str| {
         lab.speaker_metric(
             n,
             "ferrolb_gossip_dropped_total{reason=\"unauthenticated\"}",
@@ -459,12 +439,8 @@ async fn forged_and_garbage_gossip_changes_nothing() {
     };
     let before: Vec<u64> = lab.node_names().iter().map(|n| dropped(&lab, n)).collect();
     // Garbage, a short datagram, and an envelope of the right shape with a made-up tag.
-    for n in &lab.plan.nodes {
-        let ip = n
-            .lan_v4
-            .map(|a| a.to_string())
-            .or(n.lan_v6.map(|a| a.to_string()))
-            .unwrap();
+    for n in lab.node_names() {
+        let ip = lab.node_ips(&n)[0];
         let script = format!(
             "for i in 1 2 3 4 5; do \
                printf 'garbage' > /dev/udp/{ip}/7946; \
@@ -472,7 +448,7 @@ async fn forged_and_garbage_gossip_changes_nothing() {
                printf '\\x01%s{{\"node\":\"evil\"}}' \"$(head -c 32 /dev/zero | tr '\\0' 'A')\" > /dev/udp/{ip}/7946; \
              done"
         );
-        lab.exec("client", "bash", &["-c", &script]).unwrap();
+        lab.client_exec("bash", &["-c", &script]).unwrap();
     }
     eventually("the forgeries are counted", 30, || async {
         lab.node_names()
