@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure this machine has what `make test` needs, installing what it can, idempotently:
-# Debian packages, the Rust components, and the Kubernetes binaries (built from the Go
+# Debian packages, the Rust components, the Kubernetes binaries and helm (built from the Go
 # modules, cached). When something is missing and cannot be installed, it says so in one
 # sentence and fails; nothing is skipped.
 set -euo pipefail
@@ -44,3 +44,4 @@ cargo clippy --version >/dev/null 2>&1 || rustup component add clippy >/dev/null
 command -v go >/dev/null 2>&1 || fail "the Go toolchain is missing; install Go 1.26 or newer (https://go.dev/doc/install) and put 'go' on PATH."
 
 bash "$here/build-kube.sh"
+bash "$here/build-helm.sh"
