@@ -13,23 +13,19 @@
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Parser, ValueEnum};
 use ferrolb_e2e::lab::cli::NodeAction;
-use ferrolb_e2e::lab::echo::EchoReply;
 use ferrolb_e2e::lab::handle::{Lab, announced_owners};
 use ferrolb_e2e::lab::topology::CLIENT_NS;
+use ferrolb_e2e::probe::{Attempt, Probe, Timeouts};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
@@ -287,101 +283,12 @@ async fn delete_namespace(lab: &Lab, ns: &str) -> Option<Duration> {
 }
 
 // ---------------------------------------------------------------------------------------
-// The probe: new TCP connections from the client namespace, every 10 ms.
-
-fn enter_client_netns() -> anyhow::Result<()> {
-    let path = format!("/run/netns/{CLIENT_NS}");
-    let f = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-    nix::sched::setns(&f, CloneFlags::CLONE_NEWNET).with_context(|| format!("setns {path}"))?;
-    Ok(())
-}
-
-/// One probe connection: when it started, and (on success) when it was established and which
-/// node the traffic entered.
-#[derive(Clone, Debug)]
-struct Attempt {
-    start: Instant,
-    ok: Option<(Instant, String)>,
-}
-
-struct Probe {
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<Vec<Attempt>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Probe {
-    fn start(target: SocketAddr) -> anyhow::Result<Probe> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-        let (s, l) = (stop.clone(), log.clone());
-        let thread = std::thread::Builder::new()
-            .name("probe".into())
-            .spawn(move || {
-                if let Err(e) = enter_client_netns() {
-                    let _ = ready_tx.send(Err(format!("{e:#}")));
-                    return;
-                }
-                let _ = ready_tx.send(Ok(()));
-                while !s.load(Ordering::Relaxed) {
-                    let start = Instant::now();
-                    let ok = probe_once(target);
-                    l.lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push(Attempt { start, ok });
-                    let next = start + PROBE_INTERVAL;
-                    let now = Instant::now();
-                    if next > now {
-                        std::thread::sleep(next - now);
-                    }
-                }
-            })?;
-        let probe = Probe {
-            stop,
-            log,
-            thread: Some(thread),
-        };
-        ready_rx
-            .recv()
-            .map_err(|_| anyhow!("the probe thread died"))?
-            .map_err(|e| anyhow!(e))?;
-        Ok(probe)
-    }
-
-    fn attempts(&self) -> Vec<Attempt> {
-        self.log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-}
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn probe_once(target: SocketAddr) -> Option<(Instant, String)> {
-    let mut s = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT).ok()?;
-    let connected = Instant::now();
-    s.set_read_timeout(Some(READ_TIMEOUT)).ok()?;
-    s.set_write_timeout(Some(READ_TIMEOUT)).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-    let mut buf = Vec::new();
-    // A read timeout leaves what arrived so far in `buf`.
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    let body = text.split_once("\r\n\r\n")?.1;
-    EchoReply::parse(body).map(|r| (connected, r.node))
-}
-
-// ---------------------------------------------------------------------------------------
 // Failover and CPU.
+
+/// The client namespace, where the probe runs.
+fn client_netns() -> PathBuf {
+    PathBuf::from(format!("/run/netns/{CLIENT_NS}"))
+}
 
 #[derive(Debug)]
 enum Outcome {
@@ -459,7 +366,15 @@ async fn failover_and_cpu(
 async fn trial(lab: &Lab, ns: &str, case: Case, i: usize) -> anyhow::Result<Outcome> {
     wait_converged(lab, Duration::from_secs(90)).await?;
     let (ip, _) = wait_announced(lab, ns, "fo", Duration::from_secs(60)).await?;
-    let probe = Probe::start(SocketAddr::new(ip, 80))?;
+    let probe = Probe::start(
+        &client_netns(),
+        SocketAddr::new(ip, 80),
+        PROBE_INTERVAL,
+        Timeouts {
+            connect: CONNECT_TIMEOUT,
+            read: READ_TIMEOUT,
+        },
+    )?;
 
     // Before the fault, new connections must enter through the owner the condition names.
     let check = Instant::now();
@@ -471,7 +386,7 @@ async fn trial(lab: &Lab, ns: &str, case: Case, i: usize) -> anyhow::Result<Outc
             .attempts()
             .into_iter()
             .rev()
-            .find_map(|a| a.ok.filter(|(t, _)| *t > check).map(|(_, n)| n));
+            .find_map(|a| a.ok.filter(|(t, _)| *t > check).map(|(_, r)| r.node));
         if last.as_deref() == Some(owner.as_str()) {
             break owner;
         }
@@ -504,15 +419,15 @@ async fn trial(lab: &Lab, ns: &str, case: Case, i: usize) -> anyhow::Result<Outc
         let after: Vec<&Attempt> = attempts.iter().filter(|a| a.start >= fault).collect();
         if let Some(pos) = after
             .iter()
-            .position(|a| a.ok.as_ref().is_some_and(|(_, n)| *n != owner))
-            && let Some((t, via)) = &after[pos].ok
+            .position(|a| a.ok.as_ref().is_some_and(|(_, r)| r.node != owner))
+            && let Some((t, reply)) = &after[pos].ok
         {
             let since = t.duration_since(fault);
             if since <= RECOVERY_LIMIT {
                 outcome = Outcome::Recovered {
                     ms: since.as_secs_f64() * 1000.0,
                     lost: after[..pos].iter().filter(|a| a.ok.is_none()).count(),
-                    via: via.clone(),
+                    via: reply.node.clone(),
                 };
             }
             break;
@@ -706,7 +621,7 @@ fn flood(dst: SocketAddr, dur: Duration) -> anyhow::Result<(u64, u64, u64)> {
     std::thread::Builder::new()
         .name("flood".into())
         .spawn(move || -> anyhow::Result<(u64, u64, u64)> {
-            enter_client_netns()?;
+            ferrolb_e2e::probe::enter_netns(&client_netns())?;
             let sock = UdpSocket::bind("0.0.0.0:0")?;
             sock.set_nonblocking(true)?;
             let buf = [0x5au8; PAYLOAD];

@@ -183,6 +183,24 @@ impl Cluster {
         }
     }
 
+    /// The client's network namespace, for a thread to enter (see [`crate::probe`]).
+    pub fn client_netns(&self) -> Result<std::path::PathBuf> {
+        match &self.provider {
+            Provider::Lab(_) => Ok(std::path::PathBuf::from(format!("/run/netns/{CLIENT_NS}"))),
+            Provider::Kind(k) => {
+                let pid = crate::lab::netns::run(
+                    "docker",
+                    &["inspect", "-f", "{{.State.Pid}}", &k.client.container],
+                )?;
+                let pid: u32 = pid
+                    .trim()
+                    .parse()
+                    .map_err(|_| Error::Lab(format!("{} is not running", k.client.container)))?;
+                Ok(std::path::PathBuf::from(format!("/proc/{pid}/ns/net")))
+            }
+        }
+    }
+
     /// Runs a program in the client; its stdout, or an error.
     pub fn client_exec(&self, program: &str, args: &[&str]) -> Result<String> {
         self.exec("client", program, args)

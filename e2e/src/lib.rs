@@ -13,6 +13,7 @@ pub mod kind;
 pub mod lab;
 pub mod objects;
 pub mod pki;
+pub mod probe;
 pub mod process;
 
 pub use control_plane::{ControlPlaneOptions, TestControlPlane};
