@@ -1,6 +1,7 @@
 //! ferrolb's ground floor: the `IPPool` API type, address parsing shared by the controller
 //! and the speaker, the names users type (annotations, conditions, class), what both keep
-//! of the objects they cache, and how both read a Service's status back.
+//! of the objects they cache, how both read a Service's status back, and how both decide
+//! whether they are stuck (`/healthz`).
 //!
 //! Nothing here does I/O.
 
@@ -8,6 +9,7 @@
 
 pub mod address;
 pub mod cache;
+pub mod health;
 pub mod ippool;
 pub mod names;
 pub mod schema;
