@@ -76,6 +76,13 @@ pub struct AllocationLabels {
     pub result: &'static str,
 }
 
+/// Labels of `ferrolb_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildInfoLabels {
+    pub version: &'static str,
+    pub commit: &'static str,
+}
+
 /// An `f64` gauge: pool sizes do not fit an integer (an IPv6 /64 holds 2^64 addresses,
 /// one more than `u64::MAX`).
 type F64Gauge = Gauge<f64, AtomicU64>;
@@ -90,6 +97,7 @@ type F64Gauge = Gauge<f64, AtomicU64>;
 /// | `ferrolb_reconcile_errors_total` | counter | |
 /// | `ferrolb_allocation_duration_seconds` | histogram | |
 /// | `ferrolb_leader` | gauge | |
+/// | `ferrolb_build_info` | gauge, always 1 | `version`, `commit` |
 ///
 /// The pool gauges are `f64` because an IPv6 pool can hold more than `u64::MAX` addresses
 /// (a /64 holds 2^64): exact up to 2^53, the nearest representable value beyond. Exact
@@ -150,6 +158,18 @@ impl Metrics {
             "leader",
             "1 when this replica holds the leader lease, else 0",
             leader.clone(),
+        );
+        let build_info = MetricFamily::<BuildInfoLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildInfoLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: crate::GIT_COMMIT,
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the labels say which build runs",
+            build_info,
         );
         // Every result shows up from the first scrape, at zero, so rates work at once.
         for reason in AllocationReason::ALL {
@@ -480,6 +500,15 @@ mod tests {
         ] {
             assert!(body.contains(needle), "{needle:?} missing from:\n{body}");
         }
+        let build_info = format!(
+            r#"ferrolb_build_info{{version="{}",commit="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION"),
+            crate::GIT_COMMIT
+        );
+        assert!(
+            body.contains(&build_info),
+            "{build_info} missing from:\n{body}"
+        );
         // 2^64 does not fit a u64 gauge; as f64 it is exact (a power of two).
         let v6_capacity: f64 = body
             .lines()

@@ -28,7 +28,7 @@ pub enum LogFormat {
 /// ferrolb's controller: allocates LoadBalancer IPs from IPPools and writes them into
 /// Service status.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "ferrolb-controller", version)]
+#[command(name = "ferrolb-controller", version = crate::VERSION)]
 pub struct Args {
     /// kubeconfig file; without it, $KUBECONFIG, ~/.kube/config or the in-cluster config.
     #[arg(long, env = "KUBECONFIG")]
@@ -114,6 +114,11 @@ fn seconds(name: &str, v: f64) -> Result<Duration, String> {
 /// Runs the controller process until a signal stops it.
 pub async fn run(args: Args) -> Result<(), String> {
     init_logging(args.log_format);
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        commit = crate::GIT_COMMIT,
+        "ferrolb-controller starting"
+    );
     let client = client(&args).await?;
     let identity = match args.identity.clone() {
         Some(id) => id,

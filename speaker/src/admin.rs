@@ -77,6 +77,17 @@ impl Metrics {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP ferrolb_build_info Always 1; the labels say which build runs."
+        );
+        let _ = writeln!(out, "# TYPE ferrolb_build_info gauge");
+        let _ = writeln!(
+            out,
+            "ferrolb_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            escape(crate::GIT_COMMIT)
+        );
         type Family = (
             &'static str,
             &'static str,
@@ -372,6 +383,15 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
+        let build_info = format!(
+            "ferrolb_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            crate::GIT_COMMIT
+        );
+        assert!(
+            text.lines().any(|l| l == build_info),
+            "missing {build_info:?} in\n{text}"
+        );
         // The same interface hands out the same counters.
         assert_eq!(m.interface("eth0").arp.requests.load(Ordering::Relaxed), 3);
     }

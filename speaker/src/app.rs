@@ -50,7 +50,7 @@ pub enum LogFormat {
 /// ferrolb's speaker: with the speakers on the other nodes, elects one node per
 /// LoadBalancer IP and answers ARP (IPv4) and NDP (IPv6) for the IPs this node owns.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "ferrolb-speaker", version)]
+#[command(name = "ferrolb-speaker", version = crate::VERSION)]
 pub struct Args {
     /// kubeconfig file; without it, $KUBECONFIG, ~/.kube/config or the in-cluster config.
     #[arg(long, env = "KUBECONFIG")]
@@ -343,7 +343,13 @@ pub async fn run(args: Args) -> Result<(), String> {
     let (seeds_tx, seeds_rx) = watch::channel(Vec::new());
     let gossip_cancel = CancellationToken::new();
     let gossip_task = tokio::spawn(membership.run(seeds_rx, advertised_rx, gossip_cancel.clone()));
-    info!(node = %me, gossip = %gossip_addr, "speaker started");
+    info!(
+        node = %me,
+        gossip = %gossip_addr,
+        version = env!("CARGO_PKG_VERSION"),
+        commit = crate::GIT_COMMIT,
+        "speaker started"
+    );
 
     // Status writer.
     let (status_tx, status_rx) = watch::channel(StatusInput::default());

@@ -27,6 +27,18 @@ pub mod responder;
 pub mod status;
 pub mod wire;
 
+/// The git commit this binary was built from: 12 hex digits, `-dirty` when tracked files
+/// differed from it, or `unknown` (see `build/git_commit.rs`).
+pub const GIT_COMMIT: &str = env!("FERROLB_BUILD_COMMIT");
+
+/// What `--version` prints after the name, e.g. `0.1.0 (git 1a2b3c4d5e6f)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("FERROLB_BUILD_COMMIT"),
+    ")"
+);
+
 /// Replaces the value in `tx` with `value` when they differ, waking receivers only then;
 /// returns whether it changed.
 pub(crate) fn publish<T: PartialEq>(tx: &tokio::sync::watch::Sender<T>, value: T) -> bool {

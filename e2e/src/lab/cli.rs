@@ -87,7 +87,10 @@ pub enum Cmd {
 
 /// A real Kubernetes cluster on this machine, for ferrolb.
 #[derive(Debug, Parser)]
-#[command(name = "ferrolb-lab", version)]
+#[command(
+    name = "ferrolb-lab",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("FERROLB_BUILD_COMMIT"), ")")
+)]
 pub struct Args {
     /// Where the lab keeps its state, logs and kubeconfigs.
     #[arg(long, env = "FERROLB_LAB_DIR", default_value_os_t = cluster::default_state_dir(), global = true)]
