@@ -8,12 +8,13 @@ CP_TESTS_E2E := $(patsubst e2e/tests/%.rs,--test %,$(wildcard e2e/tests/cp_*.rs)
 CP_TESTS_CONTROLLER := $(patsubst controller/tests/%.rs,--test %,$(wildcard controller/tests/cp_*.rs))
 
 .PHONY: help test lab lab-bins lab-tests fuzz bench bench-lab deps kube-bins crds check-crds fmt-check clippy unit cp-tests
+.PHONY: chart
 
 help:
 	@echo "make lab   - run ferrolb on a real cluster on this machine (the lab)"
 	@echo "make test  - everything: deps, fmt, clippy, CRD drift, unit and end-to-end tests"
 
-test: deps fmt-check clippy check-crds unit fuzz cp-tests lab-tests
+test: deps fmt-check clippy check-crds chart unit fuzz cp-tests lab-tests
 	@echo "make test: all stages passed"
 
 LAB := target/debug/ferrolb-lab
@@ -62,6 +63,12 @@ crds:
 
 check-crds:
 	cargo run -q -p ferrolb-crds --bin crdgen -- --check
+
+# The Helm chart: strict lint, then the render tests (defaults equal deploy/, every value
+# lands where it must, bad values refused). Its install on a real API server is cp_chart.rs.
+chart: deps
+	"$$(bash e2e/scripts/build-helm.sh --print-path)" lint --strict deploy/charts/ferrolb
+	cargo test -p ferrolb-e2e --test chart
 
 fmt-check:
 	cargo fmt --all -- --check

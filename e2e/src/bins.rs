@@ -22,12 +22,19 @@ pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("FERROLB_KUBE_BIN_DIR") {
         return PathBuf::from(dir);
     }
-    let cache = std::env::var_os("FERROLB_CACHE")
+    cache_root()
+        .join(format!("kube-{}", kube_version()))
+        .join("bin")
+}
+
+/// The cache the build scripts fill (`$FERROLB_CACHE`, else `~/.cache/ferrolb`), as they
+/// compute it.
+pub fn cache_root() -> PathBuf {
+    std::env::var_os("FERROLB_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("ferrolb")))
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/ferrolb")))
-        .unwrap_or_else(|| PathBuf::from("/root/.cache/ferrolb"));
-    cache.join(format!("kube-{}", kube_version())).join("bin")
+        .unwrap_or_else(|| PathBuf::from("/root/.cache/ferrolb"))
 }
 
 /// Path of one binary, or an error that says how to build it.

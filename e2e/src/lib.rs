@@ -9,6 +9,7 @@
 pub mod bins;
 pub mod cluster;
 pub mod control_plane;
+pub mod helm;
 pub mod kind;
 pub mod lab;
 pub mod objects;
@@ -27,6 +28,10 @@ pub enum Error {
     MissingBinary { name: String, dir: String },
     #[error("{name} not found in {dir}; build it with `make lab-bins`")]
     MissingOwnBinary { name: String, dir: String },
+    #[error(
+        "helm not found at {path}; run `bash e2e/scripts/build-helm.sh` to build the pinned version (or set HELM to a helm binary)"
+    )]
+    MissingHelm { path: String },
     #[error("cannot start {name}: {source}")]
     Spawn {
         name: String,
