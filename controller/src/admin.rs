@@ -1,21 +1,32 @@
 //! The controller's admin port: `/healthz`, `/readyz` and `/metrics` over plain HTTP/1.1.
 //!
-//! This module owns the metric definitions ([`Metrics`]) and the small server that exposes
-//! them; it does not decide when the process is ready (the caller flips [`Readiness`], e.g.
-//! once its caches are synced) and it does not update metrics itself (the allocator,
-//! reconcile and leader election report through [`Metrics`]' methods).
+//! This module owns the metric definitions ([`Metrics`]), what the probes answer, and the
+//! small server that exposes them. It does not update metrics itself (the allocator,
+//! reconcile and leader election report through [`Metrics`]' methods), nor watch anything:
+//!
+//! - `/readyz` ([`Readiness`], decided by [`readiness`]): ready when this replica leads and
+//!   has rebuilt its allocations from Service status (so its caches have synced), or when
+//!   another replica holds a valid Lease (a ready standby). Not ready while starting, while
+//!   a new leader restores, while nobody leads, and from SIGTERM on.
+//! - `/healthz` ([`Health`]): 503, naming what is stuck, once a component the process needs
+//!   can no longer make progress (see `ferrolb_crds::health` and `app`'s `--healthz-*`
+//!   flags for the bounds).
+//!
+//! The server listens on every address of both families by default: one `[::]` socket
+//! with `IPV6_V6ONLY` off, so kubelet's probes reach it on an IPv4, IPv6 or dual-stack pod.
 //!
 //! `/metrics` is the OpenMetrics text format that `prometheus-client` writes; Prometheus
 //! scrapes it as such (the response says so in its `Content-Type`).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferrolb_crds::Family;
+use ferrolb_crds::health::Health;
 use ferrolb_crds::names::AllocationReason;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -34,8 +45,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::leader::{LeaderHandle, Role};
+
 /// The `Content-Type` of `/metrics`.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The admin port when `--admin-address` is not given.
+pub const DEFAULT_PORT: u16 = 7472;
 
 /// How long open connections get to finish after shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -250,21 +266,64 @@ impl Metrics {
     }
 }
 
-/// Whether the process is ready to serve (`/readyz`). Clones share one flag.
+/// Whether this replica is ready (`Ok`, with what `/readyz` says) or why not: `role` is who
+/// leads as this replica sees it, `restored` whether its controller loop has rebuilt the
+/// allocations from Service status in this term, `stopping` whether SIGTERM came.
+pub fn readiness(role: &Role, restored: bool, stopping: bool) -> Result<String, String> {
+    if stopping {
+        return Err("shutting down".into());
+    }
+    match role {
+        Role::Leading if restored => Ok("leading".into()),
+        Role::Leading => Err("leading; rebuilding the allocations from Service status".into()),
+        Role::StandingBy { holder } => Ok(format!("standing by; {holder} leads")),
+        Role::NoLeader => Err("no replica holds a valid lease".into()),
+    }
+}
+
+/// What `/readyz` asks ([`readiness`]): the elector, and the two flags the process sets.
+/// Clones share one state.
 #[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<ReadinessState>);
+
+#[derive(Debug, Default)]
+struct ReadinessState {
+    /// `None`: a single writer without election, which counts as leading.
+    leader: Option<LeaderHandle>,
+    restored: AtomicBool,
+    stopping: AtomicBool,
+}
 
 impl Readiness {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(leader: Option<LeaderHandle>) -> Self {
+        Readiness(Arc::new(ReadinessState {
+            leader,
+            ..ReadinessState::default()
+        }))
     }
 
-    pub fn set_ready(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+    /// The controller loop of this term has (or has not yet) rebuilt the allocations.
+    pub fn set_restored(&self, restored: bool) {
+        self.0.restored.store(restored, Ordering::Release);
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+    /// SIGTERM came: not ready from now on.
+    pub fn set_stopping(&self) {
+        self.0.stopping.store(true, Ordering::Release);
+    }
+
+    /// [`readiness`] at `now`.
+    pub fn check(&self, now: Instant) -> Result<String, String> {
+        let role = self
+            .0
+            .leader
+            .as_ref()
+            .map_or(Role::Leading, |l| l.role_at(now));
+        readiness(
+            &role,
+            self.0.restored.load(Ordering::Acquire),
+            self.0.stopping.load(Ordering::Acquire),
+        )
     }
 }
 
@@ -274,6 +333,7 @@ pub fn respond(
     path: &str,
     metrics: &Metrics,
     readiness: &Readiness,
+    health: &Health,
 ) -> Response<Full<Bytes>> {
     if method != Method::GET && method != Method::HEAD {
         return text(
@@ -282,9 +342,23 @@ pub fn respond(
         );
     }
     match path {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if readiness.is_ready() => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/healthz" => {
+            let stuck = health.check();
+            if stuck.is_empty() {
+                text(StatusCode::OK, "ok\n")
+            } else {
+                let body: String = stuck.iter().map(|p| format!("stuck: {p}\n")).collect();
+                response(StatusCode::SERVICE_UNAVAILABLE, TEXT, body)
+            }
+        }
+        "/readyz" => match readiness.check(Instant::now()) {
+            Ok(why) => response(StatusCode::OK, TEXT, format!("ready: {why}\n")),
+            Err(why) => response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                format!("not ready: {why}\n"),
+            ),
+        },
         "/metrics" => match metrics.encode() {
             Ok(body) => response(StatusCode::OK, METRICS_CONTENT_TYPE, body),
             Err(e) => {
@@ -299,8 +373,10 @@ pub fn respond(
     }
 }
 
+const TEXT: &str = "text/plain; charset=utf-8";
+
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    response(status, "text/plain; charset=utf-8", body)
+    response(status, TEXT, body)
 }
 
 fn response(
@@ -317,6 +393,68 @@ fn response(
     response
 }
 
+/// Where the admin server listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// Every address of both families on this port: one `[::]` socket with `IPV6_V6ONLY`
+    /// off, or `0.0.0.0` when the host has no IPv6.
+    AllFamilies(u16),
+    /// Exactly this address (an unspecified IPv6 one accepts IPv4 too).
+    Address(SocketAddr),
+}
+
+impl Listen {
+    /// `--admin-address` as given, else every address on [`DEFAULT_PORT`].
+    pub fn from_flag(addr: Option<SocketAddr>) -> Listen {
+        addr.map_or(Listen::AllFamilies(DEFAULT_PORT), Listen::Address)
+    }
+}
+
+/// A listening socket on `addr`; an unspecified IPv6 address takes IPv4 connections too,
+/// whatever `net.ipv6.bindv6only` says.
+fn listen_on(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Binds `listen`; see [`Listen`].
+fn bind_listener(listen: Listen) -> Result<TcpListener, AdminError> {
+    let bind = |addr: SocketAddr| {
+        listen_on(addr)
+            .and_then(TcpListener::from_std)
+            .map_err(|source| AdminError::Bind { addr, source })
+    };
+    match listen {
+        Listen::Address(addr) => bind(addr),
+        Listen::AllFamilies(port) => {
+            let any6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+            match bind(any6) {
+                Err(AdminError::Bind { source, .. }) if no_ipv6(&source) => {
+                    info!(error = %source, "admin server: no IPv6 on this host; listening on IPv4 only");
+                    bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+                }
+                other => other,
+            }
+        }
+    }
+}
+
+/// The errors of a host without IPv6 (a kernel without it, or IPv6 switched off).
+fn no_ipv6(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+    )
+}
+
 /// The admin server, bound and ready to serve.
 #[derive(Debug)]
 pub struct AdminServer {
@@ -324,24 +462,26 @@ pub struct AdminServer {
     local_addr: SocketAddr,
     metrics: Arc<Metrics>,
     readiness: Readiness,
+    health: Health,
 }
 
 impl AdminServer {
-    /// Binds `addr` (port 0 picks a free port; see [`AdminServer::local_addr`]).
-    pub async fn bind(
-        addr: SocketAddr,
+    /// Binds (port 0 picks a free port; see [`AdminServer::local_addr`]). Needs a Tokio
+    /// runtime.
+    pub fn bind(
+        listen: Listen,
         metrics: Arc<Metrics>,
         readiness: Readiness,
+        health: Health,
     ) -> Result<Self, AdminError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| AdminError::Bind { addr, source })?;
+        let listener = bind_listener(listen)?;
         let local_addr = listener.local_addr().map_err(AdminError::LocalAddr)?;
         Ok(AdminServer {
             listener,
             local_addr,
             metrics,
             readiness,
+            health,
         })
     }
 
@@ -372,11 +512,17 @@ impl AdminServer {
             };
             let metrics = Arc::clone(&self.metrics);
             let readiness = self.readiness.clone();
+            let health = self.health.clone();
             let cancel = cancel.clone();
             connections.spawn(async move {
                 let service = service_fn(move |request: Request<Incoming>| {
-                    let response =
-                        respond(request.method(), request.uri().path(), &metrics, &readiness);
+                    let response = respond(
+                        request.method(),
+                        request.uri().path(),
+                        &metrics,
+                        &readiness,
+                        &health,
+                    );
                     async move { Ok::<_, Infallible>(response) }
                 });
                 let connection = http1::Builder::new()
@@ -430,22 +576,27 @@ mod tests {
         (status, raw)
     }
 
-    async fn start() -> (
+    type Started = (
         SocketAddr,
         Arc<Metrics>,
         Readiness,
         CancellationToken,
         tokio::task::JoinHandle<Result<(), AdminError>>,
-    ) {
-        let metrics = Arc::new(Metrics::new());
-        let readiness = Readiness::new();
-        let server = AdminServer::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            Arc::clone(&metrics),
-            readiness.clone(),
+    );
+
+    async fn start() -> Started {
+        start_with(
+            Listen::Address("127.0.0.1:0".parse().unwrap()),
+            Health::new(),
         )
         .await
-        .unwrap();
+    }
+
+    async fn start_with(listen: Listen, health: Health) -> Started {
+        let metrics = Arc::new(Metrics::new());
+        let readiness = Readiness::new(None);
+        let server =
+            AdminServer::bind(listen, Arc::clone(&metrics), readiness.clone(), health).unwrap();
         let addr = server.local_addr();
         assert_ne!(addr.port(), 0);
         let cancel = CancellationToken::new();
@@ -463,13 +614,87 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn readyz_follows_the_readiness_flag() {
+    async fn healthz_fails_naming_what_is_stuck() {
+        let health = Health::new();
+        let (addr, _metrics, _ready, cancel, task) = start_with(
+            Listen::Address("127.0.0.1:0".parse().unwrap()),
+            health.clone(),
+        )
+        .await;
+        let watch = health.register(
+            "Service watch",
+            ferrolb_crds::health::Limits::calling_api(Some(Duration::from_secs(300))),
+        );
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        watch.ended();
+        let (status, raw) = get(addr, "/healthz").await;
+        assert_eq!(status, 503, "{raw}");
+        assert!(
+            raw.ends_with("stuck: Service watch: has stopped\n"),
+            "{raw}"
+        );
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_the_restore_and_shutdown() {
         let (addr, _metrics, ready, cancel, task) = start().await;
-        assert_eq!(get(addr, "/readyz").await.0, 503);
-        ready.set_ready(true);
+        let (status, raw) = get(addr, "/readyz").await;
+        assert_eq!(status, 503);
+        assert!(raw.contains("rebuilding the allocations"), "{raw}");
+        ready.set_restored(true);
         assert_eq!(get(addr, "/readyz").await.0, 200);
-        ready.set_ready(false);
-        assert_eq!(get(addr, "/readyz").await.0, 503);
+        ready.set_stopping();
+        let (status, raw) = get(addr, "/readyz").await;
+        assert_eq!(status, 503);
+        assert!(raw.ends_with("not ready: shutting down\n"), "{raw}");
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn ready_when_leading_and_restored_or_standing_by_a_valid_holder() {
+        let standby = Role::StandingBy {
+            holder: "replica-a".into(),
+        };
+        assert!(readiness(&Role::Leading, true, false).is_ok());
+        assert!(
+            readiness(&Role::Leading, false, false).is_err(),
+            "still restoring"
+        );
+        assert_eq!(
+            readiness(&standby, false, false),
+            Ok("standing by; replica-a leads".into())
+        );
+        assert!(readiness(&Role::NoLeader, false, false).is_err());
+        assert!(readiness(&Role::NoLeader, true, false).is_err());
+        for role in [Role::Leading, standby, Role::NoLeader] {
+            assert!(
+                readiness(&role, true, true).is_err(),
+                "{role:?} after SIGTERM"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_default_listener_answers_on_ipv4_and_ipv6_loopback() {
+        let (addr, _metrics, _ready, cancel, task) =
+            start_with(Listen::AllFamilies(0), Health::new()).await;
+        let v6 = std::net::UdpSocket::bind("[::1]:0").is_ok();
+        if addr.is_ipv4() {
+            assert!(!v6, "fell back to IPv4 although this host has IPv6");
+        }
+        let mut targets = vec![SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))];
+        if v6 {
+            targets.push(SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port())));
+        } else {
+            eprintln!("no IPv6 on this host: only 127.0.0.1 checked");
+        }
+        for target in targets {
+            let (status, body) = get(target, "/healthz").await;
+            assert_eq!(status, 200, "{target}: {body}");
+        }
         cancel.cancel();
         task.await.unwrap().unwrap();
     }

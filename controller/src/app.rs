@@ -2,6 +2,13 @@
 //! Secret, the leader elector and, while this replica leads, the controller loop. SIGTERM
 //! stops everything cleanly (the Lease is released so another replica takes over at once);
 //! a second signal aborts.
+//!
+//! `/healthz` bounds (`--healthz-loop-timeout`, `--healthz-api-timeout`): the lease rounds
+//! turn every retry period (a round gives up after the renew deadline), the controller
+//! machinery's heartbeat every quarter of the loop timeout, so 60 s of silence means a dead
+//! loop even on a busy two-core node. API errors must keep coming for 5 minutes: an API
+//! server restart of a minute or two is waited out, since restarting the controller then
+//! would only add a full re-list to the API's load when it comes back.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,10 +21,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
-use crate::admin::{AdminServer, Metrics, Readiness};
+use ferrolb_crds::health::{Health, Limits};
+
+use crate::admin::{AdminServer, Listen, Metrics, Readiness};
 use crate::gossip_secret;
 use crate::leader::{LeaderConfig, LeaderElector};
-use crate::reconcile::{self, Settings};
+use crate::reconcile::{self, Probes, Settings};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -43,9 +52,21 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Address of the admin server (/healthz, /readyz, /metrics).
-    #[arg(long, default_value = "0.0.0.0:7472")]
-    pub admin_address: SocketAddr,
+    /// Address of the admin server (/healthz, /readyz, /metrics). Default: port 7472 on
+    /// every IPv6 and IPv4 address ([::]:7472, one socket for both families; 0.0.0.0:7472
+    /// on a host without IPv6).
+    #[arg(long)]
+    pub admin_address: Option<SocketAddr>,
+
+    /// Seconds the lease rounds or, while leading, the controller machinery may go without
+    /// turning before /healthz fails. Must exceed --renew-deadline plus --retry-period.
+    #[arg(long, default_value_t = 60.0)]
+    pub healthz_loop_timeout: f64,
+
+    /// Seconds API errors (lease rounds, watches) may keep coming without a success before
+    /// /healthz fails; 0: never. Long enough to wait out an API server restart.
+    #[arg(long, default_value_t = 300.0)]
+    pub healthz_api_timeout: f64,
 
     /// Name of the Lease that elects the leader among replicas.
     #[arg(long, default_value = "ferrolb-controller")]
@@ -132,14 +153,39 @@ pub async fn run(args: Args) -> Result<(), String> {
             seconds("renew-deadline", args.renew_deadline)?,
             seconds("retry-period", args.retry_period)?,
         );
-    let elector = LeaderElector::new(client.clone(), leader_config).map_err(|e| e.to_string())?;
+    let loop_timeout = seconds("healthz-loop-timeout", args.healthz_loop_timeout)?;
+    let slowest_round = leader_config.renew_deadline + leader_config.retry_period;
+    if loop_timeout <= slowest_round {
+        return Err(format!(
+            "--healthz-loop-timeout must exceed --renew-deadline plus --retry-period ({slowest_round:?}): a slow lease round would fail /healthz"
+        ));
+    }
+    let api_timeout =
+        Some(seconds("healthz-api-timeout", args.healthz_api_timeout)?).filter(|t| !t.is_zero());
+    let health = Health::new();
+    let elector = LeaderElector::new(client.clone(), leader_config)
+        .map_err(|e| e.to_string())?
+        .report_health(health.register(
+            "leader election",
+            Limits::turning_and_calling_api(loop_timeout, api_timeout),
+        ));
     let leader = elector.handle();
 
     let metrics = Arc::new(Metrics::new());
-    let readiness = Readiness::new();
-    let admin = AdminServer::bind(args.admin_address, metrics.clone(), readiness.clone())
-        .await
-        .map_err(|e| e.to_string())?;
+    let readiness = Readiness::new(Some(leader.clone()));
+    let probes = Probes {
+        readiness: readiness.clone(),
+        health: health.clone(),
+        loop_timeout,
+        api_timeout,
+    };
+    let admin = AdminServer::bind(
+        Listen::from_flag(args.admin_address),
+        metrics.clone(),
+        readiness.clone(),
+        health,
+    )
+    .map_err(|e| e.to_string())?;
 
     let root = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -178,9 +224,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         };
         let leader = leader.clone();
         let metrics = metrics.clone();
-        let readiness = readiness.clone();
         async move {
-            readiness.set_ready(true);
             loop {
                 metrics.set_leader(false);
                 tokio::select! {
@@ -203,6 +247,7 @@ pub async fn run(args: Args) -> Result<(), String> {
                     settings.clone(),
                     Some(leader.clone()),
                     metrics.clone(),
+                    probes.clone(),
                     term,
                 )
                 .await;
@@ -215,6 +260,7 @@ pub async fn run(args: Args) -> Result<(), String> {
 
     wait_for_signal().await;
     info!("shutting down (a second signal aborts)");
+    readiness.set_stopping();
     root.cancel();
     tokio::select! {
         _ = tasks.wait() => {}

@@ -8,8 +8,10 @@
 //! right before every write.
 //!
 //! The decisions live in [`Election`], a plain struct that gets the Lease and the time from
-//! its caller (so tests drive it with any clock); [`LeaderElector`] is the thin I/O loop
-//! around it. Kube-runtime 5 ships no lease helper, hence this module.
+//! its caller (so tests drive it with any clock), and in [`role`], which tells from what the
+//! elector last published whether this replica leads, stands by a valid holder, or sees
+//! nobody leading (what `/readyz` needs); [`LeaderElector`] is the thin I/O loop around
+//! them. Kube-runtime 5 ships no lease helper, hence this module.
 //!
 //! Expiry is judged the way client-go judges it: by how long *this* replica has seen the
 //! same record unchanged on its own monotonic clock, never by comparing the holder's
@@ -20,6 +22,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferrolb_crds::health::Reporter;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
@@ -246,12 +249,7 @@ impl Election {
                     };
                 }
                 let first_seen = self.observe(spec, now);
-                let valid_for = spec
-                    .lease_duration_seconds
-                    .and_then(|s| u64::try_from(s).ok())
-                    .filter(|s| *s > 0)
-                    .map_or(self.lease_duration, Duration::from_secs);
-                if now.saturating_duration_since(first_seen) >= valid_for {
+                if now.saturating_duration_since(first_seen) >= self.valid_for(spec) {
                     Decision::Acquire
                 } else {
                     Decision::StandBy { holder }
@@ -263,6 +261,25 @@ impl Election {
                 Decision::Acquire
             }
         }
+    }
+
+    /// Until when, by the local clock, another replica's record counts as valid: from when
+    /// it was first seen unchanged, for the duration it states. `None` when no other holder
+    /// is known (the Lease is absent, released or ours).
+    pub fn other_holder_valid_until(&self) -> Option<Instant> {
+        let (spec, since) = self.observed.as_ref()?;
+        spec.holder_identity
+            .as_deref()
+            .filter(|h| !h.is_empty() && *h != self.identity)?;
+        Some(*since + self.valid_for(spec))
+    }
+
+    /// How long a record stays valid without a change: its own duration, else ours.
+    fn valid_for(&self, spec: &LeaseSpec) -> Duration {
+        spec.lease_duration_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .filter(|s| *s > 0)
+            .map_or(self.lease_duration, Duration::from_secs)
     }
 
     /// Our acquire or renew write, sent in the round that started at `round_started`,
@@ -378,6 +395,38 @@ pub struct LeaderState {
     pub holder: Option<String>,
     /// Until when leadership counts by the local clock; see [`LeaderConfig::renew_deadline`].
     pub leading_until: Option<Instant>,
+    /// While another replica holds the Lease: until when its record counts as valid by the
+    /// local clock (see [`Election::other_holder_valid_until`]).
+    pub holder_valid_until: Option<Instant>,
+}
+
+/// Who leads, as one replica sees it at one moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// This replica leads, and its last renewal is recent enough that no other can have
+    /// taken over.
+    Leading,
+    /// Another replica holds a Lease that has not expired: this one stands by.
+    StandingBy { holder: String },
+    /// Nobody leads that this replica knows of: the Lease is absent, released or expired,
+    /// or this replica's own leadership ran out. Someone (maybe this replica) takes over
+    /// on the next successful round.
+    NoLeader,
+}
+
+/// Who leads according to `state` (what `identity`'s elector last published) at `now`.
+pub fn role(state: &LeaderState, identity: &str, now: Instant) -> Role {
+    if state.leading && state.leading_until.is_some_and(|until| now < until) {
+        return Role::Leading;
+    }
+    match (&state.holder, state.holder_valid_until) {
+        (Some(holder), Some(until)) if !state.leading && holder != identity && now < until => {
+            Role::StandingBy {
+                holder: holder.clone(),
+            }
+        }
+        _ => Role::NoLeader,
+    }
 }
 
 /// A cheap, clonable view of one elector, for whoever writes.
@@ -425,6 +474,15 @@ impl LeaderHandle {
         self.state.borrow().clone()
     }
 
+    /// Who leads at `now`, as this replica sees it ([`role`]); nobody once the elector
+    /// has stopped.
+    pub fn role_at(&self, now: Instant) -> Role {
+        if !self.elector_running() {
+            return Role::NoLeader;
+        }
+        role(&self.state.borrow(), &self.identity, now)
+    }
+
     /// A receiver notified on every transition (acquired, lost, another holder), not on
     /// every renewal. It reports an error once the elector has stopped.
     pub fn subscribe(&self) -> watch::Receiver<LeaderState> {
@@ -469,6 +527,8 @@ pub struct LeaderElector {
     election: Election,
     state: watch::Sender<LeaderState>,
     handle: LeaderHandle,
+    /// Told after every round: it turned, and whether the API answered.
+    health: Option<Reporter>,
 }
 
 /// Why a write did not go through.
@@ -485,6 +545,7 @@ impl LeaderElector {
             leading: false,
             holder: None,
             leading_until: None,
+            holder_valid_until: None,
         });
         let handle = LeaderHandle {
             identity: config.identity.as_str().into(),
@@ -497,11 +558,27 @@ impl LeaderElector {
             config,
             state,
             handle,
+            health: None,
         })
     }
 
     pub fn handle(&self) -> LeaderHandle {
         self.handle.clone()
+    }
+
+    /// Reports every round to `reporter` (`/healthz`): progress when the API answered
+    /// (a conflict included), a failure when it did not or the round timed out.
+    pub fn report_health(mut self, reporter: Reporter) -> Self {
+        self.health = Some(reporter);
+        self
+    }
+
+    fn turned(&self, outcome: Result<(), &dyn std::fmt::Display>) {
+        match (&self.health, outcome) {
+            (Some(h), Ok(())) => h.progress(),
+            (Some(h), Err(e)) => h.failed(e),
+            (None, _) => {}
+        }
     }
 
     /// Contends for the Lease until `cancel` fires, then releases it if this replica holds
@@ -526,6 +603,11 @@ impl LeaderElector {
                             after = ?self.config.renew_deadline,
                             "lease round timed out"
                         );
+                        self.turned(Err(&LeaderError::Timeout {
+                            lease: self.config.lease_ref(),
+                            action: "read or write",
+                            after: self.config.renew_deadline,
+                        }));
                         self.round_failed();
                     }
                 }
@@ -544,7 +626,9 @@ impl LeaderElector {
         let current = match self.api.get_opt(&self.config.lease_name).await {
             Ok(current) => current,
             Err(source) => {
-                self.log_error(&self.api_error("read", source));
+                let e = self.api_error("read", source);
+                self.log_error(&e);
+                self.turned(Err(&e));
                 self.round_failed();
                 return;
             }
@@ -552,6 +636,7 @@ impl LeaderElector {
         let decision = self.election.decide(current.as_ref(), round_started);
         let written = match (&decision, current) {
             (Decision::StandBy { holder }, _) => {
+                self.turned(Ok(()));
                 self.publish(false, Some(holder.clone()), None);
                 return;
             }
@@ -562,6 +647,7 @@ impl LeaderElector {
                     holder = holder.as_deref().unwrap_or(""),
                     "lost leadership"
                 );
+                self.turned(Ok(()));
                 self.publish(false, holder.clone(), None);
                 return;
             }
@@ -579,6 +665,11 @@ impl LeaderElector {
                 self.create(&lease).await
             }
         };
+        // A conflict is an answer too: the API works, someone else wrote first.
+        match &written {
+            Ok(()) | Err(WriteFailure::Conflict) => self.turned(Ok(())),
+            Err(WriteFailure::Other(e)) => self.turned(Err(e)),
+        }
         match written {
             Ok(()) => {
                 if self.election.renewed(round_started) {
@@ -732,6 +823,8 @@ impl LeaderElector {
                 leading,
                 holder,
                 leading_until,
+                // Stored without waking anyone: it moves with every renewal of the holder.
+                holder_valid_until: self.election.other_holder_valid_until(),
             };
             transition
         });
@@ -935,6 +1028,78 @@ mod tests {
             Decision::Lost { holder: None }
         );
         assert_eq!(e.decide(Some(&ours), t0 + secs(12)), Decision::Acquire);
+    }
+
+    #[test]
+    fn a_standby_knows_until_when_the_holders_record_is_valid() {
+        let t0 = Instant::now();
+        let mut e = Election::new("b", LEASE, RENEW);
+        assert_eq!(e.other_holder_valid_until(), None);
+        let held = lease(Some("a"), 0, 15);
+        e.decide(Some(&held), t0);
+        assert_eq!(e.other_holder_valid_until(), Some(t0 + secs(15)));
+        // Unchanged later: still counted from when it was first seen.
+        e.decide(Some(&held), t0 + secs(5));
+        assert_eq!(e.other_holder_valid_until(), Some(t0 + secs(15)));
+        // Renewed: valid for another duration from now.
+        let renewed = lease(Some("a"), 5, 15);
+        e.decide(Some(&renewed), t0 + secs(6));
+        assert_eq!(e.other_holder_valid_until(), Some(t0 + secs(21)));
+        // Released: nobody else holds it.
+        e.decide(Some(&lease(None, 6, 1)), t0 + secs(7));
+        assert_eq!(e.other_holder_valid_until(), None);
+        // Our own record is not another holder's.
+        e.decide(Some(&lease(Some("b"), 7, 15)), t0 + secs(8));
+        assert_eq!(e.other_holder_valid_until(), None);
+    }
+
+    fn state(
+        leading: bool,
+        holder: Option<&str>,
+        leading_until: Option<Instant>,
+        holder_valid_until: Option<Instant>,
+    ) -> LeaderState {
+        LeaderState {
+            leading,
+            holder: holder.map(String::from),
+            leading_until,
+            holder_valid_until,
+        }
+    }
+
+    #[test]
+    fn the_role_follows_the_lease_and_the_local_clock() {
+        let t0 = Instant::now();
+        let standby = Role::StandingBy { holder: "a".into() };
+        assert_eq!(
+            role(&state(false, None, None, None), "b", t0),
+            Role::NoLeader,
+            "starting"
+        );
+        let leading = state(true, Some("b"), Some(t0 + RENEW), None);
+        assert_eq!(role(&leading, "b", t0), Role::Leading);
+        assert_eq!(
+            role(&leading, "b", t0 + RENEW),
+            Role::NoLeader,
+            "a leader that could not renew within the deadline leads no more"
+        );
+        let behind = state(false, Some("a"), None, Some(t0 + LEASE));
+        assert_eq!(role(&behind, "b", t0), standby);
+        assert_eq!(
+            role(&behind, "b", t0 + LEASE),
+            Role::NoLeader,
+            "the holder stopped renewing: nobody leads until someone takes over"
+        );
+        assert_eq!(
+            role(&state(false, Some("b"), None, Some(t0 + LEASE)), "b", t0),
+            Role::NoLeader,
+            "our own stale record is no leader"
+        );
+        assert_eq!(
+            role(&state(false, Some("a"), None, None), "b", t0),
+            Role::NoLeader,
+            "a holder whose validity is unknown counts as none"
+        );
     }
 
     #[test]

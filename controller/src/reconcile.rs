@@ -1,12 +1,18 @@
 //! The controller's I/O shell: watches Services, IPPools and Namespaces, feeds the pure
 //! [`Allocator`], and applies each [`Plan`] with server-side apply. Only the leader runs
 //! this; it rebuilds every allocation from Service status before allocating anything.
+//!
+//! It reports to the probes ([`Probes`]): `/readyz` learns when the allocations are rebuilt;
+//! `/healthz` watches each watch (errors that keep coming, a watch that ends) and, once
+//! restored, the controller machinery itself: a heartbeat asks it to reconcile a Service
+//! that cannot exist, and every result it turns out counts as a turn.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use ferrolb_crds::health::{Health, Limits, Registration, Reporter};
 use ferrolb_crds::names::{
     AllocationReason, CONDITION_IP_ALLOCATED, FIELD_MANAGER_CONTROLLER, POOL_CONDITION_CONFLICT,
     POOL_CONDITION_READY,
@@ -29,7 +35,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
-use crate::admin::Metrics;
+use crate::admin::{Metrics, Readiness};
 use crate::allocator::pool::Pool;
 use crate::allocator::{Allocator, Failure, Outcome, ServiceKey};
 use crate::leader::LeaderHandle;
@@ -59,6 +65,49 @@ pub struct Settings {
     pub default_class: bool,
     /// Name of this replica, for events.
     pub instance: String,
+}
+
+/// How the controller loop reports to `/readyz` and `/healthz`.
+#[derive(Clone, Debug)]
+pub struct Probes {
+    pub readiness: Readiness,
+    pub health: Health,
+    /// How long the controller machinery may go without a turn once restored (its
+    /// heartbeat runs four times as often).
+    pub loop_timeout: Duration,
+    /// How long a watch's errors may keep coming without a success; `None`: never stuck.
+    pub api_timeout: Option<Duration>,
+}
+
+impl Probes {
+    /// Probes nobody reads (tests, benchmarks): a single writer, default bounds.
+    pub fn unobserved() -> Probes {
+        Probes {
+            readiness: Readiness::new(None),
+            health: Health::new(),
+            loop_timeout: Duration::from_secs(60),
+            api_timeout: None,
+        }
+    }
+
+    fn watch(&self, name: &str) -> Registration {
+        self.health
+            .register_scoped(name, Limits::calling_api(self.api_timeout))
+    }
+}
+
+/// Reports one watch event (or error) to the watch's health component.
+fn report<T, E: std::fmt::Display>(health: &Reporter, event: &Result<T, E>) {
+    match event {
+        Ok(_) => health.progress(),
+        Err(e) => health.failed(e),
+    }
+}
+
+/// The Service the heartbeat asks to reconcile: no Service can have this name (names are
+/// DNS labels), so the runner answers "not found" at once, without calling `reconcile`.
+fn heartbeat_ref() -> ObjectRef<Service> {
+    ObjectRef::new("ferrolb.io/heartbeat")
 }
 
 /// Shared by every reconcile.
@@ -652,8 +701,28 @@ pub async fn run(
     settings: Settings,
     leader: Option<LeaderHandle>,
     metrics: Arc<Metrics>,
+    probes: Probes,
     cancel: CancellationToken,
 ) {
+    probes.readiness.set_restored(false);
+    run_term(client, settings, leader, metrics, &probes, cancel).await;
+    probes.readiness.set_restored(false);
+}
+
+async fn run_term(
+    client: Client,
+    settings: Settings,
+    leader: Option<LeaderHandle>,
+    metrics: Arc<Metrics>,
+    probes: &Probes,
+    cancel: CancellationToken,
+) {
+    // Deregistered when this term ends: a standby has no watches to judge.
+    let ns_health = probes.watch("Namespace watch");
+    let pool_health = probes.watch("IPPool watch");
+    let svc_health = probes.watch("Service watch");
+    // Registered once restored: before that, the runner waits for the caches.
+    let machinery: Arc<OnceLock<Registration>> = Arc::new(OnceLock::new());
     let (ns_reader, ns_writer) = reflector::store::<Namespace>();
     let (pool_reader, pool_writer) = reflector::store::<IPPool>();
     let (svc_reader, svc_writer) = reflector::store::<Service>();
@@ -681,12 +750,15 @@ pub async fn run(
         let svc_reader = svc_reader.clone();
         let api: Api<Namespace> = Api::all(client.clone());
         let mut labels_seen: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let health = ns_health.reporter();
         let stream = reflector::reflector(
             ns_writer,
             watcher::watcher(api, watcher::Config::default()).modify(slim),
         )
         .default_backoff()
+        .inspect(move |ev| report(&health, ev))
         .applied_objects();
+        let health = ns_health.reporter();
         async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(ns) = stream.next().await {
@@ -702,6 +774,7 @@ pub async fn run(
                     }
                 }
             }
+            health.ended();
         }
     };
 
@@ -714,11 +787,13 @@ pub async fn run(
             watcher::watcher(api, watcher::Config::default()).modify(slim),
         )
         .default_backoff();
+        let health = pool_health.reporter();
         async move {
             let mut known = BTreeMap::new();
             let mut stream = std::pin::pin!(stream);
             let restored = ctx.restored.subscribe();
             while let Some(ev) = stream.next().await {
+                report(&health, &ev);
                 // Until restore has run (it syncs the pools itself), only fill the store.
                 if !*restored.borrow()
                     || matches!(ev, Ok(WatchEvent::Init) | Ok(WatchEvent::InitApply(_)))
@@ -739,6 +814,7 @@ pub async fn run(
                 }
                 ctx.mark_pools_dirty(changed.iter().map(String::as_str));
             }
+            health.ended();
         }
     };
 
@@ -747,11 +823,13 @@ pub async fn run(
     let svc_stream = {
         let ctx = ctx.clone();
         let reader = svc_reader.clone();
+        let health = svc_health.reporter();
         reflector::reflector(
             svc_writer,
             watcher::watcher(svc_api, watcher::Config::default()).modify(slim),
         )
         .default_backoff()
+        .inspect(move |ev| report(&health, ev))
         .inspect_ok(move |ev| {
             let gone: Vec<ServiceKey> = match ev {
                 WatchEvent::Delete(s) => vec![key_of(s)],
@@ -793,6 +871,12 @@ pub async fn run(
         let ctx = ctx.clone();
         let (svc_reader, pool_reader, ns_reader) =
             (svc_reader.clone(), pool_reader.clone(), ns_reader.clone());
+        let machinery = machinery.clone();
+        let (health, readiness, loop_timeout) = (
+            probes.health.clone(),
+            probes.readiness.clone(),
+            probes.loop_timeout,
+        );
         async move {
             if svc_reader.wait_until_ready().await.is_err()
                 || pool_reader.wait_until_ready().await.is_err()
@@ -806,6 +890,9 @@ pub async fn run(
             }
             let refused = restore(&ctx, &svc_reader).unwrap_or_default();
             let _ = ctx.restored.send(true);
+            readiness.set_restored(true);
+            let _ = machinery
+                .set(health.register_scoped("controller loop", Limits::turning(loop_timeout)));
             for k in refused {
                 let _ = ctx.trigger.send(svc_ref(&k));
             }
@@ -819,12 +906,35 @@ pub async fn run(
             async move { c.cancelled().await }
         })
         .run(reconcile, error_policy, ctx.clone())
-        .for_each(|_| async {});
+        .for_each({
+            let machinery = machinery.clone();
+            move |_| {
+                // Any result, the heartbeat's "not found" included, is a turn.
+                if let Some(m) = machinery.get() {
+                    m.progress();
+                }
+                async {}
+            }
+        });
+
+    let heartbeat = {
+        let (ctx, machinery) = (ctx.clone(), machinery.clone());
+        let mut tick =
+            tokio::time::interval((probes.loop_timeout / 4).max(Duration::from_millis(100)));
+        async move {
+            loop {
+                tick.tick().await;
+                if machinery.get().is_some() {
+                    let _ = ctx.trigger.send(heartbeat_ref());
+                }
+            }
+        }
+    };
 
     let status_task = pool_status_loop(ctx.clone(), cancel.clone());
     tokio::select! {
         _ = controller => {}
-        _ = async { tokio::join!(ns_task, pool_task, restore_task, status_task) } => {}
+        _ = async { tokio::join!(ns_task, pool_task, restore_task, status_task, heartbeat) } => {}
         _ = cancel.cancelled() => {}
     }
 }

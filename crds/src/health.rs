@@ -309,6 +309,14 @@ impl Registration {
     }
 }
 
+impl std::ops::Deref for Registration {
+    type Target = Reporter;
+
+    fn deref(&self) -> &Reporter {
+        &self.0
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         self.0.health.lock().deregister(&self.0.name);
