@@ -3,16 +3,23 @@
 //! The counters live where the work happens (responders, membership); this module only
 //! holds them by interface and renders them. Per-interface counters survive a responder
 //! restart, so they only ever grow.
+//!
+//! `/readyz` follows [`Readiness`], which the process sets once its caches have synced and
+//! its first election was applied, and clears for good at SIGTERM. `/healthz` answers 503,
+//! naming what is stuck, once [`Health`] finds a component that can no longer make
+//! progress (the bounds are the `--healthz-*` flags). The server listens on every address
+//! of both families by default: one `[::]` socket with `IPV6_V6ONLY` off.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferrolb_crds::health::Health;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -242,16 +249,36 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Flipped to ready once the speaker has synced its caches and joined gossip.
+/// What `/readyz` answers. Clones share one state.
 #[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<ReadinessState>);
+
+#[derive(Debug, Default)]
+struct ReadinessState {
+    ready: AtomicBool,
+    stopping: AtomicBool,
+}
 
 impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+    /// The caches have synced and the first election was applied.
+    pub fn set_ready(&self) {
+        self.0.ready.store(true, Ordering::Release);
     }
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+
+    /// SIGTERM came: not ready from now on, whatever else happens.
+    pub fn set_stopping(&self) {
+        self.0.stopping.store(true, Ordering::Release);
+    }
+
+    /// `Ok` when ready, else why not.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.0.stopping.load(Ordering::Acquire) {
+            Err("shutting down")
+        } else if self.0.ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err("waiting for the caches to sync and the first election")
+        }
     }
 }
 
@@ -260,6 +287,7 @@ fn respond(
     path: &str,
     metrics: &Metrics,
     ready: &Readiness,
+    health: &Health,
 ) -> Response<Full<Bytes>> {
     let (status, ctype, body): (StatusCode, &'static str, Bytes) =
         if method != Method::GET && method != Method::HEAD {
@@ -270,15 +298,27 @@ fn respond(
             )
         } else {
             match path {
-                "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
-                "/readyz" if ready.get() => {
-                    (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
+                "/healthz" => {
+                    let stuck = health.check();
+                    if stuck.is_empty() {
+                        (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n"))
+                    } else {
+                        let body: String = stuck.iter().map(|p| format!("stuck: {p}\n")).collect();
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "text/plain",
+                            Bytes::from(body),
+                        )
+                    }
                 }
-                "/readyz" => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    Bytes::from_static(b"not ready\n"),
-                ),
+                "/readyz" => match ready.check() {
+                    Ok(()) => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
+                    Err(why) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        Bytes::from(format!("not ready: {why}\n")),
+                    ),
+                },
                 "/metrics" => (
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -300,11 +340,64 @@ fn respond(
     r
 }
 
-/// Binds the admin server; serving starts with [`serve`].
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("admin server: cannot listen on {addr}: {e}"))
+/// The admin port when `--admin-address` is not given.
+pub const DEFAULT_PORT: u16 = 7473;
+
+/// Where the admin server listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// Every address of both families on this port: one `[::]` socket with `IPV6_V6ONLY`
+    /// off, or `0.0.0.0` when the host has no IPv6.
+    AllFamilies(u16),
+    /// Exactly this address (an unspecified IPv6 one accepts IPv4 too).
+    Address(SocketAddr),
+}
+
+impl Listen {
+    /// `--admin-address` as given, else every address on [`DEFAULT_PORT`].
+    pub fn from_flag(addr: Option<SocketAddr>) -> Listen {
+        addr.map_or(Listen::AllFamilies(DEFAULT_PORT), Listen::Address)
+    }
+}
+
+/// A listening socket on `addr`; an unspecified IPv6 address takes IPv4 connections too,
+/// whatever `net.ipv6.bindv6only` says.
+fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Binds the admin server (see [`Listen`]); serving starts with [`serve`]. Needs a Tokio
+/// runtime.
+pub fn bind(listen: Listen) -> Result<TcpListener, String> {
+    let bind = |addr: SocketAddr| {
+        listen_on(addr).map_err(|e| (e, format!("admin server: cannot listen on {addr}")))
+    };
+    let bound = match listen {
+        Listen::Address(addr) => bind(addr),
+        Listen::AllFamilies(port) => match bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
+            // The errors of a host without IPv6 (a kernel without it, or IPv6 switched off).
+            Err((e, _))
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+                ) =>
+            {
+                info!(error = %e, "admin server: no IPv6 on this host; listening on IPv4 only");
+                bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+            }
+            other => other,
+        },
+    };
+    bound.map_err(|(e, what)| format!("{what}: {e}"))
 }
 
 /// Serves the admin endpoints until `cancel`.
@@ -312,6 +405,7 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     ready: Readiness,
+    health: Health,
     cancel: CancellationToken,
 ) {
     if let Ok(a) = listener.local_addr() {
@@ -331,10 +425,11 @@ pub async fn serve(
         };
         let metrics = metrics.clone();
         let ready = ready.clone();
+        let health = health.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let r = respond(req.method(), req.uri().path(), &metrics, &ready);
+                let r = respond(req.method(), req.uri().path(), &metrics, &ready, &health);
                 async move { Ok::<_, Infallible>(r) }
             });
             let conn = http1::Builder::new()
@@ -400,12 +495,69 @@ mod tests {
     fn endpoints_answer_and_refuse() {
         let m = Metrics::default();
         let r = Readiness::default();
-        assert_eq!(respond(&Method::GET, "/healthz", &m, &r).status(), 200);
-        assert_eq!(respond(&Method::GET, "/readyz", &m, &r).status(), 503);
-        r.set(true);
-        assert_eq!(respond(&Method::GET, "/readyz", &m, &r).status(), 200);
-        assert_eq!(respond(&Method::GET, "/metrics", &m, &r).status(), 200);
-        assert_eq!(respond(&Method::POST, "/metrics", &m, &r).status(), 405);
-        assert_eq!(respond(&Method::GET, "/nope", &m, &r).status(), 404);
+        let h = Health::new();
+        assert_eq!(respond(&Method::GET, "/healthz", &m, &r, &h).status(), 200);
+        assert_eq!(respond(&Method::GET, "/readyz", &m, &r, &h).status(), 503);
+        r.set_ready();
+        assert_eq!(respond(&Method::GET, "/readyz", &m, &r, &h).status(), 200);
+        assert_eq!(respond(&Method::GET, "/metrics", &m, &r, &h).status(), 200);
+        assert_eq!(respond(&Method::POST, "/metrics", &m, &r, &h).status(), 405);
+        assert_eq!(respond(&Method::GET, "/nope", &m, &r, &h).status(), 404);
+    }
+
+    #[test]
+    fn readiness_ends_for_good_at_sigterm() {
+        let r = Readiness::default();
+        r.set_stopping();
+        r.set_ready();
+        assert_eq!(r.check(), Err("shutting down"));
+    }
+
+    #[test]
+    fn healthz_names_what_is_stuck() {
+        let (m, r, h) = (Metrics::default(), Readiness::default(), Health::new());
+        let watch = h.register(
+            "Node watch",
+            ferrolb_crds::health::Limits::calling_api(Some(Duration::from_secs(900))),
+        );
+        watch.ended();
+        let resp = respond(&Method::GET, "/healthz", &m, &r, &h);
+        assert_eq!(resp.status(), 503);
+        let body = futures::executor::block_on(http_body_util::BodyExt::collect(resp.into_body()))
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&body[..], b"stuck: Node watch: has stopped\n");
+    }
+
+    #[tokio::test]
+    async fn the_default_listener_answers_on_ipv4_and_ipv6_loopback() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = bind(Listen::AllFamilies(0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Metrics::default()),
+            Readiness::default(),
+            Health::new(),
+            cancel.clone(),
+        ));
+        let mut targets = vec![SocketAddr::from((Ipv4Addr::LOCALHOST, port))];
+        if std::net::UdpSocket::bind("[::1]:0").is_ok() {
+            targets.push(SocketAddr::from((Ipv6Addr::LOCALHOST, port)));
+        } else {
+            eprintln!("no IPv6 on this host: only 127.0.0.1 checked");
+        }
+        for target in targets {
+            let mut s = tokio::net::TcpStream::connect(target).await.unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut raw = String::new();
+            s.read_to_string(&mut raw).await.unwrap();
+            assert!(raw.starts_with("HTTP/1.1 200"), "{target}: {raw}");
+        }
+        cancel.cancel();
+        server.await.unwrap();
     }
 }

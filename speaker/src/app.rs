@@ -6,6 +6,13 @@
 //! status writer, which runs beside it so that API latency never delays an announcement.
 //!
 //! SIGTERM: leave gossip first (peers take over at once), then stop answering, then exit.
+//!
+//! Probes: `/readyz` turns true once the caches have synced and the first election was
+//! applied, and false at SIGTERM. `/healthz` fails when the election loop (it ticks every
+//! 2 s) has not turned for `--healthz-loop-timeout` (60 s), or a watch has ended or kept
+//! failing for `--healthz-api-timeout` (15 minutes). That one is long on purpose: a
+//! restarted speaker announces nothing until it reaches the API again, so restarting
+//! speakers during an API outage would take every LoadBalancer IP down with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use ferrolb_crds::IPPool;
+use ferrolb_crds::health::{Health, Limits, Reporter};
 use ferrolb_crds::names::{CONDITION_ANNOUNCED, FIELD_MANAGER_SPEAKER, events::ANNOUNCING};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node as K8sNode, Secret, Service as K8sService};
@@ -33,7 +41,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::admin::{self, Metrics, Readiness};
+use crate::admin::{self, Listen, Metrics, Readiness};
 use crate::announcer::Announcer;
 use crate::election::{self, Election, Service};
 use crate::inputs::{self, SERVICE_NAME_LABEL};
@@ -73,9 +81,22 @@ pub struct Args {
     #[arg(long, default_value_t = 7946)]
     pub gossip_port: u16,
 
-    /// Address of the admin server (/healthz, /readyz, /metrics).
-    #[arg(long, default_value = "0.0.0.0:7473")]
-    pub admin_address: SocketAddr,
+    /// Address of the admin server (/healthz, /readyz, /metrics). Default: port 7473 on
+    /// every IPv6 and IPv4 address ([::]:7473, one socket for both families; 0.0.0.0:7473
+    /// on a host without IPv6).
+    #[arg(long)]
+    pub admin_address: Option<SocketAddr>,
+
+    /// Seconds the election loop (it ticks every 2 s) may go without turning before
+    /// /healthz fails.
+    #[arg(long, default_value_t = 60.0)]
+    pub healthz_loop_timeout: f64,
+
+    /// Seconds a watch's errors may keep coming without a success before /healthz fails;
+    /// 0: never. Long, because a restarted speaker announces nothing until it reaches the
+    /// API again.
+    #[arg(long, default_value_t = 900.0)]
+    pub healthz_api_timeout: f64,
 
     /// Handle LoadBalancer Services that set no spec.loadBalancerClass (besides those of
     /// class ferrolb.io/l2). Must match the controller's flag.
@@ -179,11 +200,13 @@ fn seeds(
     out
 }
 
-/// Watches one kind into a store, poking `changed` on every event.
+/// Watches one kind into a store, poking `changed` on every event and reporting to
+/// `health`.
 fn watch_into<K>(
     api: Api<K>,
     config: watcher::Config,
     changed: Arc<Notify>,
+    health: Reporter,
 ) -> (
     Store<K>,
     impl std::future::Future<Output = ()> + Send + 'static,
@@ -207,10 +230,17 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(_) => changed.notify_one(),
-                Err(e) => debug!(%e, "watch error (retrying)"),
+                Ok(_) => {
+                    health.progress();
+                    changed.notify_one();
+                }
+                Err(e) => {
+                    health.failed(&e);
+                    debug!(%e, "watch error (retrying)");
+                }
             }
         }
+        health.ended();
     };
     (reader, task)
 }
@@ -235,14 +265,28 @@ pub async fn run(args: Args) -> Result<(), String> {
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or("--interface-scan-period must be a positive number of seconds")?;
+    let loop_timeout = Duration::try_from_secs_f64(args.healthz_loop_timeout)
+        .ok()
+        .filter(|d| *d > Duration::from_secs(2))
+        .ok_or("--healthz-loop-timeout must be longer than the loop's 2 s tick")?;
+    let api_timeout = Duration::try_from_secs_f64(args.healthz_api_timeout)
+        .map_err(|_| "--healthz-api-timeout must be a number of seconds, 0 for never")?;
+    let api_timeout = Some(api_timeout).filter(|d| !d.is_zero());
+    let health = Health::new();
+    let watch_health =
+        |kind: &str| health.register(format!("{kind} watch"), Limits::calling_api(api_timeout));
 
+    let metrics = Arc::new(Metrics::default());
+    let readiness = Readiness::default();
     let root = CancellationToken::new();
     let signal = CancellationToken::new();
     tokio::spawn({
         let signal = signal.clone();
+        let readiness = readiness.clone();
         async move {
             wait_for_signal().await;
             info!("signal: handing over and stopping (a second signal aborts)");
+            readiness.set_stopping();
             signal.cancel();
             wait_for_signal().await;
             error!("second signal: aborting");
@@ -250,13 +294,12 @@ pub async fn run(args: Args) -> Result<(), String> {
         }
     });
 
-    let metrics = Arc::new(Metrics::default());
-    let readiness = Readiness::default();
-    let admin_listener = admin::bind(args.admin_address).await?;
+    let admin_listener = admin::bind(Listen::from_flag(args.admin_address))?;
     tokio::spawn(admin::serve(
         admin_listener,
         metrics.clone(),
         readiness.clone(),
+        health.clone(),
         root.clone(),
     ));
 
@@ -308,21 +351,25 @@ pub async fn run(args: Args) -> Result<(), String> {
         nodes_api.clone(),
         watcher::Config::default(),
         changed.clone(),
+        watch_health("Node"),
     );
     let (services, services_task) = watch_into(
         Api::<K8sService>::all(client.clone()),
         watcher::Config::default(),
         changed.clone(),
+        watch_health("Service"),
     );
     let (slices, slices_task) = watch_into(
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default().labels(SERVICE_NAME_LABEL),
         changed.clone(),
+        watch_health("EndpointSlice"),
     );
     let (pools, pools_task) = watch_into(
         Api::<IPPool>::all(client.clone()),
         watcher::Config::default(),
         changed.clone(),
+        watch_health("IPPool"),
     );
     let watches = tokio::spawn(async move {
         tokio::join!(nodes_task, services_task, slices_task, pools_task);
@@ -389,9 +436,8 @@ pub async fn run(args: Args) -> Result<(), String> {
             _ = signal.cancelled() => {}
         }
     }
-    readiness.set(true);
-
     let mut announcer = Announcer::new(metrics.clone(), root.clone());
+    let loop_health = health.register("election loop", Limits::turning(loop_timeout));
     // Every input of the election has its own change signal; the tick only retries
     // responders that could not start (no socket yet, an interface without a MAC).
     let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -445,6 +491,9 @@ pub async fn run(args: Args) -> Result<(), String> {
             });
         }
         announcer.apply(&owned, &local_now);
+        // The first round always elects: from here on this node's share is announced.
+        readiness.set_ready();
+        loop_health.progress();
 
         recompute = true;
         tokio::select! {
@@ -462,7 +511,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     }
 
     // Hand over: leave gossip (peers elect without us at once), then stop answering.
-    readiness.set(false);
+    readiness.set_stopping();
     gossip_cancel.cancel();
     let _ = gossip_task.await;
     announcer.stop_all();
