@@ -97,7 +97,7 @@ fn admitted_priority(cp: &TestControlPlane, dir: &Path, workload: &Value, name: 
 #[tokio::test]
 async fn the_default_chart_installs_and_uninstall_keeps_only_the_crd_unless_asked() {
     let cp = bare_control_plane().await;
-    install(&cp, "ferrolb", "ferrolb-system", &[]);
+    let notes = install(&cp, "ferrolb", "ferrolb-system", &[]);
 
     // Helm applied every rendered object and the API server accepted each; list them back.
     let manifest = helm_on(
@@ -155,12 +155,27 @@ async fn the_default_chart_installs_and_uninstall_keeps_only_the_crd_unless_aske
         "2000001000"
     );
 
+    // The IPPool the NOTES tell the user to create is accepted as written.
+    let pool = notes
+        .split_once("<<'YAML'\n")
+        .and_then(|(_, rest)| rest.split_once("\nYAML\n"))
+        .map(|(pool, _)| pool)
+        .unwrap_or_else(|| panic!("no IPPool in the NOTES:\n{notes}"));
+    let pool_file = dir.path().join("pool.yaml");
+    std::fs::write(&pool_file, pool).unwrap();
+    cp.kubectl(&["apply", "-f", pool_file.to_str().unwrap()])
+        .unwrap_or_else(|e| panic!("the NOTES' IPPool: {e}"));
+
     // Uninstall: only the CRD stays (crds.keep defaults to true), so IPPools survive.
     helm_on(
         &cp,
         &["uninstall", "ferrolb", "--namespace", "ferrolb-system"],
     );
     assert_eq!(ferrolb_objects(&cp), vec![CRD.to_string()]);
+    assert_eq!(
+        cp.kubectl(&["get", "ipp", "-o", "name"]).unwrap().trim(),
+        "ippool.ferrolb.io/lan"
+    );
 
     // A new install takes the kept CRD over; with crds.keep=false uninstall removes it too.
     install(&cp, "ferrolb", "ferrolb-system", &["crds.keep=false"]);
