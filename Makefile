@@ -88,3 +88,15 @@ fuzz:
 cp-tests:
 	cargo test -p ferrolb-e2e $(CP_TESTS_E2E)
 	cargo test -p ferrolb-controller $(CP_TESTS_CONTROLLER)
+
+# kind: a real kind cluster `ferrolb` (docker; the node image is built here when none can be
+# pulled), ferrolb installed, a demo Service curled from a client container. Variables:
+# KIND_IP_FAMILY=ipv4|ipv6|dual, KIND_PROXY_MODE=iptables|nftables, KIND_NODE_IMAGE.
+# State: /run/ferrolb-kind/cluster.json. `make kind-down` removes all of it.
+.PHONY: kind kind-down
+kind: deps
+	@if [ -f e2e/scripts/images.sh ]; then $(MAKE) images; else echo "make kind: e2e/scripts/images.sh does not exist yet: ferrolb's images are not built"; fi
+	bash e2e/scripts/kind/up.sh
+
+kind-down:
+	bash e2e/scripts/kind/down.sh

@@ -5,6 +5,7 @@
 #   engine.sh stop     stop the engine this script started (never one it found running)
 #   engine.sh status   say which engine is in use and who started it
 #   engine.sh env      print `export DOCKER_HOST=...` for a shell
+#   engine.sh is-ours  exit 0 when the engine in use is one this script started
 #
 # An engine that already answers on $DOCKER_HOST (or the default socket) is used as it is
 # and never stopped. Otherwise Debian's docker.io is installed when missing (its package
@@ -236,5 +237,9 @@ case "${1:-}" in
   stop) stop ;;
   status) status ;;
   env) echo "export DOCKER_HOST=$sock" ;;
-  *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
+  is-ours)
+    # An engine named by DOCKER_HOST is someone else's even while ours runs.
+    if [ -n "${DOCKER_HOST:-}" ] && [ "$DOCKER_HOST" != "$sock" ]; then exit 1; fi
+    ours_running ;;
+  *) echo "usage: $0 start|stop|status|env|is-ours" >&2; exit 2 ;;
 esac
