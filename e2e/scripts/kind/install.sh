@@ -56,8 +56,7 @@ case "$how" in
       --set "controller.image.tag=$(tag_of "$controller_image")" \
       --set "speaker.image.repository=$(repo_of "$speaker_image")" \
       --set "speaker.image.tag=$(tag_of "$speaker_image")" \
-      --set image.pullPolicy=IfNotPresent \
-      --wait=false >/dev/null || fail "helm upgrade --install failed (above)"
+      --set image.pullPolicy=IfNotPresent >/dev/null || fail "helm upgrade --install failed (above)"
     step "chart deploy/charts/ferrolb installed as release $release in $ns"
     ;;
   kustomize)

@@ -70,7 +70,8 @@ restore_eth0() {
 wait_ready() {
   local since=$1 i beat ready
   for i in $(seq 1 180); do
-    read -r ready beat < <(kc get node "$node" -o jsonpath='{range .status.conditions[?(@.type=="Ready")]}{.status} {.lastHeartbeatTime}{end}' 2>/dev/null || echo "")
+    ready=""; beat=""
+    read -r ready beat < <(kc get node "$node" -o jsonpath='{range .status.conditions[?(@.type=="Ready")]}{.status} {.lastHeartbeatTime}{"\n"}{end}' 2>/dev/null) || true
     if [ "${ready:-}" = True ] && [[ ${beat:-} > "$since" || ${beat:-} == "$since" ]]; then return 0; fi
     sleep 1
   done

@@ -120,7 +120,7 @@ if [ "$(docker inspect -f '{{.State.Running}}' "$client" 2>/dev/null)" != true ]
   docker run -d --name "$client" --hostname "$client" --network "$network" \
     --cap-add NET_ADMIN --cap-add NET_RAW --label "$label=client" \
     --sysctl net.ipv6.conf.all.disable_ipv6=0 \
-    "$base" sleep infinity >/dev/null
+    "$base" sleep infinity 2> >(grep -v 'IPv4 forwarding is disabled' >&2) >/dev/null
   step "started client container $client"
 fi
 
