@@ -57,6 +57,12 @@ cleanup() {
 }
 trap cleanup EXIT
 export DOCKER_BUILDKIT=0
+# Runs a command with its output in a log, shown only when it fails (docker's classic
+# builder warns on every build).
+quiet() {
+  local log=$work/step.log
+  "$@" > "$log" 2>&1 || { tail -30 "$log" >&2; return 1; }
+}
 
 # The network-bound step (debootstrap) runs while the Go builds take the CPU.
 bash "$kind_here/base-image.sh" --print-name > "$work/base-name" 2> >(cat >&2) &
@@ -85,7 +91,7 @@ build_component() { # NAME DOCKERFILE CONTEXT [BUILD-ARG...]
   local img=$1 df=$2 ctx=$3; shift 3
   local args=() a
   for a in "$@"; do args+=(--build-arg "$a"); done
-  docker build -q -f "$df" "${args[@]}" --label "$label.recipe=$hash" -t "$img" "$ctx" >/dev/null ||
+  quiet docker build -q -f "$df" "${args[@]}" --label "$label.recipe=$hash" -t "$img" "$ctx" ||
     fail "could not build $img"
   component_images+=("$img")
 }
@@ -114,7 +120,7 @@ done
 [ -n "$pause_image" ] || fail "kubeadm named no pause image"
 
 # The node's build context: kind's files with kind's modes, the binaries.
-kind_src=$(cd "$work" && GOFLAGS= go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" | jq -r .Dir)/images/base/files
+kind_src=$(cd "$work" && GOFLAGS='' go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" | jq -r .Dir)/images/base/files
 ctx=$work/node
 mkdir -p "$ctx/kind-files" "$ctx/bin" "$ctx/cni" "$ctx/kube"
 cp -r "$kind_src"/. "$ctx/kind-files/"
@@ -129,14 +135,14 @@ cp "$(bash "$kind_here/tools.sh" --print-dir crictl)"/crictl "$ctx/bin/"
 cp "$(bash "$kind_here/tools.sh" --print-dir cni)"/{bridge,host-local,loopback,portmap,ptp} "$ctx/cni/"
 cp "$node_bin"/{kubeadm,kubelet} "$kube_bin"/kubectl "$ctx/kube/"
 stage=$repo:build-$hash
-docker build -q -f "$repo_root/e2e/kind/node/Dockerfile" \
+quiet docker build -q -f "$repo_root/e2e/kind/node/Dockerfile" \
   --build-arg "BASE=$base" --build-arg "KUBE_VERSION=$KUBE_VERSION" --build-arg "PAUSE_IMAGE=$pause_image" \
-  -t "$stage" "$ctx" >/dev/null || fail "the node image's Dockerfile failed"
+  -t "$stage" "$ctx" || fail "the node image's Dockerfile failed (above)"
 
 # Preload the component images into the node's containerd, then commit (kind's way:
 # containerd runs in a plain container of the image; the images go in unpacked later).
 builder=ferrolb-node-build-$hash-$$
-docker run -d --name "$builder" --entrypoint sleep --security-opt seccomp=unconfined "$stage" infinity >/dev/null
+quiet docker run -d --name "$builder" --entrypoint sleep --security-opt seccomp=unconfined "$stage" infinity
 docker exec "$builder" bash -c 'containerd > /tmp/containerd.log 2>&1 & echo $! > /tmp/containerd.pid'
 for _ in $(seq 1 60); do
   docker exec "$builder" ctr version >/dev/null 2>&1 && break
@@ -146,9 +152,9 @@ docker exec "$builder" ctr version >/dev/null 2>&1 || {
   docker exec "$builder" tail -20 /tmp/containerd.log >&2; fail "containerd did not start in the build container"; }
 docker save "${component_images[@]}" |
   docker exec -i "$builder" ctr --namespace=k8s.io images import \
-    --label=io.cri-containerd.pinned=pinned --all-platforms --no-unpack --digests - >/dev/null ||
-  fail "could not import the component images into the node's containerd"
-have=$(docker exec "$builder" ctr --namespace=k8s.io images list -q)
+    --label=io.cri-containerd.pinned=pinned --all-platforms --no-unpack --digests - > "$work/import.log" 2>&1 ||
+  { tail -20 "$work/import.log" >&2; fail "could not import the component images into the node's containerd"; }
+have=$(docker exec "$builder" ctr --namespace=k8s.io images list -q 2>/dev/null)
 for img in "${component_images[@]}"; do
   grep -qxF "$img" <<< "$have" || fail "$img is missing from the node's containerd after the import"
 done
@@ -163,9 +169,11 @@ docker commit \
   "$builder" "$image" >/dev/null
 docker rm -f "$builder" >/dev/null; builder=""
 
-# What only the build needed: the stage image, the component tags, older recipes' images.
+# What only the build needed: the stage image, the component tags, older recipes' images
+# (and what an interrupted build left).
 docker rmi "$stage" "${component_images[@]}" >/dev/null 2>&1 || true
 docker images --format '{{.Repository}}:{{.Tag}}' "$repo" | grep -vxF -e "$image" -e "$name" |
-  grep -E ":$KUBE_VERSION-[0-9a-f]{12}\$" | xargs -r docker rmi >/dev/null 2>&1 || true
+  grep -E ":($KUBE_VERSION-|build-)[0-9a-f]{12}\$" | xargs -r docker rmi >/dev/null 2>&1 || true
+docker image prune -f --filter "label=$label.recipe" >/dev/null 2>&1 || true
 say "built $image in $((SECONDS - start)) s ($(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.2f GB", $1/1e9}'))"
 done_ "$@"

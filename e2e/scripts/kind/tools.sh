@@ -33,7 +33,7 @@ install() {
   local start=$SECONDS pkgs=() p
   for p in "$@"; do pkgs+=("$p@$version"); done
   mkdir -p "$bin"
-  GOBIN=$bin CGO_ENABLED=0 GOFLAGS= go install -trimpath -tags "no_btrfs no_devmapper no_zfs no_aufs" \
+  GOBIN=$bin CGO_ENABLED=0 GOFLAGS='' go install -trimpath -tags "no_btrfs no_devmapper no_zfs no_aufs" \
     -ldflags "-s -w $ldflags" "${pkgs[@]}" ||
     fail "could not build $name $version from the Go module proxy ($(go env GOPROXY))."
   touch "$bin/.complete"
