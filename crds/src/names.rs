@@ -90,6 +90,9 @@ pub enum AnnouncementReason {
     NoEligibleNode,
     NoLocalEndpoints,
     NoInterface,
+    /// The IP's pool forwards to NodePorts (`ipMode: Proxy`) and the Service has none
+    /// (`allocateLoadBalancerNodePorts: false`): there is nothing to forward to.
+    NoNodePort,
 }
 
 impl AnnouncementReason {
@@ -98,6 +101,7 @@ impl AnnouncementReason {
             Self::NoEligibleNode => "NoEligibleNode",
             Self::NoLocalEndpoints => "NoLocalEndpoints",
             Self::NoInterface => "NoInterface",
+            Self::NoNodePort => "NoNodePort",
         }
     }
 }

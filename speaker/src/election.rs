@@ -13,24 +13,27 @@
 //!    contain it, the one whose name sorts first (the controller marks such overlaps
 //!    `Conflict`; we only need a deterministic choice). No pool: not announced
 //!    (`NoEligibleNode`), as the speaker has no `l2` settings for the IP.
-//! 2. **Endpoints.** Services sharing an IP are decided together. A Service with no ready
+//! 2. **NodePorts.** For an IP whose ingress says `ipMode: Proxy` (its pool forwards to
+//!    NodePorts), a Service without any NodePort takes no part; none left: not announced
+//!    (`NoNodePort`): there is nothing to forward its traffic to.
+//! 3. **Endpoints.** Services sharing an IP are decided together. A Service with no ready
 //!    (or serving, not terminating) endpoint anywhere takes no part; when no sharing Service
 //!    has one, the IP is not announced (`NoLocalEndpoints`: the fix is the same, make pods
 //!    ready). A Service without endpoints does not withdraw or narrow an IP it shares: one
 //!    Service scaled to zero must not take its neighbours on the IP down with it.
-//! 3. **Node.** A node is a candidate when its speaker is a live member, it is Ready, it does
+//! 4. **Node.** A node is a candidate when its speaker is a live member, it is Ready, it does
 //!    not have `NetworkUnavailable=True`, it lacks the label
 //!    `node.kubernetes.io/exclude-from-external-load-balancers`, and it matches the pool's
 //!    `l2.nodeSelector` (absent or empty: every node; invalid: no node, and reported).
 //!    None left: `NoEligibleNode`.
-//! 4. **Local endpoints.** For every participating Service with `externalTrafficPolicy:
+//! 5. **Local endpoints.** For every participating Service with `externalTrafficPolicy:
 //!    Local`, the node must hold a ready (or serving, not terminating) endpoint of it: the
 //!    intersection over Services, i.e. the most restrictive reading when sharing Services
 //!    disagree (the controller refuses such sharing; this keeps us safe if it slips through).
 //!    None left: `NoLocalEndpoints`.
-//! 5. **Interface.** The node's announcing interface for the IP (see [`announcing_interface`])
+//! 6. **Interface.** The node's announcing interface for the IP (see [`announcing_interface`])
 //!    exists and is up. None left: `NoInterface`.
-//! 6. **Owner.** Rendezvous (highest-random-weight) hashing: the eligible node with the
+//! 7. **Owner.** Rendezvous (highest-random-weight) hashing: the eligible node with the
 //!    highest [`score`] wins, ties going to the name that sorts first. A node joining takes
 //!    only the IPs it now wins; a node leaving gives up only the IPs it owned.
 //!
@@ -141,6 +144,44 @@ impl EndpointState {
     }
 }
 
+/// A port's `protocol`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// From `spec.ports[].protocol` (absent means TCP); `None` for anything else.
+    pub fn parse(s: Option<&str>) -> Option<Protocol> {
+        match s {
+            None | Some("TCP") => Some(Protocol::Tcp),
+            Some("UDP") => Some(Protocol::Udp),
+            Some("SCTP") => Some(Protocol::Sctp),
+            Some(_) => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+}
+
+/// One of a Service's `spec.ports`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePort {
+    pub protocol: Protocol,
+    pub port: u16,
+    /// `nodePort`; `None` with `allocateLoadBalancerNodePorts: false`.
+    pub node_port: Option<u16>,
+}
+
 /// A Service of `type: LoadBalancer` that holds IPs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Service {
@@ -148,6 +189,13 @@ pub struct Service {
     pub name: String,
     /// `status.loadBalancer.ingress[].ip`.
     pub ips: Vec<IpAddr>,
+    /// The IPs whose ingress entry says `ipMode: Proxy` (their pool forwards to NodePorts):
+    /// kube-proxy leaves them alone and the owner's speaker forwards them.
+    pub proxied: BTreeSet<IpAddr>,
+    /// `spec.ports`.
+    pub ports: Vec<ServicePort>,
+    /// `spec.loadBalancerSourceRanges`, as written.
+    pub source_ranges: Vec<String>,
     pub external_traffic_policy: TrafficPolicy,
     /// Endpoints per node name.
     pub endpoints: BTreeMap<String, EndpointState>,
@@ -167,6 +215,11 @@ impl Service {
         self.endpoints
             .get(node)
             .is_some_and(EndpointState::can_serve)
+    }
+
+    /// Some port has a NodePort to forward to.
+    pub fn has_node_port(&self) -> bool {
+        self.ports.iter().any(|p| p.node_port.is_some())
     }
 
     /// `namespace/name`.
@@ -574,9 +627,24 @@ fn decide(
     let mut keys: Vec<String> = services.iter().map(|s| s.key()).collect();
     keys.sort();
     keys.dedup();
-    let mut serving: Vec<&Service> = services
+    // A forwarded IP carries only what reaches a NodePort: a Service without one has
+    // nothing to forward to and takes no part (endpoints cannot fix that).
+    let forwardable: Vec<&Service> = services
         .iter()
         .copied()
+        .filter(|s| !s.proxied.contains(&ip) || s.has_node_port())
+        .collect();
+    if forwardable.is_empty() {
+        return Decision::NotAnnounced {
+            reason: AnnouncementReason::NoNodePort,
+            message: format!(
+                "{subject}: the pool forwards to NodePorts (ipMode Proxy), but {} has no NodePort (allocateLoadBalancerNodePorts: false)",
+                keys.join(", ")
+            ),
+        };
+    }
+    let mut serving: Vec<&Service> = forwardable
+        .into_iter()
         .filter(|s| s.has_endpoints())
         .collect();
     if serving.is_empty() {
@@ -698,6 +766,8 @@ fn not_announced(
         AnnouncementReason::NoEligibleNode => "no eligible node",
         AnnouncementReason::NoLocalEndpoints => "no eligible node has a local ready endpoint",
         AnnouncementReason::NoInterface => "no eligible node has a usable interface",
+        // Decided before any node is looked at; never reaches here.
+        AnnouncementReason::NoNodePort => "nothing to forward to",
     };
     let message = if causes.is_empty() {
         format!("{subject}: {summary}: no nodes")
@@ -776,6 +846,12 @@ mod tests {
                 })
                 .collect(),
             any_ready_endpoint: endpoints.iter().any(|(_, r, s)| r + s > 0),
+            ports: vec![ServicePort {
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: Some(30080),
+            }],
+            ..Service::default()
         }
     }
 
@@ -1464,6 +1540,7 @@ mod tests {
                     .map(|(n, e)| (n.to_string(), e))
                     .collect(),
                 any_ready_endpoint: elsewhere,
+                ..Service::default()
             })
     }
 
@@ -1725,6 +1802,57 @@ mod tests {
                     prop_assert!(claimed.insert(a.ip), "{} claimed twice", a.ip);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_forwarded_ip_without_a_node_port_is_not_announced_and_says_why() {
+        let mut w = world(&["a", "b"]);
+        let web = &mut w.services[0];
+        web.proxied.insert(ip("10.0.0.10"));
+        web.ports[0].node_port = None;
+        let (reason, message) = not_announced(&elect(&w), "10.0.0.10");
+        assert_eq!(reason, AnnouncementReason::NoNodePort);
+        assert!(message.contains("default/web has no NodePort"), "{message}");
+
+        // The same Service in VIP mode needs no NodePort.
+        w.services[0].proxied.clear();
+        owner(&elect(&w), "10.0.0.10");
+        // And a forwarded one with a NodePort is announced.
+        w.services[0].proxied.insert(ip("10.0.0.10"));
+        w.services[0].ports[0].node_port = Some(31000);
+        owner(&elect(&w), "10.0.0.10");
+    }
+
+    #[test]
+    fn a_service_without_a_node_port_does_not_take_a_shared_forwarded_ip_down() {
+        let mut w = world(&["a", "b"]);
+        let mut udp = svc(
+            "dns",
+            &["10.0.0.10"],
+            TrafficPolicy::Cluster,
+            &[("elsewhere", 1, 0)],
+        );
+        udp.proxied.insert(ip("10.0.0.10"));
+        udp.ports = vec![ServicePort {
+            protocol: Protocol::Udp,
+            port: 53,
+            node_port: None,
+        }];
+        w.services[0].proxied.insert(ip("10.0.0.10"));
+        w.services.push(udp);
+        owner(&elect(&w), "10.0.0.10");
+    }
+
+    #[test]
+    fn protocols_parse_as_the_api_writes_them() {
+        assert_eq!(Protocol::parse(None), Some(Protocol::Tcp));
+        assert_eq!(Protocol::parse(Some("TCP")), Some(Protocol::Tcp));
+        assert_eq!(Protocol::parse(Some("UDP")), Some(Protocol::Udp));
+        assert_eq!(Protocol::parse(Some("SCTP")), Some(Protocol::Sctp));
+        assert_eq!(Protocol::parse(Some("tcp")), None);
+        for p in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+            assert_eq!(Protocol::parse(Some(p.as_str())), Some(p));
         }
     }
 }

@@ -10,7 +10,9 @@ use ferrolb_crds::names::is_our_class;
 use k8s_openapi::api::core::v1::{Node as K8sNode, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::election::{EndpointState, Inputs, Interface, Node, Pool, Service, TrafficPolicy};
+use crate::election::{
+    EndpointState, Inputs, Interface, Node, Pool, Protocol, Service, ServicePort, TrafficPolicy,
+};
 use crate::membership::Member;
 
 /// The label that ties an EndpointSlice to its Service.
@@ -97,10 +99,30 @@ pub fn service<'a>(
                 == Some(&name)
     });
     let (endpoints, any_ready_endpoint) = endpoints(own);
+    let proxied = ferrolb_crds::service::ingress(svc)
+        .filter(|i| i.ip_mode.as_deref() == Some("Proxy"))
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect();
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(ServicePort {
+                // An unknown protocol cannot be forwarded; the API server admits only these.
+                protocol: Protocol::parse(p.protocol.as_deref())?,
+                port: u16::try_from(p.port).ok()?,
+                node_port: p.node_port.and_then(|n| u16::try_from(n).ok()),
+            })
+        })
+        .collect();
     Some(Service {
         namespace,
         name,
         ips,
+        proxied,
+        ports,
+        source_ranges: spec.load_balancer_source_ranges.clone().unwrap_or_default(),
         external_traffic_policy: match spec.external_traffic_policy.as_deref() {
             Some("Local") => TrafficPolicy::Local,
             _ => TrafficPolicy::Cluster,
@@ -348,5 +370,55 @@ mod tests {
         assert_eq!(inputs.pools[0].blocks.len(), 1);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].starts_with("pool lan:"));
+    }
+
+    #[test]
+    fn proxied_ips_ports_and_source_ranges_come_from_the_service() {
+        let mut svc: K8sService = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"type": "LoadBalancer",
+                     "loadBalancerSourceRanges": ["192.0.2.0/24", " 2001:db8::/32"],
+                     "ports": [
+                        {"port": 80, "nodePort": 30080},
+                        {"port": 53, "protocol": "UDP", "nodePort": 30053},
+                        {"port": 9, "protocol": "SCTP"}]},
+            "status": {"loadBalancer": {"ingress": [
+                {"ip": "10.0.0.200", "ipMode": "Proxy"}, {"ip": "fd00::200", "ipMode": "VIP"}]}}
+        }))
+        .unwrap();
+        let s = service(&svc, [], true).unwrap();
+        assert_eq!(
+            s.proxied,
+            std::collections::BTreeSet::from(["10.0.0.200".parse::<IpAddr>().unwrap()])
+        );
+        assert_eq!(
+            s.ports,
+            vec![
+                ServicePort {
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                    node_port: Some(30080)
+                },
+                ServicePort {
+                    protocol: Protocol::Udp,
+                    port: 53,
+                    node_port: Some(30053)
+                },
+                ServicePort {
+                    protocol: Protocol::Sctp,
+                    port: 9,
+                    node_port: None
+                },
+            ]
+        );
+        assert_eq!(s.source_ranges, ["192.0.2.0/24", " 2001:db8::/32"]);
+        assert!(s.has_node_port());
+
+        if let Some(spec) = svc.spec.as_mut() {
+            for p in spec.ports.iter_mut().flatten() {
+                p.node_port = None;
+            }
+        }
+        assert!(!service(&svc, [], true).unwrap().has_node_port());
     }
 }

@@ -11,6 +11,8 @@
 //!   only ARP, or only Neighbor Solicitations (a BPF filter); the crate's one unsafe module
 //!   is `responder::sys`.
 //!
+//! - [`forwarding`]: NodePort forwarding for `ipMode: Proxy` IPs (nftables; the plan and
+//!   its text pure, `nft` run by `forwarding::kernel`);
 //! - [`announcer`]: this node's share of the election turned into running responders;
 //! - [`status`]: the `ferrolb.io/Announced` condition and who writes it (pure);
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`;
@@ -20,6 +22,7 @@ pub mod admin;
 pub mod announcer;
 pub mod app;
 pub mod election;
+pub mod forwarding;
 pub mod inputs;
 pub mod interfaces;
 pub mod membership;
