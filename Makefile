@@ -100,3 +100,17 @@ kind: deps
 
 kind-down:
 	bash e2e/scripts/kind/down.sh
+
+# The end-to-end suite again, on kind: a dual-stack cluster (kube-proxy in iptables mode;
+# the lab covers nftables) made and removed by this run, ferrolb from its images under its
+# chart; then the operations a user does (rolling update, leader deletion) and last
+# `helm uninstall`. Figures go to target/kind-operations.md; on failure the cluster's state
+# is printed before it is removed.
+.PHONY: kind-tests
+kind-tests: lab-bins
+	$(MAKE) kind-down
+	rm -f target/kind-operations.md
+	KIND_IP_FAMILY=dual KIND_PROXY_MODE=iptables $(MAKE) kind || { s=$$?; bash e2e/scripts/kind/diagnose.sh; $(MAKE) kind-down; exit $$s; }
+	FERROLB_E2E_CLUSTER=kind cargo test -p ferrolb-e2e --test e2e_speaker --test kind_operations -- --test-threads=1 && \
+	  FERROLB_E2E_CLUSTER=kind cargo test -p ferrolb-e2e --test kind_uninstall; \
+	  s=$$?; [ $$s = 0 ] || bash e2e/scripts/kind/diagnose.sh; $(MAKE) kind-down; exit $$s
