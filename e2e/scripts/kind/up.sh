@@ -101,6 +101,8 @@ if exists; then
   running=$(docker inspect -f '{{.State.Running}}' "$cluster-control-plane" 2>/dev/null || echo false)
   [ "$running" = true ] || fail "cluster $cluster exists but $cluster-control-plane is not running; make kind-down and try again"
 else
+  # What node.sh and install.sh remembered about an earlier cluster's containers.
+  rm -f "$kind_dir"/ifname-* "$kind_dir/endpoints.json" "$kind_dir/images.loaded"
   config=$kind_dir/kind-config.yaml
   sed -e "s/@IP_FAMILY@/$family/" -e "s/@PROXY_MODE@/$proxy_mode/" "$repo_root/e2e/kind/cluster.yaml.tmpl" > "$config"
   step "creating kind cluster $cluster ($family, kube-proxy $proxy_mode, 1 control plane + 3 workers)"
