@@ -55,6 +55,20 @@ pub struct Metrics {
     /// `ferrolb.io/Announced` writes and their failures.
     pub status_writes: AtomicU64,
     pub status_write_errors: AtomicU64,
+    /// NodePort forwarding, when it is on.
+    pub forwarding: Mutex<Option<ForwardingStats>>,
+}
+
+/// What `/metrics` says of NodePort forwarding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForwardingStats {
+    /// Running totals of the kernel's counters.
+    pub totals: crate::forwarding::kernel::Counters,
+    /// Forwarded IPs this node owns, IPv4 and IPv6.
+    pub ips: [u64; 2],
+    /// Rulesets loaded, and loads that failed.
+    pub loads: u64,
+    pub errors: u64,
 }
 
 impl Metrics {
@@ -215,6 +229,60 @@ impl Metrics {
                 let _ = writeln!(out, "# HELP {name} {help}");
                 let _ = writeln!(out, "# TYPE {name} counter");
                 let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+            }
+        }
+        let fwd = *self
+            .forwarding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(f) = fwd {
+            for (name, kind, help, v) in [
+                (
+                    "ferrolb_forwarded_packets_total",
+                    "counter",
+                    "Packets to forwarded LoadBalancer IPs handed to a NodePort, per family.",
+                    f.totals.forwarded,
+                ),
+                (
+                    "ferrolb_forwarded_connections_total",
+                    "counter",
+                    "New connections to forwarded LoadBalancer IPs handed to a NodePort, per family.",
+                    f.totals.connections,
+                ),
+                (
+                    "ferrolb_forwarding_dropped_packets_total",
+                    "counter",
+                    "Packets to forwarded LoadBalancer IPs dropped (a port the Service does not expose, a source outside loadBalancerSourceRanges), per family.",
+                    f.totals.dropped,
+                ),
+                (
+                    "ferrolb_forwarded_ips",
+                    "gauge",
+                    "Forwarded LoadBalancer IPs this node owns, per family.",
+                    f.ips,
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+                for (family, value) in ["IPv4", "IPv6"].iter().zip(v) {
+                    let _ = writeln!(out, "{name}{{family=\"{family}\"}} {value}");
+                }
+            }
+            for (name, help, v) in [
+                (
+                    "ferrolb_forwarding_loads_total",
+                    "Forwarding rulesets loaded into the kernel.",
+                    f.loads,
+                ),
+                (
+                    "ferrolb_forwarding_errors_total",
+                    "Forwarding rulesets the kernel (nft) refused or that could not be loaded.",
+                    f.errors,
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} counter");
+                let _ = writeln!(out, "{name} {v}");
             }
         }
         for (name, help, v) in [
@@ -489,6 +557,38 @@ mod tests {
         );
         // The same interface hands out the same counters.
         assert_eq!(m.interface("eth0").arp.requests.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn forwarding_metrics_appear_once_forwarding_is_on() {
+        let m = Metrics::default();
+        assert!(!m.render().contains("ferrolb_forwarded"), "off: no series");
+        *m.forwarding.lock().unwrap() = Some(ForwardingStats {
+            totals: crate::forwarding::kernel::Counters {
+                forwarded: [40, 7],
+                dropped: [3, 0],
+                connections: [5, 1],
+            },
+            ips: [2, 1],
+            loads: 4,
+            errors: 1,
+        });
+        let text = m.render();
+        for line in [
+            "ferrolb_forwarded_packets_total{family=\"IPv4\"} 40",
+            "ferrolb_forwarded_packets_total{family=\"IPv6\"} 7",
+            "ferrolb_forwarded_connections_total{family=\"IPv4\"} 5",
+            "ferrolb_forwarding_dropped_packets_total{family=\"IPv4\"} 3",
+            "ferrolb_forwarded_ips{family=\"IPv6\"} 1",
+            "# TYPE ferrolb_forwarded_ips gauge",
+            "ferrolb_forwarding_loads_total 4",
+            "ferrolb_forwarding_errors_total 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
     }
 
     #[test]

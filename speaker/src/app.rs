@@ -15,7 +15,7 @@
 //! speakers during an API outage would take every LoadBalancer IP down with it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -44,6 +44,8 @@ use tracing::{debug, error, info, warn};
 use crate::admin::{self, Listen, Metrics, Readiness};
 use crate::announcer::Announcer;
 use crate::election::{self, Election, Service};
+use crate::forwarding::kernel::{Forwarder, Kernel};
+use crate::forwarding::{self, Ruleset};
 use crate::inputs::{self, SERVICE_NAME_LABEL};
 use crate::interfaces;
 use crate::membership::{GossipKey, Membership, Settings};
@@ -111,6 +113,35 @@ pub struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Forward the IPs of `forwarding: NodePort` pools (their ingress says ipMode Proxy) to
+    /// their Services' NodePorts on this node, in the nftables table `inet ferrolb` (needs
+    /// NET_ADMIN). false: such IPs are still announced, and their traffic reaches nothing
+    /// (kube-proxy leaves ipMode Proxy IPs alone).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub nodeport_forwarding: bool,
+
+    /// The `nft` program that loads the forwarding rules.
+    #[arg(long, default_value = "nft")]
+    pub nft: String,
+
+    /// The packet and conntrack mark bit forwarding uses (one bit, e.g. 0x1000; it must not
+    /// be one another component of the node uses: kube-proxy uses 0x4000 and 0x8000).
+    #[arg(long, default_value = "0x1000", value_parser = parse_mark)]
+    pub forwarding_mark: u32,
+}
+
+/// A mark bit: one bit set, written in hex (`0x1000`) or decimal.
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if v.count_ones() != 1 {
+        return Err(format!("{s} must have exactly one bit set (e.g. 0x1000)"));
+    }
+    Ok(v)
 }
 
 fn init_logging(format: LogFormat) {
@@ -176,6 +207,22 @@ fn internal_ips(node: &K8sNode) -> impl Iterator<Item = IpAddr> + '_ {
         .flatten()
         .filter(|a| a.type_ == "InternalIP")
         .filter_map(|a| a.address.parse().ok())
+}
+
+/// The first IPv4 and the first IPv6 address of a list.
+fn first_per_family(ips: impl Iterator<Item = IpAddr>) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let (mut v4, mut v6) = (None, None);
+    for ip in ips {
+        match ip {
+            IpAddr::V4(a) => {
+                v4.get_or_insert(a);
+            }
+            IpAddr::V6(a) => {
+                v6.get_or_insert(a);
+            }
+        }
+    }
+    (v4, v6)
 }
 
 /// Gossip seeds: every other Node's InternalIP of our family, at the gossip port.
@@ -437,6 +484,18 @@ pub async fn run(args: Args) -> Result<(), String> {
         }
     }
     let mut announcer = Announcer::new(metrics.clone(), root.clone());
+    let mut forwarder = args.nodeport_forwarding.then(|| {
+        Forwarder::new(
+            Kernel::new(vec![args.nft.clone()], args.forwarding_mark),
+            metrics.clone(),
+        )
+    });
+    if let Some(f) = forwarder.as_mut() {
+        // What a crashed speaker left is replaced, not added to.
+        f.start().await;
+    }
+    let mut forwarding = Ruleset::default();
+    let mut counters_tick = tokio::time::interval(Duration::from_secs(10));
     let loop_health = health.register("election loop", Limits::turning(loop_timeout));
     // Every input of the election has its own change signal; the tick only retries
     // responders that could not start (no socket yet, an interface without a MAC).
@@ -474,9 +533,28 @@ pub async fn run(args: Args) -> Result<(), String> {
             let election = election::elect(&inputs);
             metrics.elections.fetch_add(1, Ordering::Relaxed);
             owned = election.owned_by(&me);
+            let (node_v4, node_v6) = node_objs
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(me.as_str()))
+                .map(|n| first_per_family(internal_ips(n)))
+                .unwrap_or_default();
+            let (rules, forwarding_problems) = forwarding::plan(
+                owned.iter().map(|a| a.ip),
+                &inputs.services,
+                node_v4,
+                node_v6,
+            );
+            forwarding = rules;
             let problems: Vec<String> = errors
                 .into_iter()
                 .chain(election.problems.iter().map(ToString::to_string))
+                .chain(
+                    forwarder
+                        .is_some()
+                        .then_some(forwarding_problems)
+                        .into_iter()
+                        .flatten(),
+                )
                 .collect();
             if problems != last_problems {
                 for p in &problems {
@@ -490,7 +568,15 @@ pub async fn run(args: Args) -> Result<(), String> {
                 members: Arc::new(inputs.members),
             });
         }
+        // Rules for an IP are in place before its gratuitous burst, and stay until its
+        // responder stopped.
+        if let Some(f) = forwarder.as_mut() {
+            f.begin(&forwarding).await;
+        }
         announcer.apply(&owned, &local_now);
+        if let Some(f) = forwarder.as_mut() {
+            f.finish(forwarding.clone()).await;
+        }
         // The first round always elects: from here on this node's share is announced.
         readiness.set_ready();
         loop_health.progress();
@@ -507,6 +593,12 @@ pub async fn run(args: Args) -> Result<(), String> {
             r = members.changed() => if r.is_err() { break },
             r = locals.changed() => if r.is_err() { break },
             _ = tick.tick() => recompute = false,
+            _ = counters_tick.tick(), if forwarder.is_some() => {
+                if let Some(f) = forwarder.as_mut() {
+                    f.refresh_counters().await;
+                }
+                recompute = false;
+            }
         }
     }
 
@@ -515,6 +607,9 @@ pub async fn run(args: Args) -> Result<(), String> {
     gossip_cancel.cancel();
     let _ = gossip_task.await;
     announcer.stop_all();
+    if let Some(f) = forwarder.as_mut() {
+        f.stop().await;
+    }
     info!("left gossip and stopped answering");
     root.cancel();
     watches.abort();
@@ -662,5 +757,37 @@ async fn wait_for_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_is_one_bit_in_hex_or_decimal() {
+        assert_eq!(parse_mark("0x1000"), Ok(0x1000));
+        assert_eq!(parse_mark("4096"), Ok(0x1000));
+        assert!(
+            parse_mark("0x3000")
+                .unwrap_err()
+                .contains("exactly one bit")
+        );
+        assert!(parse_mark("0").is_err());
+        assert!(parse_mark("0xzz").unwrap_err().contains("not a number"));
+    }
+
+    #[test]
+    fn the_node_address_per_family_is_the_first_listed() {
+        let ips = ["fd00::11", "10.0.0.11", "10.0.0.12", "fd00::12"]
+            .map(|s| s.parse::<IpAddr>().unwrap());
+        assert_eq!(
+            first_per_family(ips.into_iter()),
+            (
+                Some("10.0.0.11".parse().unwrap()),
+                Some("fd00::11".parse().unwrap())
+            )
+        );
+        assert_eq!(first_per_family(std::iter::empty()), (None, None));
     }
 }

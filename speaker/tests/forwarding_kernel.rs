@@ -209,8 +209,10 @@ async fn forwarded_ips_reach_the_node_port_keep_the_client_and_drop_the_rest() {
     assert!(c.connections[0] >= 2 && c.connections[1] >= 1, "{c:?}");
     assert!(c.dropped[0] > 0, "{c:?}");
 
-    // Source ranges: outside them, no answer; inside, as before.
+    // Source ranges: outside them, no answer; inside, as before. (Updates rewrite only the
+    // sets: the counters keep counting.)
     k.apply(&ruleset(Some("192.0.2.0/24"))).await.unwrap();
+    assert!(k.counters().await.unwrap().forwarded[0] >= c.forwarded[0]);
     assert_eq!(
         tcp(ns, &format!("{LB4}:80")),
         None,

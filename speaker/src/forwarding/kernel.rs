@@ -5,10 +5,14 @@
 
 use std::process::Stdio;
 
+use std::sync::Arc;
+
 use tokio::io::AsyncWriteExt;
+use tracing::{debug, info, warn};
 
 use super::Ruleset;
 use super::nft;
+use crate::admin::{ForwardingStats, Metrics};
 
 /// Errors of one `nft` run.
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +82,16 @@ pub struct Kernel {
     /// another network namespace through `ip netns exec NS nft`).
     nft: Vec<String>,
     mark: u32,
-    /// The script loaded last; `None` before the first load and after a failure.
-    loaded: Option<String>,
+    /// What the kernel holds, as far as we know: the node addresses the chains were made
+    /// for, and the sets' contents. `None` before the first load and after a failure (the
+    /// next load then replaces the table whole).
+    loaded: Option<Loaded>,
+}
+
+#[derive(Debug, PartialEq)]
+struct Loaded {
+    nodes: (Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>),
+    contents: String,
 }
 
 impl Kernel {
@@ -142,15 +154,23 @@ impl Kernel {
         }
     }
 
-    /// Makes the kernel hold `rs`; returns whether anything had to be loaded.
+    /// Makes the kernel hold `rs`; returns whether anything had to be loaded. The first
+    /// load (and one after a failure or a change of the node's addresses) replaces the
+    /// table whole; later ones rewrite only the sets and maps, in one transaction, so the
+    /// counters keep counting.
     pub async fn apply(&mut self, rs: &Ruleset) -> Result<bool, ForwardingError> {
-        let text = nft::render(rs, self.mark);
-        if self.loaded.as_deref() == Some(text.as_str()) {
-            return Ok(false);
-        }
+        let want = Loaded {
+            nodes: (rs.node_v4, rs.node_v6),
+            contents: nft::render_contents(rs),
+        };
+        let script = match &self.loaded {
+            Some(have) if *have == want => return Ok(false),
+            Some(have) if have.nodes == want.nodes => want.contents.clone(),
+            _ => nft::render(rs, self.mark),
+        };
         self.loaded = None;
-        self.run(&["-f", "-"], Some(&text)).await?;
-        self.loaded = Some(text);
+        self.run(&["-f", "-"], Some(&script)).await?;
+        self.loaded = Some(want);
         Ok(true)
     }
 
@@ -174,9 +194,176 @@ impl Kernel {
     }
 }
 
+impl Counters {
+    fn add(&mut self, o: &Counters) {
+        for i in 0..2 {
+            self.forwarded[i] += o.forwarded[i];
+            self.dropped[i] += o.dropped[i];
+            self.connections[i] += o.connections[i];
+        }
+    }
+
+    /// Some count went down: the table was replaced and its counters began again.
+    fn went_down_from(&self, before: &Counters) -> bool {
+        (0..2).any(|i| {
+            self.forwarded[i] < before.forwarded[i]
+                || self.dropped[i] < before.dropped[i]
+                || self.connections[i] < before.connections[i]
+        })
+    }
+}
+
+/// Counts that only grow although the kernel's start again whenever the table is replaced:
+/// what the kernel said before a restart is carried over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    carried: Counters,
+    last: Counters,
+}
+
+impl Totals {
+    /// Takes the kernel's counts now; returns the running totals.
+    pub fn observe(&mut self, now: Counters) -> Counters {
+        if now.went_down_from(&self.last) {
+            self.carried.add(&self.last);
+        }
+        self.last = now;
+        let mut t = self.carried;
+        t.add(&now);
+        t
+    }
+}
+
+/// Forwarding as the speaker's loop drives it: the ruleset it holds, loads around each
+/// change of the responders ([`Ruleset::during_change_from`]), failures logged once and
+/// retried on the next turn, counters carried into the metrics.
+#[derive(Debug)]
+pub struct Forwarder {
+    kernel: Kernel,
+    /// What the responders answer for now, as rules.
+    current: Ruleset,
+    totals: Totals,
+    metrics: Arc<Metrics>,
+    last_error: Option<String>,
+}
+
+impl Forwarder {
+    pub fn new(kernel: Kernel, metrics: Arc<Metrics>) -> Forwarder {
+        *metrics
+            .forwarding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ForwardingStats::default());
+        Forwarder {
+            kernel,
+            current: Ruleset::default(),
+            totals: Totals::default(),
+            metrics,
+            last_error: None,
+        }
+    }
+
+    fn stats(&self, f: impl FnOnce(&mut ForwardingStats)) {
+        let mut guard = self
+            .metrics
+            .forwarding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(guard.get_or_insert_with(ForwardingStats::default));
+    }
+
+    async fn load(&mut self, rs: &Ruleset) -> bool {
+        match self.kernel.apply(rs).await {
+            Ok(changed) => {
+                if changed {
+                    self.stats(|s| s.loads += 1);
+                    debug!(
+                        ips = rs.owned.len(),
+                        forwards = rs.forwards.len(),
+                        "forwarding rules loaded"
+                    );
+                }
+                if self.last_error.take().is_some() {
+                    info!("forwarding rules loaded again");
+                }
+                true
+            }
+            Err(e) => {
+                self.stats(|s| s.errors += 1);
+                let text = e.to_string();
+                if self.last_error.as_deref() != Some(text.as_str()) {
+                    warn!(error = %text, "cannot load the forwarding rules; retrying");
+                    self.last_error = Some(text);
+                }
+                false
+            }
+        }
+    }
+
+    /// Replaces whatever a previous speaker left with an empty table.
+    pub async fn start(&mut self) {
+        self.current = Ruleset::default();
+        self.load(&Ruleset::default()).await;
+    }
+
+    /// Before the responders change to `next`: rules for what they will answer and for
+    /// what they still answer.
+    pub async fn begin(&mut self, next: &Ruleset) {
+        let mid = next.during_change_from(&self.current);
+        self.load(&mid).await;
+    }
+
+    /// After the responders changed: exactly `next`.
+    pub async fn finish(&mut self, next: Ruleset) {
+        self.load(&next).await;
+        let ips = [
+            next.owned.iter().filter(|ip| ip.is_ipv4()).count() as u64,
+            next.owned.iter().filter(|ip| ip.is_ipv6()).count() as u64,
+        ];
+        self.stats(|s| s.ips = ips);
+        self.current = next;
+    }
+
+    /// Reads the kernel's counters into the metrics.
+    pub async fn refresh_counters(&mut self) {
+        match self.kernel.counters().await {
+            Ok(now) => {
+                let totals = self.totals.observe(now);
+                self.stats(|s| s.totals = totals);
+            }
+            Err(e) => debug!(%e, "cannot read the forwarding counters"),
+        }
+    }
+
+    /// Removes the table (at SIGTERM, after the handover).
+    pub async fn stop(&mut self) {
+        self.refresh_counters().await;
+        if let Err(e) = self.kernel.remove().await {
+            warn!(%e, "cannot remove the forwarding rules");
+        }
+        self.current = Ruleset::default();
+        self.stats(|s| s.ips = [0, 0]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn totals_carry_counts_over_a_table_replacement() {
+        let c = |f: u64| Counters {
+            forwarded: [f, 0],
+            dropped: [0, 0],
+            connections: [f / 2, 0],
+        };
+        let mut t = Totals::default();
+        assert_eq!(t.observe(c(10)).forwarded[0], 10);
+        assert_eq!(t.observe(c(14)).forwarded[0], 14);
+        // Replaced: the kernel starts again at 0 and counts 3.
+        assert_eq!(t.observe(c(3)).forwarded[0], 17);
+        assert_eq!(t.observe(c(5)).forwarded[0], 19);
+        assert_eq!(t.observe(c(5)).connections[0], 7 + 2);
+    }
 
     #[test]
     fn counters_are_read_by_name_and_family() {

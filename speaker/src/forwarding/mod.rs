@@ -61,6 +61,28 @@ impl Ruleset {
     pub fn is_empty(&self) -> bool {
         self.owned.is_empty()
     }
+
+    /// What to hold while the responders move from `old` to `self`: `self`, plus what
+    /// `old` forwarded for IPs `self` no longer owns. Loaded before the responders change
+    /// (an IP taken is forwarded before its gratuitous burst) and replaced by `self` after
+    /// (an IP given up keeps its rules until nobody here answers for it any more), so no
+    /// packet to an announced IP is ever routed back out.
+    pub fn during_change_from(&self, old: &Ruleset) -> Ruleset {
+        let mut out = self.clone();
+        for ip in old.owned.difference(&self.owned) {
+            out.owned.insert(*ip);
+        }
+        let released: BTreeSet<IpAddr> = old.owned.difference(&self.owned).copied().collect();
+        out.forwards
+            .extend(old.forwards.iter().filter(|f| released.contains(&f.ip)));
+        out.allowed_sources.extend(
+            old.allowed_sources
+                .iter()
+                .filter(|((ip, _, _), _)| released.contains(ip))
+                .map(|(k, v)| (*k, v.clone())),
+        );
+        out
+    }
 }
 
 /// `loadBalancerSourceRanges` for one IP family, as kube-proxy reads them: entries trimmed,
@@ -256,6 +278,40 @@ mod tests {
             "not owned (10.0.0.201) and without a NodePort (9) are left out"
         );
         assert!(rs.allowed_sources.is_empty());
+    }
+
+    #[test]
+    fn during_a_change_released_ips_keep_their_rules_and_taken_ones_have_theirs() {
+        let a = svc("a", &["10.0.0.200"], &[(Protocol::Tcp, 80, Some(30080))]);
+        let mut b = svc("b", &["10.0.0.201"], &[(Protocol::Tcp, 80, Some(30081))]);
+        b.source_ranges = vec!["192.0.2.0/24".into()];
+        let (old, _) = plan([ip("10.0.0.201")], [&a, &b], N4, N6);
+        let (new, _) = plan([ip("10.0.0.200")], [&a, &b], N4, N6);
+        let mid = new.during_change_from(&old);
+        assert_eq!(
+            mid.owned,
+            BTreeSet::from([ip("10.0.0.200"), ip("10.0.0.201")])
+        );
+        assert_eq!(mid.forwards.len(), 2);
+        assert_eq!(mid.allowed_sources.len(), 1);
+        assert_eq!(
+            new.during_change_from(&new),
+            new,
+            "no change, nothing added"
+        );
+        // An IP kept across the change takes its new rules only.
+        let (changed, _) = plan(
+            [ip("10.0.0.200")],
+            [&svc(
+                "a",
+                &["10.0.0.200"],
+                &[(Protocol::Tcp, 80, Some(31000))],
+            )],
+            N4,
+            N6,
+        );
+        let mid = changed.during_change_from(&new);
+        assert_eq!(mid, changed);
     }
 
     #[test]

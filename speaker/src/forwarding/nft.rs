@@ -54,43 +54,49 @@ const V6: Fam = Fam {
     v4: false,
 };
 
-fn elements(out: &mut String, items: &[String]) {
-    if !items.is_empty() {
-        let _ = writeln!(out, "    elements = {{ {} }}", items.join(", "));
-    }
+/// One named set or map of the table: how it is declared and what it holds.
+struct Named {
+    /// `set` or `map`.
+    kind: &'static str,
+    name: String,
+    /// The declaration's body before the elements (`type ...`, `flags ...`).
+    decl: String,
+    elements: Vec<String>,
 }
 
-/// The whole script for `rs` with `mark` as the mark bit.
-pub fn render(rs: &Ruleset, mark: u32) -> String {
-    let mut out = removal();
-    let _ = writeln!(out, "table {TABLE} {{");
-    let _ = writeln!(
-        out,
-        "  comment \"ferrolb-speaker: forwards LoadBalancer IPs of forwarding: NodePort pools to NodePorts; replaced whole on every change\""
-    );
+/// The table's sets and maps for `rs`, both families.
+fn named(rs: &Ruleset) -> Vec<Named> {
+    let mut out = Vec::new();
     for f in [&V4, &V6] {
-        let owned: Vec<String> = rs
-            .owned
-            .iter()
-            .filter(|ip| ip.is_ipv4() == f.v4)
-            .map(IpAddr::to_string)
-            .collect();
+        let s = f.sfx;
+        let addr = f.addr;
         let fwd: Vec<&Forward> = rs
             .forwards
             .iter()
             .filter(|x| x.ip.is_ipv4() == f.v4)
             .collect();
-        let _ = writeln!(out, "  set owned{} {{\n    type {}", f.sfx, f.addr);
-        elements(&mut out, &owned);
-        let _ = writeln!(out, "  }}");
-        let _ = writeln!(
-            out,
-            "  map to_node_port{} {{\n    type {} . inet_proto . inet_service : inet_service",
-            f.sfx, f.addr
-        );
-        elements(
-            &mut out,
-            &fwd.iter()
+        let limited: Vec<(&Restricted, &Vec<ipnetwork::IpNetwork>)> = rs
+            .allowed_sources
+            .iter()
+            .filter(|((ip, _, _), _)| ip.is_ipv4() == f.v4)
+            .collect();
+        out.push(Named {
+            kind: "set",
+            name: format!("owned{s}"),
+            decl: format!("type {addr}"),
+            elements: rs
+                .owned
+                .iter()
+                .filter(|ip| ip.is_ipv4() == f.v4)
+                .map(IpAddr::to_string)
+                .collect(),
+        });
+        out.push(Named {
+            kind: "map",
+            name: format!("to_node_port{s}"),
+            decl: format!("type {addr} . inet_proto . inet_service : inet_service"),
+            elements: fwd
+                .iter()
                 .map(|x| {
                     format!(
                         "{} . {} . {} : {}",
@@ -100,67 +106,86 @@ pub fn render(rs: &Ruleset, mark: u32) -> String {
                         x.node_port
                     )
                 })
-                .collect::<Vec<_>>(),
-        );
-        let _ = writeln!(out, "  }}");
-        let _ = writeln!(
-            out,
-            "  map back_addr{} {{\n    type inet_proto . inet_service : {}",
-            f.sfx, f.addr
-        );
-        elements(
-            &mut out,
-            &fwd.iter()
+                .collect(),
+        });
+        out.push(Named {
+            kind: "map",
+            name: format!("back_addr{s}"),
+            decl: format!("type inet_proto . inet_service : {addr}"),
+            elements: fwd
+                .iter()
                 .map(|x| format!("{} . {} : {}", proto(x.protocol), x.node_port, x.ip))
-                .collect::<Vec<_>>(),
-        );
-        let _ = writeln!(out, "  }}");
-        let _ = writeln!(
-            out,
-            "  map back_port{} {{\n    type inet_proto . inet_service : inet_service",
-            f.sfx
-        );
-        elements(
-            &mut out,
-            &fwd.iter()
+                .collect(),
+        });
+        out.push(Named {
+            kind: "map",
+            name: format!("back_port{s}"),
+            decl: "type inet_proto . inet_service : inet_service".into(),
+            elements: fwd
+                .iter()
                 .map(|x| format!("{} . {} : {}", proto(x.protocol), x.node_port, x.port))
-                .collect::<Vec<_>>(),
-        );
-        let _ = writeln!(out, "  }}");
-        let limited: Vec<(&Restricted, &Vec<ipnetwork::IpNetwork>)> = rs
-            .allowed_sources
-            .iter()
-            .filter(|((ip, _, _), _)| ip.is_ipv4() == f.v4)
-            .collect();
-        let _ = writeln!(
-            out,
-            "  set limited{} {{\n    type {} . inet_proto . inet_service",
-            f.sfx, f.addr
-        );
-        elements(
-            &mut out,
-            &limited
+                .collect(),
+        });
+        out.push(Named {
+            kind: "set",
+            name: format!("limited{s}"),
+            decl: format!("type {addr} . inet_proto . inet_service"),
+            elements: limited
                 .iter()
                 .map(|((ip, p, port), _)| format!("{ip} . {} . {port}", proto(*p)))
-                .collect::<Vec<_>>(),
-        );
-        let _ = writeln!(out, "  }}");
-        let _ = writeln!(
-            out,
-            "  set allowed{} {{\n    type {} . inet_proto . inet_service . {}\n    flags interval",
-            f.sfx, f.addr, f.addr
-        );
-        elements(
-            &mut out,
-            &limited
+                .collect(),
+        });
+        out.push(Named {
+            kind: "set",
+            name: format!("allowed{s}"),
+            decl: format!("type {addr} . inet_proto . inet_service . {addr}\n    flags interval"),
+            elements: limited
                 .iter()
                 .flat_map(|((ip, p, port), nets)| {
                     nets.iter()
                         .map(move |n| format!("{ip} . {} . {port} . {n}", proto(*p)))
                 })
-                .collect::<Vec<_>>(),
-        );
+                .collect(),
+        });
+    }
+    out
+}
+
+/// The script that changes only what the sets and maps hold, in one transaction: the
+/// chains (and so the counters) stay. Valid only over a table [`render`] made for the same
+/// node addresses and mark.
+pub fn render_contents(rs: &Ruleset) -> String {
+    let mut out = String::new();
+    for n in named(rs) {
+        let _ = writeln!(out, "flush {} {TABLE} {}", n.kind, n.name);
+        if !n.elements.is_empty() {
+            let _ = writeln!(
+                out,
+                "add element {TABLE} {} {{ {} }}",
+                n.name,
+                n.elements.join(", ")
+            );
+        }
+    }
+    out
+}
+
+/// The whole script for `rs` with `mark` as the mark bit.
+pub fn render(rs: &Ruleset, mark: u32) -> String {
+    let mut out = removal();
+    let _ = writeln!(out, "table {TABLE} {{");
+    let _ = writeln!(
+        out,
+        "  comment \"ferrolb-speaker: forwards LoadBalancer IPs of forwarding: NodePort pools to NodePorts\""
+    );
+    for n in named(rs) {
+        let _ = writeln!(out, "  {} {} {{\n    {}", n.kind, n.name, n.decl);
+        if !n.elements.is_empty() {
+            let _ = writeln!(out, "    elements = {{ {} }}", n.elements.join(", "));
+        }
         let _ = writeln!(out, "  }}");
+    }
+    for f in [&V4, &V6] {
         for c in ["forwarded", "dropped", "connections"] {
             let _ = writeln!(out, "  counter {c}{} {{ }}", f.sfx);
         }
@@ -327,6 +352,18 @@ mod tests {
             .unwrap();
         assert!(!inbound6.contains("dport set"), "{inbound6}");
         assert!(inbound6.contains("counter name dropped6 drop"));
+    }
+
+    #[test]
+    fn a_contents_update_rewrites_every_set_and_map_and_nothing_else() {
+        let text = render_contents(&sample());
+        assert_eq!(text.matches("flush ").count(), 12, "{text}");
+        assert!(text.contains("flush map inet ferrolb to_node_port4\nadd element inet ferrolb to_node_port4 { 10.0.0.200 . tcp . 80 : 30080, 10.0.0.200 . udp . 53 : 30053 }\n"));
+        assert!(
+            text.contains("flush set inet ferrolb limited6\nflush set inet ferrolb allowed6\n"),
+            "empty ones are only flushed"
+        );
+        assert!(!text.contains("chain") && !text.contains("table inet ferrolb {"));
     }
 
     #[test]
