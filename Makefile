@@ -30,11 +30,11 @@ lab-bins:
 # always taken down; then the agent on its own, and up/down themselves.
 lab-tests: lab-bins
 	$(LAB) up --nodes 3 --proxy-mode iptables
-	cargo test -p ferrolb-e2e --test lab_cluster --test e2e_speaker -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
+	cargo test -p ferrolb-e2e --test lab_cluster --test e2e_speaker --test e2e_forwarding -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
 	$(LAB) up --nodes 3 --proxy-mode nftables --dual-stack
-	cargo test -p ferrolb-e2e --test lab_cluster --test e2e_speaker -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
+	cargo test -p ferrolb-e2e --test lab_cluster --test e2e_speaker --test e2e_forwarding -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
 	$(LAB) up --nodes 3 --ipv6
-	cargo test -p ferrolb-e2e --test lab_cluster --test e2e_speaker -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
+	cargo test -p ferrolb-e2e --test lab_cluster --test e2e_speaker --test e2e_forwarding -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
 	cargo test -p ferrolb-e2e --test lab_agent --test lab_down -- --test-threads=1
 
 # Benchmarks print Markdown; the committed report is docs/benchmarks.md. `make bench` runs
@@ -111,6 +111,6 @@ kind-tests: lab-bins
 	$(MAKE) kind-down
 	rm -f target/kind-operations.md
 	KIND_IP_FAMILY=dual KIND_PROXY_MODE=iptables $(MAKE) kind || { s=$$?; bash e2e/scripts/kind/diagnose.sh; $(MAKE) kind-down; exit $$s; }
-	FERROLB_E2E_CLUSTER=kind cargo test -p ferrolb-e2e --test e2e_speaker --test kind_operations -- --test-threads=1 && \
+	FERROLB_E2E_CLUSTER=kind cargo test -p ferrolb-e2e --test e2e_speaker --test e2e_forwarding --test kind_operations -- --test-threads=1 && \
 	  FERROLB_E2E_CLUSTER=kind cargo test -p ferrolb-e2e --test kind_uninstall; \
 	  s=$$?; [ $$s = 0 ] || bash e2e/scripts/kind/diagnose.sh; $(MAKE) kind-down; exit $$s

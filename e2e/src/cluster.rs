@@ -443,6 +443,195 @@ impl Cluster {
         }
     }
 
+    /// Restarts every speaker with `extra` flags after the usual ones (empty: as
+    /// installed), and waits until all are ready and see each other. Lab: each process
+    /// again; kind: `helm upgrade` of `speaker.extraArgs` and the DaemonSet's roll.
+    pub async fn set_speaker_args(&self, extra: &[&str]) -> Result<()> {
+        match &self.provider {
+            Provider::Lab(l) => {
+                let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+                for n in l.node_names() {
+                    crate::lab::cli::restart_speaker_with(&l.plan, &n, &extra)?;
+                }
+            }
+            Provider::Kind(k) => {
+                let json = serde_json::to_string(extra).map_err(|e| Error::Lab(e.to_string()))?;
+                self.helm_upgrade(k, &["--set-json", &format!("speaker.extraArgs={json}")])?;
+                self.wait_speakers_rolled(k, |args| {
+                    extra.iter().all(|e| args.iter().any(|a| a == e))
+                        && !args.iter().any(|a| {
+                            a.starts_with("--nodeport-forwarding") && !extra.contains(&a.as_str())
+                        })
+                })
+                .await?;
+            }
+        }
+        self.wait_speakers_converged(Duration::from_secs(90)).await
+    }
+
+    /// `helm upgrade` of the kind install, keeping its values but for `args`.
+    pub fn helm_upgrade(&self, k: &KindState, args: &[&str]) -> Result<String> {
+        let chart = crate::helm::chart_dir().display().to_string();
+        let kc = k.kubeconfig.display().to_string();
+        let mut v = vec![
+            "upgrade",
+            k.release.as_str(),
+            chart.as_str(),
+            "--reuse-values",
+            "--namespace",
+            k.namespace.as_str(),
+            "--kubeconfig",
+            kc.as_str(),
+        ];
+        v.extend_from_slice(args);
+        crate::helm::helm(&v)
+    }
+
+    /// Waits until the speaker DaemonSet finished rolling out and every speaker pod is
+    /// ready, not terminating, and runs with args that `args_ok` accepts.
+    pub async fn wait_speakers_rolled(
+        &self,
+        k: &KindState,
+        args_ok: impl Fn(&[String]) -> bool,
+    ) -> Result<()> {
+        use k8s_openapi::api::apps::v1::DaemonSet;
+        let ds: Api<DaemonSet> = Api::namespaced(self.client.clone(), &k.namespace);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &k.namespace);
+        let lp = ListParams::default().labels("app.kubernetes.io/name=ferrolb-speaker");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let done = ds.list(&lp).await?.items.first().is_some_and(|d| {
+                let st = d.status.clone().unwrap_or_default();
+                st.observed_generation == d.metadata.generation
+                    && st.updated_number_scheduled == Some(st.desired_number_scheduled)
+                    && st.number_available == Some(st.desired_number_scheduled)
+                    && st.number_unavailable.unwrap_or(0) == 0
+            });
+            let list = pods.list(&lp).await?.items;
+            let all = done
+                && list.len() == self.speaker_nodes().len()
+                && list.iter().all(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && p.spec.as_ref().is_some_and(|s| {
+                            s.containers
+                                .iter()
+                                .all(|c| args_ok(c.args.as_deref().unwrap_or_default()))
+                        })
+                        && p.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|cs| {
+                                cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            })
+                });
+            if all {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Lab(
+                    "the speakers did not roll out within 300 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Addresses on the client's segment that neither the sample pool nor any machine
+    /// uses, for a test's own pool: `count` per family, starting `below` addresses below
+    /// the sample pool's first one of that family (both providers keep the 100 addresses
+    /// below their pool free: the lab's machines sit under .101, kind's at the bottom of a
+    /// /16).
+    pub fn spare_pool(&self, below: u128, count: u128) -> Vec<String> {
+        self.spare(below, count)
+            .into_iter()
+            .map(|(a, b)| format!("{a}-{b}"))
+            .collect()
+    }
+
+    /// A spare address of the family (see [`Cluster::spare_pool`]).
+    pub fn spare_address(&self, below: u128, v4: bool) -> Option<IpAddr> {
+        self.spare(below, 1)
+            .into_iter()
+            .map(|(a, _)| a)
+            .find(|a| a.is_ipv4() == v4)
+    }
+
+    /// The kubeconfig of the cluster's administrator.
+    pub fn kubeconfig(&self) -> std::path::PathBuf {
+        match &self.provider {
+            Provider::Lab(l) => l.kubeconfig(),
+            Provider::Kind(k) => k.kubeconfig.clone(),
+        }
+    }
+
+    fn spare(&self, below: u128, count: u128) -> Vec<(IpAddr, IpAddr)> {
+        self.pool()
+            .iter()
+            .filter_map(|entry| {
+                let first = ferrolb_crds::AddressBlock::parse(entry).ok()?.first();
+                let n = ferrolb_crds::address::ip_to_u128(first).checked_sub(below)?;
+                let family = ferrolb_crds::Family::of(first);
+                Some((
+                    ferrolb_crds::address::u128_to_ip(family, n)?,
+                    ferrolb_crds::address::u128_to_ip(family, n + count.saturating_sub(1))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Gives the client a second address (removed again by [`Cluster::del_client_address`]),
+    /// used only by connections that bind to it.
+    pub fn add_client_address(&self, ip: IpAddr) -> Result<()> {
+        self.client_address("add", ip)
+    }
+
+    pub fn del_client_address(&self, ip: IpAddr) -> Result<()> {
+        self.client_address("del", ip)
+    }
+
+    fn client_address(&self, op: &str, ip: IpAddr) -> Result<()> {
+        let host = match ip {
+            IpAddr::V4(_) => format!("{ip}/32"),
+            IpAddr::V6(_) => format!("{ip}/128"),
+        };
+        let iface = self.client_iface();
+        let mut args = vec!["addr", op, host.as_str(), "dev", iface.as_str()];
+        if op == "add" {
+            // Deprecated at once: the kernel never picks it as a source by itself, only
+            // when a test binds to it.
+            args.extend(["preferred_lft", "0"]);
+            if ip.is_ipv6() {
+                args.push("nodad");
+            }
+        }
+        match &self.provider {
+            Provider::Lab(_) => crate::lab::netns::ip_in(CLIENT_NS, &args).map(|_| ()),
+            Provider::Kind(k) => {
+                let mut v = vec!["exec", "--privileged", k.client.container.as_str(), "ip"];
+                v.extend(args);
+                crate::lab::netns::run("docker", &v).map(|_| ())
+            }
+        }
+    }
+
+    /// An HTTP GET from inside a pod (its network namespace); the body, `None` on failure.
+    pub fn pod_fetch(&self, pod: &Pod, url: &str) -> Option<String> {
+        match &self.provider {
+            Provider::Lab(l) => l
+                .exec_in_pod(pod, "curl", &["-sS", "--max-time", "3", "-g", url])
+                .ok(),
+            Provider::Kind(k) => {
+                let ns = pod.metadata.namespace.as_deref()?;
+                let name = pod.metadata.name.as_deref()?;
+                crate::bins::kubectl(
+                    &k.kubeconfig,
+                    &["exec", "-n", ns, name, "--", "/ferrolb-lab", "fetch", url],
+                )
+                .ok()
+            }
+        }
+    }
+
     /// A new Kubernetes namespace, deleted when the value is dropped.
     pub async fn namespace(&self, prefix: &str) -> Result<TestNamespace> {
         objects::namespace(&self.client, prefix).await

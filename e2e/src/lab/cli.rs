@@ -65,14 +65,21 @@ pub enum Cmd {
     },
     /// Fault injection on one node.
     Node { name: String, action: NodeAction },
-    /// Restart one component (`speaker` takes a node name).
+    /// Restart one component (`speaker` takes a node name, and after `--` extra flags for
+    /// the new speaker, e.g. `-- --nodeport-forwarding=false`).
     Restart {
         component: Component,
         node: Option<String>,
+        #[arg(last = true)]
+        extra: Vec<String>,
     },
     /// (internal) The node agent that plays kubelet.
     #[command(hide = true)]
     Agent,
+    /// (internal) One HTTP GET with a 3 s timeout; prints the body (pods' images have no
+    /// curl).
+    #[command(hide = true)]
+    Fetch { url: String },
     /// (internal) The pods' echo server.
     #[command(hide = true)]
     Echo {
@@ -177,7 +184,11 @@ pub async fn run(args: Args) -> Result<()> {
             let plan = cluster::load_plan(&state)?;
             node_action(&plan, &name, action)?;
         }
-        Cmd::Restart { component, node } => {
+        Cmd::Restart {
+            component,
+            node,
+            extra,
+        } => {
             require_root()?;
             let plan = cluster::load_plan(&state)?;
             match component {
@@ -195,7 +206,7 @@ pub async fn run(args: Args) -> Result<()> {
                                 .into(),
                         ));
                     };
-                    let r = restart_speaker(&plan, &node)?;
+                    let r = restart_speaker_with(&plan, &node, &extra)?;
                     println!("{} restarted (pid {})", r.name, r.pid);
                 }
             }
@@ -213,6 +224,10 @@ pub async fn run(args: Args) -> Result<()> {
                 c.cancel();
             });
             super::agent::run_agent(plan, client, me, cancel).await?;
+        }
+        Cmd::Fetch { url } => {
+            let body = super::echo::fetch(&url, std::time::Duration::from_secs(3)).await?;
+            print!("{body}");
         }
         Cmd::Echo { pod, node, port } => {
             let cancel = CancellationToken::new();
@@ -328,13 +343,22 @@ fn rss_kib(pid: u32) -> u64 {
 /// Stops `node`'s speaker gracefully (SIGTERM: it leaves the gossip group and hands its IPs
 /// over; SIGKILL after 10 s), starts it again and waits until it is ready.
 pub fn restart_speaker(plan: &LabPlan, node: &str) -> Result<procs::ProcRecord> {
+    restart_speaker_with(plan, node, &[])
+}
+
+/// [`restart_speaker`], the new speaker getting `extra` flags.
+pub fn restart_speaker_with(
+    plan: &LabPlan,
+    node: &str,
+    extra: &[String],
+) -> Result<procs::ProcRecord> {
     let n = plan
         .node(node)
         .ok_or_else(|| Error::Lab(format!("no node {node}")))?;
     if let Some(r) = procs::record(&plan.state_dir, &cluster::speaker_record_name(&n.name)) {
         procs::stop(&plan.state_dir, &r, false, Duration::from_secs(10));
     }
-    let r = cluster::start_speaker(plan, &n.name)?;
+    let r = cluster::start_speaker_with(plan, &n.name, extra)?;
     cluster::wait_speakers_ready(plan, std::slice::from_ref(&r))?;
     Ok(r)
 }

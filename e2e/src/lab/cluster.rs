@@ -453,6 +453,11 @@ pub fn speaker_record_name(node: &str) -> String {
 /// node), as the `ferrolb-speaker` ServiceAccount. Its admin server listens on the node's
 /// first LAN address.
 pub fn start_speaker(plan: &LabPlan, node: &str) -> Result<ProcRecord> {
+    start_speaker_with(plan, node, &[])
+}
+
+/// [`start_speaker`] with `extra` flags after the lab's own.
+pub fn start_speaker_with(plan: &LabPlan, node: &str, extra: &[String]) -> Result<ProcRecord> {
     let n = plan
         .node(node)
         .ok_or_else(|| Error::Lab(format!("no node {node}")))?;
@@ -468,7 +473,10 @@ pub fn start_speaker(plan: &LabPlan, node: &str) -> Result<ProcRecord> {
             format!("--node-name={}", n.name),
             format!("--admin-address={admin}"),
             "--log-format=text".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().cloned())
+        .collect::<Vec<_>>(),
     )
 }
 

@@ -209,9 +209,104 @@ pub async fn serve_echo(
     server.run(cancel).await
 }
 
+/// The address and path of an `http://IP:PORT/PATH` URL (an IP, not a name; IPv6 in
+/// brackets; the port defaults to 80).
+pub fn parse_http_url(url: &str) -> Option<(SocketAddr, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    let addr = match authority.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            let ip: IpAddr = authority
+                .strip_prefix('[')
+                .and_then(|a| a.strip_suffix(']'))
+                .unwrap_or(authority)
+                .parse()
+                .ok()?;
+            SocketAddr::new(ip, 80)
+        }
+    };
+    Some((addr, path))
+}
+
+/// One `GET` of `url` (see [`parse_http_url`]) within `timeout`; the response body.
+pub async fn fetch(url: &str, timeout: Duration) -> Result<String> {
+    let (addr, path) = parse_http_url(url)
+        .ok_or_else(|| Error::Lab(format!("{url}: not http://IP[:PORT]/PATH")))?;
+    let work = async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| Error::Lab(format!("{url}: no answer within {timeout:?}")))?
+        .map_err(crate::io_err(url))?;
+    let text = String::from_utf8_lossy(&buf);
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_name_an_address_and_a_path() {
+        assert_eq!(
+            parse_http_url("http://10.0.0.1:8080/x"),
+            Some(("10.0.0.1:8080".parse().unwrap(), "/x".into()))
+        );
+        assert_eq!(
+            parse_http_url("http://10.0.0.1"),
+            Some(("10.0.0.1:80".parse().unwrap(), "/".into()))
+        );
+        assert_eq!(
+            parse_http_url("http://[fd00::1]/"),
+            Some(("[fd00::1]:80".parse().unwrap(), "/".into()))
+        );
+        assert_eq!(
+            parse_http_url("http://[fd00::1]:81/a/b"),
+            Some(("[fd00::1]:81".parse().unwrap(), "/a/b".into()))
+        );
+        assert_eq!(parse_http_url("https://10.0.0.1/"), None);
+        assert_eq!(parse_http_url("http://example.com/"), None);
+    }
+
+    #[tokio::test]
+    async fn fetch_reads_an_echo_reply() {
+        let server = EchoServer::bind(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            0,
+            "ns/p".into(),
+            "n1".into(),
+        )
+        .await
+        .unwrap();
+        let addr = server.tcp_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(server.run(cancel.clone()));
+        let body = fetch(&format!("http://{addr}/"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let r = EchoReply::parse(&body).unwrap();
+        assert_eq!((r.pod.as_str(), r.node.as_str()), ("ns/p", "n1"));
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+        assert!(
+            fetch(&format!("http://{addr}/"), Duration::from_secs(2))
+                .await
+                .is_err()
+        );
+    }
 
     #[test]
     fn reply_round_trips_and_unmaps_ipv4_in_ipv6() {
