@@ -92,6 +92,12 @@ pub struct Args {
     #[arg(long, default_value_t = 2.0)]
     pub retry_period: f64,
 
+    /// This replica's ServiceAccount (in the Lease's namespace): the gossip Secret and the
+    /// Lease it creates are owned by it, so that deleting the installation deletes them.
+    /// Unset: they have no owner.
+    #[arg(long, env = "FERROLB_SERVICE_ACCOUNT")]
+    pub owner_service_account: Option<String>,
+
     /// Secret (in the Lease's namespace) holding the speakers' gossip key; created with a
     /// random key when absent, never changed when present. Empty: do not manage it.
     #[arg(long, default_value = ferrolb_crds::names::GOSSIP_SECRET)]
@@ -147,7 +153,24 @@ pub async fn run(args: Args) -> Result<(), String> {
             .map(|h| h.trim().to_string())
             .map_err(|e| format!("no --identity and no hostname: {e}"))?,
     };
+    let owner = match args
+        .owner_service_account
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
+        Some(sa) => {
+            crate::owner::resolve(
+                &client,
+                &args.lease_namespace,
+                sa,
+                &CancellationToken::new(),
+            )
+            .await
+        }
+        None => None,
+    };
     let leader_config = LeaderConfig::new(&args.lease_name, &args.lease_namespace, &identity)
+        .owned_by(owner.clone())
         .with_timings(
             seconds("lease-duration", args.lease_duration)?,
             seconds("renew-deadline", args.renew_deadline)?,
@@ -203,6 +226,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             client.clone(),
             args.lease_namespace.clone(),
             args.gossip_secret.clone(),
+            owner.clone(),
             root.clone(),
         ));
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, PostParams};
 use rand::TryRng;
 use tokio_util::sync::CancellationToken;
@@ -52,12 +52,19 @@ pub enum Outcome {
     CreatedByAnother,
 }
 
-/// The Secret to create, holding `key`.
-pub fn new_secret(namespace: &str, name: &str, key: [u8; KEY_LEN]) -> Secret {
+/// The Secret to create, holding `key`, owned by `owner` when given (so that deleting the
+/// installation deletes it).
+pub fn new_secret(
+    namespace: &str,
+    name: &str,
+    key: [u8; KEY_LEN],
+    owner: Option<&OwnerReference>,
+) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
+            owner_references: owner.map(|o| vec![o.clone()]),
             labels: Some(BTreeMap::from([(
                 "app.kubernetes.io/part-of".to_string(),
                 "ferrolb".to_string(),
@@ -78,6 +85,7 @@ pub async fn ensure(
     client: kube::Client,
     namespace: &str,
     name: &str,
+    owner: Option<&OwnerReference>,
 ) -> Result<Outcome, GossipSecretError> {
     let secret_ref = format!("{namespace}/{name}");
     let api: Api<Secret> = Api::namespaced(client, namespace);
@@ -100,7 +108,10 @@ pub async fn ensure(
             source,
         })?;
     match api
-        .create(&PostParams::default(), &new_secret(namespace, name, key))
+        .create(
+            &PostParams::default(),
+            &new_secret(namespace, name, key, owner),
+        )
         .await
     {
         Ok(_) => Ok(Outcome::Created),
@@ -120,12 +131,18 @@ pub fn backoff(attempt: u32) -> Duration {
 
 /// Ensures the Secret, retrying with backoff until it exists or `cancel` fires. Meant to be
 /// spawned: the rest of the controller does not wait for it.
-pub async fn run(client: kube::Client, namespace: String, name: String, cancel: CancellationToken) {
+pub async fn run(
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    owner: Option<OwnerReference>,
+    cancel: CancellationToken,
+) {
     let mut attempt = 0;
     loop {
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = ensure(client.clone(), &namespace, &name) => r,
+            r = ensure(client.clone(), &namespace, &name, owner.as_ref()) => r,
         };
         match result {
             Ok(Outcome::Created) => {
@@ -155,7 +172,14 @@ mod tests {
 
     #[test]
     fn the_secret_holds_the_key_and_says_whose_it_is() {
-        let s = new_secret("ferrolb-system", "ferrolb-gossip", [7; KEY_LEN]);
+        let owner = crate::owner::to_service_account("ferrolb-controller", "u-1");
+        let s = new_secret(
+            "ferrolb-system",
+            "ferrolb-gossip",
+            [7; KEY_LEN],
+            Some(&owner),
+        );
+        assert_eq!(s.metadata.owner_references, Some(vec![owner]));
         assert_eq!(s.metadata.name.as_deref(), Some("ferrolb-gossip"));
         assert_eq!(s.metadata.namespace.as_deref(), Some("ferrolb-system"));
         assert_eq!(s.type_.as_deref(), Some("Opaque"));

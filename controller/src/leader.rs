@@ -64,7 +64,7 @@ pub enum LeaderError {
 }
 
 /// Which Lease to contend for, as whom, and how fast.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LeaderConfig {
     pub lease_name: String,
     pub namespace: String,
@@ -80,6 +80,8 @@ pub struct LeaderConfig {
     pub renew_deadline: Duration,
     /// Pause between two rounds (read, then acquire or renew).
     pub retry_period: Duration,
+    /// Set on a Lease this replica creates (see [`crate::owner`]).
+    pub owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
 }
 
 impl LeaderConfig {
@@ -96,7 +98,17 @@ impl LeaderConfig {
             lease_duration: DEFAULT_LEASE_DURATION,
             renew_deadline: DEFAULT_RENEW_DEADLINE,
             retry_period: DEFAULT_RETRY_PERIOD,
+            owner: None,
         }
+    }
+
+    /// The same config, whose new Leases `owner` owns.
+    pub fn owned_by(
+        mut self,
+        owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    ) -> Self {
+        self.owner = owner;
+        self
     }
 
     /// The same config with other timings.
@@ -331,6 +343,7 @@ pub fn acquired_lease(current: Option<&Lease>, config: &LeaderConfig, now: Times
         metadata: ObjectMeta {
             name: Some(config.lease_name.clone()),
             namespace: Some(config.namespace.clone()),
+            owner_references: config.owner.clone().map(|o| vec![o]),
             ..ObjectMeta::default()
         },
         spec: None,
@@ -1110,6 +1123,27 @@ mod tests {
         e.step_down();
         assert!(!e.is_leading());
         assert_eq!(e.leading_until(), None);
+    }
+
+    #[test]
+    fn a_new_lease_carries_the_owner_and_a_taken_one_keeps_its_own() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let owner = crate::owner::to_service_account("ferrolb-controller", "u-1");
+        let cfg = config("b").owned_by(Some(owner.clone()));
+        let fresh = acquired_lease(None, &cfg, now);
+        assert_eq!(fresh.metadata.owner_references, Some(vec![owner]));
+        let old = lease(Some("a"), 0, 15);
+        let taken = acquired_lease(Some(&old), &cfg, now);
+        assert_eq!(
+            taken.metadata.owner_references,
+            old.metadata.owner_references
+        );
+        assert_eq!(
+            acquired_lease(None, &config("b"), now)
+                .metadata
+                .owner_references,
+            None
+        );
     }
 
     #[test]

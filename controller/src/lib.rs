@@ -12,6 +12,7 @@ pub mod allocator;
 pub mod app;
 pub mod gossip_secret;
 pub mod leader;
+pub mod owner;
 pub mod plan;
 pub mod reconcile;
 pub use ferrolb_crds::selector;

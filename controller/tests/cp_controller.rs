@@ -1021,3 +1021,42 @@ async fn the_gossip_secret_is_created_once_and_an_existing_one_is_left_alone() {
     );
     assert_eq!(gossip.data, secret.data);
 }
+
+#[tokio::test]
+async fn what_the_controller_creates_is_owned_by_its_service_account() {
+    // Deleting the installation deletes the ServiceAccount; the garbage collector then
+    // takes the gossip Secret and the Lease with it (proven on kind by `helm uninstall`).
+    let mut c = Cluster::start(0).await;
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(c.client(), "ferrolb-system");
+    let sa = sas
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "ferrolb-controller"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let kubeconfig = c.cp.kubeconfig_path().to_path_buf();
+    c.spawn_controller_args(
+        "owned",
+        &kubeconfig,
+        &["--owner-service-account=ferrolb-controller"],
+    );
+    let secret = c.wait_secret("ferrolb-gossip").await;
+    let want = Some(vec![ferrolb_controller::owner::to_service_account(
+        "ferrolb-controller",
+        sa.metadata.uid.as_deref().unwrap(),
+    )]);
+    assert_eq!(secret.metadata.owner_references, want);
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(c.client(), "ferrolb-system");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let lease = loop {
+        if let Some(l) = leases.get_opt("ferrolb-controller").await.unwrap() {
+            break l;
+        }
+        assert!(std::time::Instant::now() < deadline, "no Lease within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(lease.metadata.owner_references, want);
+}

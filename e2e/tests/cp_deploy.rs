@@ -100,6 +100,11 @@ async fn the_base_applies_and_rbac_is_least_privilege() {
         ),
         ("get", "secrets/ferrolb-gossip", Some("ferrolb-system")),
         ("create", "secrets", Some("ferrolb-system")),
+        (
+            "get",
+            "serviceaccounts/ferrolb-controller",
+            Some("ferrolb-system"),
+        ),
     ] {
         assert!(can(verb, what, ns), "the controller needs to {verb} {what}");
     }
@@ -119,6 +124,17 @@ async fn the_base_applies_and_rbac_is_least_privilege() {
             Some("ferrolb-system"),
         ),
         ("create", "pods", Some("default")),
+        (
+            "get",
+            "serviceaccounts/ferrolb-speaker",
+            Some("ferrolb-system"),
+        ),
+        ("list", "serviceaccounts", Some("ferrolb-system")),
+        (
+            "update",
+            "serviceaccounts/ferrolb-controller",
+            Some("ferrolb-system"),
+        ),
     ] {
         assert!(
             !can(verb, what, ns),
