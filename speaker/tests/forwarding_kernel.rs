@@ -249,6 +249,19 @@ async fn a_new_speaker_replaces_what_a_crashed_one_left() {
         "the old IPv4 forward is gone"
     );
     assert!(tcp(ns, &format!("[{LB6}]:80")).is_some());
+    // SCTP ports get rules of their own; this kernel takes them (it rewrites SCTP's CRC32c
+    // checksum itself). No SCTP traffic is tried: the test kernel may have no SCTP sockets.
+    rs.forwards.insert(Forward {
+        ip: ip(LB6),
+        protocol: Protocol::Sctp,
+        port: 9,
+        node_port: 30009,
+    });
+    k.apply(&rs).await.unwrap();
+    let (_, rules) = sh(&[
+        "ip", "netns", "exec", ns.node, "nft", "list", "chain", "inet", "ferrolb", "inbound6",
+    ]);
+    assert!(rules.contains("sctp dport set"), "{rules}");
     let (_, listing) = sh(&["ip", "netns", "exec", ns.node, "nft", "list", "tables"]);
     assert_eq!(
         listing.matches("ferrolb").count(),

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use super::Ruleset;
 use super::nft;
 use crate::admin::{ForwardingStats, Metrics};
+use crate::election::Protocol;
 
 /// Errors of one `nft` run.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +91,7 @@ pub struct Kernel {
 
 #[derive(Debug, PartialEq)]
 struct Loaded {
-    nodes: (Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>),
+    shape: nft::Shape,
     contents: String,
 }
 
@@ -155,17 +156,17 @@ impl Kernel {
     }
 
     /// Makes the kernel hold `rs`; returns whether anything had to be loaded. The first
-    /// load (and one after a failure or a change of the node's addresses) replaces the
-    /// table whole; later ones rewrite only the sets and maps, in one transaction, so the
+    /// load (and one after a failure or a change of the chains' [`nft::Shape`]) replaces
+    /// the table whole; later ones rewrite only the sets and maps, in one transaction, so the
     /// counters keep counting.
     pub async fn apply(&mut self, rs: &Ruleset) -> Result<bool, ForwardingError> {
         let want = Loaded {
-            nodes: (rs.node_v4, rs.node_v6),
+            shape: nft::Shape::of(rs),
             contents: nft::render_contents(rs),
         };
         let script = match &self.loaded {
             Some(have) if *have == want => return Ok(false),
-            Some(have) if have.nodes == want.nodes => want.contents.clone(),
+            Some(have) if have.shape == want.shape => want.contents.clone(),
             _ => nft::render(rs, self.mark),
         };
         self.loaded = None;
@@ -272,6 +273,27 @@ impl Forwarder {
     }
 
     async fn load(&mut self, rs: &Ruleset) -> bool {
+        if self.try_load(rs).await {
+            return true;
+        }
+        // A kernel without SCTP checksum support refuses the SCTP rules: forward the rest.
+        if rs.forwards.iter().any(|f| f.protocol == Protocol::Sctp) {
+            let mut without = rs.clone();
+            without.forwards.retain(|f| f.protocol != Protocol::Sctp);
+            without
+                .allowed_sources
+                .retain(|(_, p, _), _| *p != Protocol::Sctp);
+            if self.try_load(&without).await {
+                warn!(
+                    "this kernel refused the SCTP forwarding rules: SCTP ports of forwarded IPs get no traffic; TCP and UDP are forwarded"
+                );
+                return true;
+            }
+        }
+        false
+    }
+
+    async fn try_load(&mut self, rs: &Ruleset) -> bool {
         match self.kernel.apply(rs).await {
             Ok(changed) => {
                 if changed {

@@ -54,6 +54,34 @@ const V6: Fam = Fam {
     v4: false,
 };
 
+/// What the chains depend on (anything else lives in sets and maps): the node's
+/// addresses, and whether SCTP has rules (only when some port is SCTP: a kernel without
+/// SCTP checksum support refuses them, and that must not cost TCP and UDP their rules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub node_v4: Option<std::net::Ipv4Addr>,
+    pub node_v6: Option<std::net::Ipv6Addr>,
+    pub sctp: bool,
+}
+
+impl Shape {
+    pub fn of(rs: &Ruleset) -> Shape {
+        Shape {
+            node_v4: rs.node_v4,
+            node_v6: rs.node_v6,
+            sctp: rs.forwards.iter().any(|f| f.protocol == Protocol::Sctp),
+        }
+    }
+
+    fn protocols(&self) -> &'static [&'static str] {
+        if self.sctp {
+            &["tcp", "udp", "sctp"]
+        } else {
+            &["tcp", "udp"]
+        }
+    }
+}
+
 /// One named set or map of the table: how it is declared and what it holds.
 struct Named {
     /// `set` or `map`.
@@ -172,6 +200,7 @@ pub fn render_contents(rs: &Ruleset) -> String {
 
 /// The whole script for `rs` with `mark` as the mark bit.
 pub fn render(rs: &Ruleset, mark: u32) -> String {
+    let shape = Shape::of(rs);
     let mut out = removal();
     let _ = writeln!(out, "table {TABLE} {{");
     let _ = writeln!(
@@ -208,7 +237,7 @@ pub fn render(rs: &Ruleset, mark: u32) -> String {
             "    {ip} daddr . meta l4proto . th dport @limited{s} {ip} daddr . meta l4proto . th dport . {ip} saddr != @allowed{s} counter name dropped{s} drop"
         );
         if let Some(node) = node {
-            for p in ["tcp", "udp", "sctp"] {
+            for p in shape.protocols() {
                 let _ = writeln!(
                     out,
                     "    meta l4proto {p} {p} dport set {ip} daddr . meta l4proto . {p} dport map @to_node_port{s} {ip} daddr set {node} meta mark set meta mark | {mark:#x} counter name forwarded{s} accept"
@@ -239,7 +268,7 @@ pub fn render(rs: &Ruleset, mark: u32) -> String {
         let ip = f.ip;
         let _ = writeln!(out, "  chain reply{s} {{");
         if let Some(node) = node {
-            for p in ["tcp", "udp", "sctp"] {
+            for p in shape.protocols() {
                 let _ = writeln!(
                     out,
                     "    {ip} saddr {node} meta l4proto {p} {ip} saddr set meta l4proto . {p} sport map @back_addr{s} {p} sport set meta l4proto . {p} sport map @back_port{s}"
@@ -364,6 +393,22 @@ mod tests {
             "empty ones are only flushed"
         );
         assert!(!text.contains("chain") && !text.contains("table inet ferrolb {"));
+    }
+
+    #[test]
+    fn sctp_gets_rules_only_when_a_port_is_sctp() {
+        let mut rs = sample();
+        assert!(!render(&rs, DEFAULT_MARK).contains("sctp"));
+        rs.forwards.insert(Forward {
+            ip: "10.0.0.200".parse().unwrap(),
+            protocol: Protocol::Sctp,
+            port: 9,
+            node_port: 30009,
+        });
+        let text = render(&rs, DEFAULT_MARK);
+        assert!(text.contains("meta l4proto sctp sctp dport set ip daddr . meta l4proto . sctp dport map @to_node_port4"));
+        assert!(text.contains("10.0.0.200 . sctp . 9 : 30009"));
+        assert!(Shape::of(&rs).sctp && !Shape::of(&sample()).sctp);
     }
 
     #[test]
