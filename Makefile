@@ -7,7 +7,7 @@ export CARGO_TERM_COLOR ?= never
 CP_TESTS_E2E := $(patsubst e2e/tests/%.rs,--test %,$(wildcard e2e/tests/cp_*.rs))
 CP_TESTS_CONTROLLER := $(patsubst controller/tests/%.rs,--test %,$(wildcard controller/tests/cp_*.rs))
 
-.PHONY: help test lab lab-bins lab-tests fuzz bench bench-lab deps kube-bins crds check-crds fmt-check clippy unit cp-tests
+.PHONY: help test lab lab-bins lab-tests fuzz bench bench-lab bench-forwarding deps kube-bins crds check-crds fmt-check clippy unit cp-tests
 .PHONY: chart
 
 help:
@@ -51,6 +51,13 @@ bench-lab: deps lab-bins
 	cargo build -p ferrolb-e2e --example speaker_bench
 	$(LAB) up --nodes 3 || { s=$$?; $(LAB) down; exit $$s; }
 	./target/debug/examples/speaker_bench --out target/bench-lab.md; s=$$?; $(LAB) down; exit $$s
+
+# What NodePort forwarding costs against VIP mode, on a 3-node IPv4 lab (about 3 minutes;
+# root; always taken down). Report: docs/benchmarks.md.
+bench-forwarding: deps lab-bins
+	cargo build -p ferrolb-e2e --example forwarding_bench
+	$(LAB) up --nodes 3 || { s=$$?; $(LAB) down; exit $$s; }
+	./target/debug/examples/forwarding_bench --out target/bench-forwarding.md; s=$$?; $(LAB) down; exit $$s
 
 deps:
 	@bash e2e/scripts/install-deps.sh

@@ -177,10 +177,41 @@ async fn answer_http(mut stream: TcpStream, reply: &EchoReply) -> std::io::Resul
     }
     let head_only = head.starts_with(b"HEAD ");
     tracing::debug!(client = %reply.client, "HTTP request");
+    if let Some(n) = stream_length(&head) {
+        // `GET /stream/N`: N bytes of zeros, for throughput measurements.
+        stream
+            .write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await?;
+        let zeros = vec![0u8; 64 * 1024];
+        let mut left = n;
+        while left > 0 && !head_only {
+            let k = usize::try_from(left.min(zeros.len() as u64)).unwrap_or(zeros.len());
+            stream.write_all(&zeros[..k]).await?;
+            left -= k as u64;
+        }
+        return stream.shutdown().await;
+    }
     stream
         .write_all(http_response(&reply.render(), head_only).as_bytes())
         .await?;
     stream.shutdown().await
+}
+
+/// At most this much is streamed for one request (64 GiB).
+const MAX_STREAM: u64 = 64 << 30;
+
+/// `N` of a request line `GET /stream/N ...` (capped at [`MAX_STREAM`]).
+fn stream_length(head: &[u8]) -> Option<u64> {
+    let line = head.split(|b| *b == b'\r').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let path = line.split_whitespace().nth(1)?;
+    let n: u64 = path.strip_prefix("/stream/")?.parse().ok()?;
+    Some(n.min(MAX_STREAM))
 }
 
 /// Serves `pod`'s echo on `[::]:port` (dual-stack), or on `0.0.0.0:port` where IPv6 is
@@ -258,6 +289,21 @@ pub async fn fetch(url: &str, timeout: Duration) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_requests_name_their_length() {
+        assert_eq!(
+            stream_length(b"GET /stream/1000 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(1000)
+        );
+        assert_eq!(
+            stream_length(b"GET /stream/99999999999999 HTTP/1.0\r\n\r\n"),
+            Some(MAX_STREAM)
+        );
+        assert_eq!(stream_length(b"GET / HTTP/1.1\r\n\r\n"), None);
+        assert_eq!(stream_length(b"GET /stream/x HTTP/1.1\r\n\r\n"), None);
+        assert_eq!(stream_length(b""), None);
+    }
 
     #[test]
     fn urls_name_an_address_and_a_path() {
