@@ -28,8 +28,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   fail "images ${missing[*]} are not in the engine; run make images"
 fi
 
-"$(kind_bin)" load docker-image --name "$cluster" "$controller_image" "$speaker_image" "$echo_image" >/dev/null ||
-  fail "kind load docker-image failed"
+# kind loads an image only into the nodes that lack that image ID.
+"$(kind_bin)" load docker-image --name "$cluster" "$controller_image" "$speaker_image" "$echo_image" \
+  > "$kind_dir/load.log" 2>&1 || { cat "$kind_dir/load.log" >&2; fail "kind load docker-image failed"; }
 step "images loaded: $controller_image $speaker_image $echo_image"
 # Same names, new content (a rebuild with the same tag): pods that run the old content are
 # restarted once everything is applied.
