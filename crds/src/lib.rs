@@ -12,6 +12,7 @@ pub mod cache;
 pub mod health;
 pub mod ippool;
 pub mod names;
+pub mod overlap;
 pub mod schema;
 pub mod selector;
 pub mod service;

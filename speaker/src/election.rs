@@ -9,9 +9,9 @@
 //! Rules, in the order they are applied per IP (the stage at which the candidate set becomes
 //! empty names the [`AnnouncementReason`]):
 //!
-//! 1. **Pool.** The IP belongs to the pool whose address blocks contain it; if several pools
-//!    contain it, the one whose name sorts first (the controller marks such overlaps
-//!    `Conflict`; we only need a deterministic choice). No pool: not announced
+//! 1. **Pool.** The IP belongs to the pool that governs it by the rule the controller
+//!    allocates by ([`ferrolb_crds::overlap`]): of overlapping pools the older keeps the
+//!    overlap, and a pool in `Conflict` governs nothing. No pool: not announced
 //!    (`NoEligibleNode`), as the speaker has no `l2` settings for the IP.
 //! 2. **NodePorts.** For an IP whose ingress says `ipMode: Proxy` (its pool forwards to
 //!    NodePorts), a Service without any NodePort takes no part; none left: not announced
@@ -53,6 +53,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ferrolb_crds::names::{AnnouncementReason, LABEL_EXCLUDE_FROM_EXTERNAL_LB};
+use ferrolb_crds::overlap::Overlaps;
 use ferrolb_crds::selector::Selector;
 use ferrolb_crds::{AddressBlock, AddressError, Family, IPPoolSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -91,6 +92,9 @@ pub struct Interface {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Pool {
     pub name: String,
+    /// `metadata.creationTimestamp` in seconds: the older of two overlapping pools keeps
+    /// the overlap.
+    pub created: Option<i64>,
     pub blocks: Vec<AddressBlock>,
     /// `l2.nodeSelector`: absent or empty selects every node.
     pub node_selector: Option<LabelSelector>,
@@ -101,7 +105,11 @@ pub struct Pool {
 impl Pool {
     /// The speaker's view of an `IPPool`. Entries that do not parse (the API server rejects
     /// them, so only a hand-edited or older object has them) are left out and returned.
-    pub fn from_spec(name: &str, spec: &IPPoolSpec) -> (Pool, Vec<AddressError>) {
+    pub fn from_spec(
+        name: &str,
+        created: Option<i64>,
+        spec: &IPPoolSpec,
+    ) -> (Pool, Vec<AddressError>) {
         let mut errors = Vec::new();
         let blocks = spec
             .addresses
@@ -111,6 +119,7 @@ impl Pool {
         let l2 = spec.l2.clone().unwrap_or_default();
         let pool = Pool {
             name: name.to_string(),
+            created,
             blocks,
             node_selector: l2.node_selector,
             interfaces: l2.interfaces,
@@ -384,6 +393,11 @@ pub fn elect(inputs: &Inputs) -> Election {
     let mut problems = BTreeSet::new();
     let nodes = index_nodes(&inputs.nodes, &mut problems);
     let pools = compile_pools(&inputs.pools, &mut problems);
+    let overlaps = Overlaps::new(
+        pools
+            .iter()
+            .map(|p| (p.pool.name.as_str(), p.pool.created, &p.pool.blocks[..])),
+    );
 
     let mut sharing: BTreeMap<IpAddr, Vec<&Service>> = BTreeMap::new();
     for svc in &inputs.services {
@@ -399,7 +413,7 @@ pub fn elect(inputs: &Inputs) -> Election {
     let decisions = sharing
         .into_iter()
         .map(|(ip, services)| {
-            let decision = decide(ip, &services, &nodes, &inputs.members, &pools);
+            let decision = decide(ip, &services, &nodes, &inputs.members, &pools, &overlaps);
             (ip, decision)
         })
         .collect();
@@ -441,7 +455,7 @@ struct CompiledPool<'a> {
     interfaces: Option<Vec<Regex>>,
 }
 
-/// Pools sorted by name (the first containing an IP owns it); duplicated names are dropped.
+/// Pools sorted by name; duplicated names are dropped.
 fn compile_pools<'a>(
     pools: &'a [Pool],
     problems: &mut BTreeSet<ConfigProblem>,
@@ -612,14 +626,26 @@ fn decide(
     nodes: &BTreeMap<&str, &Node>,
     members: &BTreeSet<String>,
     pools: &[CompiledPool<'_>],
+    overlaps: &Overlaps,
 ) -> Decision {
-    let Some(pool) = pools
-        .iter()
-        .find(|p| p.pool.blocks.iter().any(|b| b.contains(ip)))
-    else {
+    let governing = overlaps.governing(ip);
+    let Some(pool) = governing.and_then(|name| pools.iter().find(|p| p.pool.name == name)) else {
+        let containing = pools
+            .iter()
+            .find(|p| p.pool.blocks.iter().any(|b| b.contains(ip)));
+        let message = match containing.and_then(|p| {
+            overlaps
+                .conflict(&p.pool.name)
+                .map(|older| (&p.pool.name, older))
+        }) {
+            Some((pool, older)) => format!(
+                "{ip}: pool {pool} holds this address but overlaps the older pool {older} (Conflict), so it governs nothing"
+            ),
+            None => format!("{ip}: no IPPool contains this address"),
+        };
         return Decision::NotAnnounced {
             reason: AnnouncementReason::NoEligibleNode,
-            message: format!("{ip}: no IPPool contains this address"),
+            message,
         };
     };
     let subject = format!("{ip} (pool {})", pool.pool.name);
@@ -1067,23 +1093,29 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_pools_resolve_to_the_name_sorting_first() {
+    fn overlapping_pools_follow_the_controllers_rule_the_older_governs() {
         let mut w = world(&["a", "b"]);
-        let mut alpha = pool("alpha", &["10.0.0.0/28"]);
+        // alpha sorts first but is newer: zulu, the older, keeps the overlap.
+        let mut alpha = pool("alpha", &["10.0.0.0/28", "10.1.0.0/24"]);
+        alpha.created = Some(200);
         alpha.node_selector = Some(selector(&[("zone", "a")], vec![]));
         let mut zulu = pool("zulu", &["10.0.0.0/16"]);
+        zulu.created = Some(100);
         zulu.node_selector = Some(selector(&[("zone", "b")], vec![]));
-        w.pools = vec![zulu, alpha];
+        w.pools = vec![alpha, zulu];
         w.nodes[0].labels = labels(&[("zone", "a")]);
         w.nodes[1].labels = labels(&[("zone", "b")]);
-        w.services[0].ips.push(ip("10.0.1.1"));
+        w.services[0].ips.extend([ip("10.0.1.1"), ip("10.1.0.1")]);
         let e = elect(&w);
-        assert_eq!(
-            owner(&e, "10.0.0.10").0,
-            "a",
-            "alpha contains it and sorts first"
-        );
+        assert_eq!(owner(&e, "10.0.0.10").0, "b", "zulu is older");
         assert_eq!(owner(&e, "10.0.1.1").0, "b", "only zulu contains it");
+        // alpha is in Conflict: it governs nothing, not even what only it contains.
+        let (reason, message) = not_announced(&e, "10.1.0.1");
+        assert_eq!(reason, AnnouncementReason::NoEligibleNode);
+        assert_eq!(
+            message,
+            "10.1.0.1: pool alpha holds this address but overlaps the older pool zulu (Conflict), so it governs nothing"
+        );
     }
 
     #[test]
@@ -1134,8 +1166,9 @@ mod tests {
                 interfaces: vec!["eth.*".into()],
             }),
         };
-        let (p, errors) = Pool::from_spec("lan", &spec);
+        let (p, errors) = Pool::from_spec("lan", Some(7), &spec);
         assert_eq!(p.name, "lan");
+        assert_eq!(p.created, Some(7));
         assert_eq!(p.blocks, vec![AddressBlock::parse("10.0.0.0/24").unwrap()]);
         assert_eq!(p.interfaces, vec!["eth.*".to_string()]);
         assert!(p.node_selector.is_some());
@@ -1491,7 +1524,12 @@ mod tests {
                 vec!["eth1".to_string(), "bond0".to_string()],
                 vec!["(".to_string()],
             ]);
-            (arb_selector(), regexes, prop::bool::weighted(0.8))
+            (
+                arb_selector(),
+                regexes,
+                prop::bool::weighted(0.8),
+                prop::option::weighted(0.8, 0i64..3),
+            )
         };
         (one(), one(), one()).prop_map(|(a, b, c)| {
             [
@@ -1500,13 +1538,16 @@ mod tests {
                 ("c", "fd00::/64", c),
             ]
             .into_iter()
-            .filter(|(_, _, (_, _, present))| *present)
-            .map(|(name, block, (node_selector, interfaces, _))| Pool {
-                name: name.into(),
-                blocks: vec![AddressBlock::parse(block).unwrap()],
-                node_selector,
-                interfaces,
-            })
+            .filter(|(_, _, (_, _, present, _))| *present)
+            .map(
+                |(name, block, (node_selector, interfaces, _, created))| Pool {
+                    name: name.into(),
+                    created,
+                    blocks: vec![AddressBlock::parse(block).unwrap()],
+                    node_selector,
+                    interfaces,
+                },
+            )
             .collect()
         })
     }
@@ -1573,10 +1614,18 @@ mod tests {
             .iter()
             .filter(|p| inputs.pools.iter().filter(|q| q.name == p.name).count() == 1)
             .collect();
+        let age = |p: &Pool| (p.created.is_none(), p.created, p.name.clone());
+        let in_conflict = |p: &Pool| {
+            unique_pools.iter().any(|q| {
+                age(q) < age(p)
+                    && p.blocks
+                        .iter()
+                        .any(|a| q.blocks.iter().any(|b| a.overlaps(b)))
+            })
+        };
         let Some(pool) = unique_pools
             .iter()
-            .filter(|p| p.blocks.iter().any(|b| b.contains(ip_)))
-            .min_by_key(|p| p.name.clone())
+            .find(|p| !in_conflict(p) && p.blocks.iter().any(|b| b.contains(ip_)))
         else {
             return BTreeMap::new();
         };

@@ -183,7 +183,12 @@ pub fn gather<'a>(
         .into_iter()
         .map(|p| {
             let name = p.metadata.name.as_deref().unwrap_or_default();
-            let (pool, errs) = Pool::from_spec(name, &p.spec);
+            let created = p
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second());
+            let (pool, errs) = Pool::from_spec(name, created, &p.spec);
             errors.extend(errs.into_iter().map(|e| format!("pool {name}: {e}")));
             pool
         })
