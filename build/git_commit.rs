@@ -49,8 +49,10 @@ fn from_git(dir: &Path) -> Option<String> {
     // the crate's own manifest has to be tracked.
     git(dir, &["ls-files", "--error-unmatch", "Cargo.toml"])?;
     let git_dir = PathBuf::from(git(dir, &["rev-parse", "--absolute-git-dir"])?);
+    // Canonical, so the paths cargo records compare equal from one run to the next (a
+    // `crate/../.git` path did not: cargo stored it shortened and saw a change every time).
     let common_dir = git(dir, &["rev-parse", "--git-common-dir"])
-        .map(|d| dir.join(d))
+        .and_then(|d| dir.join(d).canonicalize().ok())
         .unwrap_or_else(|| git_dir.clone());
     watch(&git_dir.join("HEAD"));
     watch(&git_dir.join("index"));
