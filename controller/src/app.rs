@@ -15,24 +15,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use clap::Parser;
+use ferrolb_crds::process::admin::{AdminServer, Listen};
+use ferrolb_crds::process::logging::{self, LogFormat};
+use ferrolb_crds::process::{client, signals};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
 use ferrolb_crds::health::{Health, Limits};
 
-use crate::admin::{AdminServer, Listen, Metrics, Readiness};
+use crate::admin::{self, Metrics, Readiness};
 use crate::gossip_secret;
 use crate::leader::{LeaderConfig, LeaderElector};
 use crate::reconcile::{self, Probes, Settings};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 /// ferrolb's controller: allocates LoadBalancer IPs from IPPools and writes them into
 /// Service status.
@@ -104,35 +100,6 @@ pub struct Args {
     pub gossip_secret: String,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-async fn client(args: &Args) -> Result<kube::Client, String> {
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .map_err(|e| format!("cannot read kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| format!("no Kubernetes configuration found: {e}"))?,
-    };
-    kube::Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))
-}
-
 fn seconds(name: &str, v: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v)
         .map_err(|_| format!("--{name} must be a positive number of seconds"))
@@ -140,13 +107,15 @@ fn seconds(name: &str, v: f64) -> Result<Duration, String> {
 
 /// Runs the controller process until a signal stops it.
 pub async fn run(args: Args) -> Result<(), String> {
-    init_logging(args.log_format);
+    logging::init(args.log_format);
     info!(
         version = env!("CARGO_PKG_VERSION"),
         commit = crate::GIT_COMMIT,
         "ferrolb-controller starting"
     );
-    let client = client(&args).await?;
+    let client = client::client(args.kubeconfig.as_deref())
+        .await
+        .map_err(|e| error_chain(&e))?;
     let identity = match args.identity.clone() {
         Some(id) => id,
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -203,23 +172,14 @@ pub async fn run(args: Args) -> Result<(), String> {
         api_timeout,
     };
     let admin = AdminServer::bind(
-        Listen::from_flag(args.admin_address),
-        metrics.clone(),
-        readiness.clone(),
-        health,
+        Listen::from_flag(args.admin_address, admin::DEFAULT_PORT),
+        admin::endpoints(metrics.clone(), readiness.clone(), health),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| error_chain(&e))?;
 
     let root = CancellationToken::new();
     let tasks = TaskTracker::new();
-    tasks.spawn({
-        let cancel = root.clone();
-        async move {
-            if let Err(e) = admin.serve(cancel).await {
-                error!(%e, "admin server stopped");
-            }
-        }
-    });
+    tasks.spawn(admin.serve(root.clone()));
     if !args.gossip_secret.is_empty() {
         // Every replica, leader or not: the API server settles who creates it.
         tasks.spawn(gossip_secret::run(
@@ -282,16 +242,13 @@ pub async fn run(args: Args) -> Result<(), String> {
     });
     tasks.close();
 
-    wait_for_signal().await;
+    signals::terminated().await;
     info!("shutting down (a second signal aborts)");
     readiness.set_stopping();
     root.cancel();
-    tokio::select! {
-        _ = tasks.wait() => {}
-        _ = wait_for_signal() => {
-            error!("second signal: aborting");
-            std::process::exit(130);
-        }
+    if signals::drain(&tasks).await == signals::Drained::Aborted {
+        error!("second signal: aborting");
+        std::process::exit(130);
     }
     elector_cancel.cancel();
     let _ = elector_task.await;
@@ -299,16 +256,14 @@ pub async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// An error and its sources, for the one line the binary prints before it exits.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
     }
+    text
 }

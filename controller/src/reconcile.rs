@@ -12,6 +12,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use ferrolb_crds::conditions::{self, ConditionContent};
+use ferrolb_crds::events::{NewEvent, Reporter as EventReporter};
 use ferrolb_crds::health::{Health, Limits, Registration, Reporter};
 use ferrolb_crds::names::{
     AllocationReason, CONDITION_IP_ALLOCATED, FIELD_MANAGER_CONTROLLER, POOL_CONDITION_CONFLICT,
@@ -20,11 +22,9 @@ use ferrolb_crds::names::{
 use ferrolb_crds::{FamilyUsage, Forwarding, IPPool, IPPoolStatus};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Service};
-use k8s_openapi::api::events::v1::Event as K8sEvent;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -374,20 +374,15 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
 }
 
 fn condition_json(svc: &Service, c: &plan::AllocatedCondition) -> serde_json::Value {
-    let status = if c.status { "True" } else { "False" };
-    let since = plan::current_condition(svc)
-        .filter(|cur| cur.status == status)
-        .map(|cur| cur.last_transition_time.0)
-        .unwrap_or_else(Timestamp::now);
-    serde_json::to_value(Condition {
-        type_: CONDITION_IP_ALLOCATED.to_string(),
-        status: status.to_string(),
-        reason: c.reason.as_str().to_string(),
-        message: c.message.clone(),
-        last_transition_time: Time(since),
+    let condition = ConditionContent {
+        type_: CONDITION_IP_ALLOCATED,
+        status: c.status,
+        reason: c.reason.as_str(),
+        message: &c.message,
         observed_generation: svc.metadata.generation,
-    })
-    .unwrap_or_default()
+    }
+    .build(plan::current_condition(svc), Timestamp::now());
+    serde_json::to_value(condition).unwrap_or_default()
 }
 
 async fn write_status(
@@ -415,41 +410,24 @@ async fn write_status(
     Ok(())
 }
 
-/// Creates one `events.k8s.io/v1` Event per planned event. (Not kube-runtime's Recorder: it
-/// folds events of one reason into a series that keeps the first note, which would show a
-/// stale address after a move.)
+/// Creates one `events.k8s.io/v1` Event per planned event.
 async fn publish(ctx: &Context, svc: &Service, events: &[plan::EventPlan]) {
-    let ns = svc
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let api: Api<K8sEvent> = Api::namespaced(ctx.client.clone(), &ns);
     let regarding = svc.object_ref(&());
+    let reporter = EventReporter {
+        controller: format!("ferrolb.io/{FIELD_MANAGER_CONTROLLER}"),
+        instance: ctx.settings.instance.clone(),
+    };
     for e in events {
         info!(reason = e.reason, note = %e.note, "event");
-        let ev = K8sEvent {
-            metadata: kube::api::ObjectMeta {
-                // The usual `<object>.<hex timestamp>` event name.
-                name: Some(format!(
-                    "{}.{:x}",
-                    svc.name_any(),
-                    Timestamp::now().as_nanosecond().unsigned_abs()
-                )),
-                namespace: Some(ns.clone()),
-                ..Default::default()
-            },
-            event_time: Some(MicroTime(Timestamp::now())),
-            action: Some("Allocate".into()),
-            reason: Some(e.reason.into()),
-            note: Some(e.note.chars().take(1000).collect()),
-            type_: Some(if e.warning { "Warning" } else { "Normal" }.into()),
-            regarding: Some(regarding.clone()),
-            reporting_controller: Some(format!("ferrolb.io/{FIELD_MANAGER_CONTROLLER}")),
-            reporting_instance: Some(ctx.settings.instance.clone()),
-            ..Default::default()
-        };
-        if let Err(err) = api.create(&PostParams::default(), &ev).await {
+        let event = NewEvent {
+            regarding: &regarding,
+            reason: e.reason,
+            note: &e.note,
+            warning: e.warning,
+            action: "Allocate",
+        }
+        .build(&reporter, Timestamp::now());
+        if let Err(err) = ferrolb_crds::events::publish(&ctx.client, &event).await {
             warn!(%err, "cannot publish event");
         }
     }
@@ -602,20 +580,14 @@ fn pool_status(ctx: &Context, name: &str) -> Option<IPPoolStatus> {
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
     let condition = |type_: &str, ok: bool, reason: &str, message: String| {
-        let status = if ok { "True" } else { "False" };
-        let since = old_conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or(Time(Timestamp::now()));
-        Condition {
-            type_: type_.to_string(),
-            status: status.to_string(),
-            reason: reason.to_string(),
-            message,
-            last_transition_time: since,
+        ConditionContent {
+            type_,
+            status: ok,
+            reason,
+            message: &message,
             observed_generation: generation,
         }
+        .build(conditions::find(&old_conditions, type_), Timestamp::now())
     };
     let pool = alloc.pool(name)?;
     let (ready, reason, message) = match (&report.invalid, &report.conflict, pool.disabled) {

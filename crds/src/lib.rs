@@ -1,18 +1,21 @@
 //! ferrolb's ground floor: the `IPPool` API type, address parsing shared by the controller
 //! and the speaker, the names users type (annotations, conditions, class), what both keep
-//! of the objects they cache, how both read a Service's status back, and how both decide
-//! whether they are stuck (`/healthz`).
+//! of the objects they cache, how both read a Service's status back, how both build
+//! conditions and events, and how both decide whether they are stuck (`/healthz`).
 //!
-//! Nothing here does I/O.
+//! Nothing here does I/O except [`process`] (logging, the client, signals, the admin
+//! server) and [`events::publish`].
 
 #![forbid(unsafe_code)]
 
 pub mod address;
 pub mod cache;
+pub mod conditions;
+pub mod events;
 pub mod health;
 pub mod ippool;
 pub mod names;
-pub mod overlap;
+pub mod process;
 pub mod schema;
 pub mod selector;
 pub mod service;
