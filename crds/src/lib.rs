@@ -15,6 +15,7 @@ pub mod events;
 pub mod health;
 pub mod ippool;
 pub mod names;
+pub mod overlap;
 pub mod process;
 pub mod schema;
 pub mod selector;
