@@ -14,7 +14,7 @@ help:
 	@echo "make lab   - run ferrolb on a real cluster on this machine (the lab)"
 	@echo "make test  - everything: deps, fmt, clippy, CRD drift, unit and end-to-end tests"
 
-test: deps fmt-check clippy check-crds chart unit fuzz cp-tests lab-tests
+test: deps fmt-check clippy check-crds chart unit fuzz cp-tests lab-tests images-test
 	@echo "make test: all stages passed"
 
 LAB := target/debug/ferrolb-lab
@@ -107,6 +107,19 @@ kind: deps
 
 kind-down:
 	bash e2e/scripts/kind/down.sh
+
+# Container images, FROM scratch with static binaries (nothing is pulled). Names:
+# `e2e/scripts/images.sh --print-names`; IMAGE_REGISTRY and IMAGE_TAG choose them.
+.PHONY: images images-test
+images:
+	bash e2e/scripts/images.sh
+
+# What users rely on in the images (the commit in --version, the controller's user and
+# read-only root, the speaker image's files, the echo server's replies), and the
+# controller's own --version (the speaker's runs with its tests in `unit`).
+images-test: images
+	cargo test -p ferrolb-controller --test version
+	cargo test -p ferrolb-e2e --test images
 
 # The end-to-end suite again, on kind: a dual-stack cluster (kube-proxy in iptables mode;
 # the lab covers nftables) made and removed by this run, ferrolb from its images under its
