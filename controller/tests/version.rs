@@ -21,8 +21,14 @@ fn version_names_the_git_commit_of_the_build() {
         .unwrap();
     assert!(out.status.success());
     let printed = String::from_utf8(out.stdout).unwrap();
-    let clean = format!("ferrolb-controller {} (git {head})\n", env!("CARGO_PKG_VERSION"));
-    let dirty = format!("ferrolb-controller {} (git {head}-dirty)\n", env!("CARGO_PKG_VERSION"));
+    let clean = format!(
+        "ferrolb-controller {} (git {head})\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    let dirty = format!(
+        "ferrolb-controller {} (git {head}-dirty)\n",
+        env!("CARGO_PKG_VERSION")
+    );
     assert!(
         printed == clean || printed == dirty,
         "--version printed {printed:?}, expected {clean:?} (or with -dirty)"
