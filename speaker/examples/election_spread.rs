@@ -38,7 +38,7 @@ fn inputs(nodes: &[&str]) -> Inputs {
                 "elsewhere".to_string(),
                 EndpointState {
                     ready: 1,
-                    serving_not_terminating: 0,
+                    serving_terminating: 0,
                 },
             )]),
             any_ready_endpoint: true,

@@ -16,8 +16,10 @@
 //! 2. **NodePorts.** For an IP whose ingress says `ipMode: Proxy` (its pool forwards to
 //!    NodePorts), a Service without any NodePort takes no part; none left: not announced
 //!    (`NoNodePort`): there is nothing to forward its traffic to.
-//! 3. **Endpoints.** Services sharing an IP are decided together. A Service with no ready
-//!    (or serving, not terminating) endpoint anywhere takes no part; when no sharing Service
+//! 3. **Endpoints.** Services sharing an IP are decided together. An endpoint is usable as
+//!    kube-proxy uses it: ready, or else serving and terminating (a pod draining its
+//!    connections, which kube-proxy still sends traffic to when nothing ready is left). A
+//!    Service with no usable endpoint anywhere takes no part; when no sharing Service
 //!    has one, the IP is not announced (`NoLocalEndpoints`: the fix is the same, make pods
 //!    ready). A Service without endpoints does not withdraw or narrow an IP it shares: one
 //!    Service scaled to zero must not take its neighbours on the IP down with it.
@@ -27,14 +29,20 @@
 //!    `l2.nodeSelector` (absent or empty: every node; invalid: no node, and reported).
 //!    None left: `NoEligibleNode`.
 //! 5. **Local endpoints.** For every participating Service with `externalTrafficPolicy:
-//!    Local`, the node must hold a ready (or serving, not terminating) endpoint of it: the
-//!    intersection over Services, i.e. the most restrictive reading when sharing Services
-//!    disagree (the controller refuses such sharing; this keeps us safe if it slips through).
-//!    None left: `NoLocalEndpoints`.
+//!    Local`, the node must hold a usable endpoint of it: the intersection over Services,
+//!    i.e. the most restrictive reading when sharing Services disagree (the controller
+//!    refuses such sharing; this keeps us safe if it slips through). None left:
+//!    `NoLocalEndpoints`. kube-proxy's own rule on each node is "the local ready endpoints,
+//!    else the local serving-and-terminating ones", so a node whose pods are all draining
+//!    still serves: it stays a candidate (the IP is not withdrawn while kube-proxy would
+//!    still deliver), but a node with a ready local endpoint of every Local Service is
+//!    preferred over one that has only draining ones (step 7).
 //! 6. **Interface.** The node's announcing interface for the IP (see [`announcing_interface`])
 //!    exists and is up. None left: `NoInterface`.
-//! 7. **Owner.** Rendezvous (highest-random-weight) hashing: the eligible node with the
-//!    highest [`score`] wins, ties going to the name that sorts first. A node joining takes
+//! 7. **Owner.** Among the eligible nodes of the best endpoint tier (see step 5; for
+//!    Cluster Services every node is of the best tier), rendezvous (highest-random-weight)
+//!    hashing: the node with the highest [`score`] wins, ties going to the name that sorts
+//!    first. A node joining takes
 //!    only the IPs it now wins; a node leaving gives up only the IPs it owned.
 //!
 //! The score is the first 8 bytes (big-endian) of SHA-256 of the UTF-8 bytes of
@@ -141,16 +149,37 @@ pub enum TrafficPolicy {
 pub struct EndpointState {
     /// Endpoints with `ready` true.
     pub ready: u32,
-    /// Endpoints with `serving` true and `terminating` false that are not ready (or all of
-    /// them; either way a non-zero count means the node can serve).
-    pub serving_not_terminating: u32,
+    /// Endpoints that are not ready but serving and terminating: pods draining their
+    /// connections, which kube-proxy still uses when no ready endpoint is left.
+    pub serving_terminating: u32,
 }
 
 impl EndpointState {
-    /// The node can serve this Service's traffic itself.
+    /// The node can serve this Service's traffic itself: kube-proxy there has a usable
+    /// local endpoint (a ready one, else a serving and terminating one).
     pub fn can_serve(&self) -> bool {
-        self.ready > 0 || self.serving_not_terminating > 0
+        self.tier() > EndpointTier::None
     }
+
+    /// How well the node can serve: kube-proxy prefers ready endpoints to draining ones.
+    pub fn tier(&self) -> EndpointTier {
+        if self.ready > 0 {
+            EndpointTier::Ready
+        } else if self.serving_terminating > 0 {
+            EndpointTier::Draining
+        } else {
+            EndpointTier::None
+        }
+    }
+}
+
+/// The best endpoints a node holds for a Service, worst first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EndpointTier {
+    None,
+    /// Only serving-and-terminating endpoints.
+    Draining,
+    Ready,
 }
 
 /// A port's `protocol`.
@@ -696,17 +725,26 @@ fn decide(
         return not_announced(AnnouncementReason::NoEligibleNode, &subject, &excluded);
     }
 
+    // Each candidate's endpoint tier: the worst over the Local Services.
+    let mut tiers: BTreeMap<&str, EndpointTier> = BTreeMap::new();
     candidates.retain(|node| {
-        let missing = serving.iter().find(|s| {
-            s.external_traffic_policy == TrafficPolicy::Local && !s.serves_on(&node.name)
-        });
-        match missing {
-            Some(s) => {
+        let mut tier = EndpointTier::Ready;
+        for s in serving
+            .iter()
+            .filter(|s| s.external_traffic_policy == TrafficPolicy::Local)
+        {
+            let t = s
+                .endpoints
+                .get(&node.name)
+                .map_or(EndpointTier::None, EndpointState::tier);
+            if t == EndpointTier::None {
                 excluded.push((&node.name, Exclusion::NoLocalEndpoint(s.key())));
-                false
+                return false;
             }
-            None => true,
+            tier = tier.min(t);
         }
+        tiers.insert(&node.name, tier);
+        true
     });
     if candidates.is_empty() {
         return not_announced(AnnouncementReason::NoLocalEndpoints, &subject, &excluded);
@@ -732,7 +770,12 @@ fn decide(
             Err(p) => excluded.push((&node.name, Exclusion::Interface(p))),
         }
     }
-    match rendezvous_winner(ip, eligible.keys().copied()) {
+    let best = eligible.keys().filter_map(|n| tiers.get(n)).max().copied();
+    let preferred = eligible
+        .keys()
+        .copied()
+        .filter(|n| tiers.get(n).copied() == best);
+    match rendezvous_winner(ip, preferred) {
         Some(node) => Decision::Owner {
             node: node.to_string(),
             interface: eligible.get(node).copied().unwrap_or_default().to_string(),
@@ -866,7 +909,7 @@ mod tests {
                         n.to_string(),
                         EndpointState {
                             ready: *ready,
-                            serving_not_terminating: *serving,
+                            serving_terminating: *serving,
                         },
                     )
                 })
@@ -1216,7 +1259,7 @@ mod tests {
             );
             assert_eq!(owner(&elect(&w), "10.0.0.10").0, with_endpoint);
         }
-        // Serving and not terminating counts as well as ready.
+        // Draining (serving and terminating) counts when nothing better is there.
         let mut w = world(&names);
         w.services[0] = svc(
             "web",
@@ -1225,6 +1268,46 @@ mod tests {
             &[("c", 0, 1), ("d", 0, 0)],
         );
         assert_eq!(owner(&elect(&w), "10.0.0.10").0, "c");
+    }
+
+    #[test]
+    fn local_keeps_the_ip_on_a_draining_node_as_kube_proxy_still_serves_there() {
+        // Every pod of the Service is terminating but still serving (a rolling update or
+        // a scale-down in progress): kube-proxy on their nodes keeps sending traffic to
+        // them, so the IP stays announced instead of going dark.
+        let mut w = world(&["a", "b", "c"]);
+        w.services[0] = svc("web", &["10.0.0.10"], TrafficPolicy::Local, &[("b", 0, 2)]);
+        assert_eq!(owner(&elect(&w), "10.0.0.10").0, "b");
+        // The same for a Cluster Service: draining endpoints are endpoints.
+        w.services[0].external_traffic_policy = TrafficPolicy::Cluster;
+        assert!(
+            elect(&w)
+                .decision(ip("10.0.0.10"))
+                .unwrap()
+                .owner()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn local_prefers_a_node_with_a_ready_endpoint_to_a_draining_one() {
+        let names = ["a", "b", "c", "d", "e"];
+        let ip_ = ip("10.0.0.10");
+        // Whichever node scores highest, a draining node loses to a ready one.
+        let mut by_score: Vec<&str> = names.to_vec();
+        by_score.sort_by_key(|n| Reverse(score(n, ip_)));
+        let (top, second) = (by_score[0], by_score[1]);
+        let mut w = world(&names);
+        w.services[0] = svc(
+            "web",
+            &["10.0.0.10"],
+            TrafficPolicy::Local,
+            &[(top, 0, 1), (second, 1, 0)],
+        );
+        assert_eq!(owner(&elect(&w), "10.0.0.10").0, second);
+        // Once the ready pod is gone, the draining node takes the IP back.
+        w.services[0].endpoints.remove(second);
+        assert_eq!(owner(&elect(&w), "10.0.0.10").0, top);
     }
 
     #[test]
@@ -1555,7 +1638,7 @@ mod tests {
     fn arb_service(i: usize) -> impl Strategy<Value = Service> {
         let endpoint = (0u32..3, 0u32..2).prop_map(|(ready, serving)| EndpointState {
             ready: ready.saturating_sub(1),
-            serving_not_terminating: serving,
+            serving_terminating: serving,
         });
         (
             prop::sample::subsequence(IPS.to_vec(), 1..=2),
@@ -1652,7 +1735,7 @@ mod tests {
                 s.external_traffic_policy == TrafficPolicy::Cluster
                     || s.endpoints
                         .get(&n.name)
-                        .is_some_and(|e| e.ready + e.serving_not_terminating > 0)
+                        .is_some_and(|e| e.ready + e.serving_terminating > 0)
             });
             let interface = if pool.interfaces.is_empty() {
                 announcing_interface(ip_, &n.interfaces, false)
@@ -1674,10 +1757,20 @@ mod tests {
                 && local_ok
                 && let Ok(i) = interface
             {
-                eligible.insert(n.name.clone(), i.name.clone());
+                let all_ready = services.iter().all(|s| {
+                    s.external_traffic_policy == TrafficPolicy::Cluster
+                        || s.endpoints.get(&n.name).is_some_and(|e| e.ready > 0)
+                });
+                eligible.insert(n.name.clone(), (i.name.clone(), all_ready));
             }
         }
+        // Nodes with ready local endpoints of every Local Service come first.
+        let any_ready = eligible.values().any(|(_, ready)| *ready);
         eligible
+            .into_iter()
+            .filter(|(_, (_, ready))| *ready || !any_ready)
+            .map(|(n, (i, _))| (n, i))
+            .collect()
     }
 
     fn owners(e: &Election) -> BTreeMap<IpAddr, Option<(String, String)>> {

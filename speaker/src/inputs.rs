@@ -39,9 +39,11 @@ pub fn node(n: &K8sNode, interfaces: Vec<Interface>) -> Node {
     }
 }
 
-/// Counts a Service's endpoints per node from its EndpointSlices. Per the EndpointSlice API,
-/// an unset `ready` means ready, an unset `serving` means what `ready` says, and an unset
-/// `terminating` means not terminating.
+/// Counts a Service's usable endpoints per node from its EndpointSlices, reading their
+/// conditions as kube-proxy does: an unset `ready` or `serving` means true, an unset
+/// `terminating` means false; an endpoint is usable when it is ready, or (when nothing
+/// ready is left) serving and terminating. Also says whether any endpoint anywhere is
+/// usable, on a known node or not.
 pub fn endpoints<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
 ) -> (BTreeMap<String, EndpointState>, bool) {
@@ -49,12 +51,12 @@ pub fn endpoints<'a>(
     let mut anywhere = false;
     for slice in slices {
         for ep in slice.endpoints.iter().flatten() {
-            let cond = ep.conditions.clone().unwrap_or_default();
-            let ready = cond.ready.unwrap_or(true);
-            let serving = cond.serving.unwrap_or(ready);
-            let terminating = cond.terminating.unwrap_or(false);
-            let serving_not_terminating = serving && !terminating;
-            if !(ready || serving_not_terminating) {
+            let cond = ep.conditions.as_ref();
+            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+            let serving = cond.and_then(|c| c.serving).unwrap_or(true);
+            let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+            let draining = !ready && serving && terminating;
+            if !(ready || draining) {
                 continue;
             }
             anywhere = true;
@@ -63,7 +65,7 @@ pub fn endpoints<'a>(
                 if ready {
                     e.ready += 1;
                 } else {
-                    e.serving_not_terminating += 1;
+                    e.serving_terminating += 1;
                 }
             }
         }
@@ -250,41 +252,56 @@ mod tests {
     }
 
     #[test]
-    fn endpoint_conditions_follow_the_api_defaults() {
+    fn endpoint_conditions_are_read_as_kube_proxy_reads_them() {
         let s = slice(
             "web",
             json!([
                 {"addresses": ["10.244.1.2"], "nodeName": "n1"},
                 {"addresses": ["10.244.1.3"], "nodeName": "n1", "conditions": {"ready": true}},
                 {"addresses": ["10.244.2.2"], "nodeName": "n2", "conditions": {"ready": false}},
+                // Not ready and not terminating: kube-proxy does not use it.
                 {"addresses": ["10.244.3.2"], "nodeName": "n3",
                  "conditions": {"ready": false, "serving": true, "terminating": false}},
+                // Draining: kube-proxy still uses it when nothing ready is left.
                 {"addresses": ["10.244.4.2"], "nodeName": "n4",
                  "conditions": {"ready": false, "serving": true, "terminating": true}},
+                {"addresses": ["10.244.5.2"], "nodeName": "n5",
+                 "conditions": {"ready": false, "terminating": true}},
+                {"addresses": ["10.244.6.2"], "nodeName": "n6",
+                 "conditions": {"ready": false, "serving": false, "terminating": true}},
             ]),
         );
         let (per_node, anywhere) = endpoints([&s]);
         assert!(anywhere);
+        let draining = Some(&EndpointState {
+            ready: 0,
+            serving_terminating: 1,
+        });
         assert_eq!(
             per_node.get("n1"),
             Some(&EndpointState {
                 ready: 2,
-                serving_not_terminating: 0
+                serving_terminating: 0
             })
         );
         assert_eq!(per_node.get("n2"), None);
+        assert_eq!(per_node.get("n3"), None);
+        assert_eq!(per_node.get("n4"), draining);
         assert_eq!(
-            per_node.get("n3"),
-            Some(&EndpointState {
-                ready: 0,
-                serving_not_terminating: 1
-            })
+            per_node.get("n5"),
+            draining,
+            "an unset serving means serving"
         );
-        assert_eq!(
-            per_node.get("n4"),
-            None,
-            "terminating endpoints do not count"
+        assert_eq!(per_node.get("n6"), None, "terminating and not serving");
+
+        let only_draining = slice(
+            "web",
+            json!([{"addresses": ["10.244.4.2"], "nodeName": "n4",
+                    "conditions": {"ready": false, "serving": true, "terminating": true}}]),
         );
+        let (per_node, anywhere) = endpoints([&only_draining]);
+        assert!(anywhere, "a draining endpoint still serves");
+        assert!(per_node.get("n4").is_some_and(EndpointState::can_serve));
     }
 
     #[test]
