@@ -77,7 +77,8 @@ for b in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubead
   f=$kube_bin/$b; [ -x "$f" ] || f=$node_bin/$b
   [ -x "$f" ] || fail "$b is missing from $kube_bin"
   # FROM scratch images need static binaries (build-kube.sh builds with CGO_ENABLED=0).
-  if file -L "$f" 2>/dev/null | grep -q 'dynamically linked'; then
+  # (ldd succeeds only for a dynamically linked program.)
+  if ldd "$f" >/dev/null 2>&1; then
     fail "$f is dynamically linked; rebuild the Kubernetes binaries (rm -rf $(dirname "$kube_bin")/.complete* and rerun)"
   fi
 done

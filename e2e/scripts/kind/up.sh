@@ -23,6 +23,8 @@ proxy_mode=${KIND_PROXY_MODE:-iptables}
 case "$family" in ipv4|ipv6|dual) ;; *) fail "KIND_IP_FAMILY=$family: use ipv4, ipv6 or dual" ;; esac
 case "$proxy_mode" in iptables|nftables) ;; *) fail "KIND_PROXY_MODE=$proxy_mode: use iptables or nftables" ;; esac
 t0=$SECONDS
+# python3 does the address arithmetic (free subnet, pool), jq the JSON.
+for c in python3 jq; do command -v "$c" >/dev/null 2>&1 || fail "$c is missing; install it (Debian: apt-get install $c)"; done
 step() { say "[$((SECONDS - t0)) s] $*"; }
 
 # --- engine -------------------------------------------------------------------------
