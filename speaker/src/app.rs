@@ -48,7 +48,7 @@ use crate::forwarding::kernel::{Forwarder, Kernel};
 use crate::forwarding::{self, Ruleset};
 use crate::inputs::{self, SERVICE_NAME_LABEL};
 use crate::interfaces;
-use crate::membership::{GossipKey, Membership, Settings};
+use crate::membership::{Keyring, Membership, Settings};
 use crate::status;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -371,26 +371,14 @@ pub async fn run(args: Args) -> Result<(), String> {
     };
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
     let secret_name = args.gossip_secret.clone();
-    let Some(key) = until_ok("the gossip Secret", &signal, || {
-        let api = secrets.clone();
-        let name = secret_name.clone();
-        async move {
-            let s = api
-                .get(&name)
-                .await
-                .map_err(|e| format!("cannot read Secret {name}: {e}"))?;
-            let bytes = s
-                .data
-                .as_ref()
-                .and_then(|d| d.get(ferrolb_crds::names::GOSSIP_SECRET_KEY))
-                .ok_or_else(|| format!("Secret {name} has no data key `key`"))?;
-            GossipKey::new(&bytes.0).map_err(|e| format!("Secret {name}: {e}"))
-        }
+    let Some(keyring) = until_ok("the gossip Secret", &signal, || {
+        read_keys(secrets.clone(), secret_name.clone())
     })
     .await
     else {
         return Ok(());
     };
+    let (keys_tx, keys_rx) = watch::channel(keyring.clone());
 
     // Watches.
     let changed = Arc::new(Notify::new());
@@ -430,13 +418,27 @@ pub async fn run(args: Args) -> Result<(), String> {
 
     // Gossip.
     let gossip_addr = SocketAddr::new(node_ip, args.gossip_port);
-    let (membership, view) = Membership::bind(Settings::lan(&me, gossip_addr, key))
+    let (membership, view) = Membership::bind(Settings::lan(&me, gossip_addr, keyring))
         .await
         .map_err(|e| e.to_string())?;
     metrics.set_gossip(view.stats.clone());
     let (seeds_tx, seeds_rx) = watch::channel(Vec::new());
     let gossip_cancel = CancellationToken::new();
-    let gossip_task = tokio::spawn(membership.run(seeds_rx, advertised_rx, gossip_cancel.clone()));
+    let gossip_task = tokio::spawn(membership.run(
+        crate::membership::Inputs {
+            seeds: seeds_rx,
+            interfaces: advertised_rx,
+            keys: keys_rx,
+        },
+        gossip_cancel.clone(),
+    ));
+    tokio::spawn(follow_keys(
+        secrets,
+        secret_name,
+        keys_tx,
+        view.unknown_key.clone(),
+        root.clone(),
+    ));
     info!(
         node = %me,
         gossip = %gossip_addr,
@@ -616,6 +618,68 @@ pub async fn run(args: Args) -> Result<(), String> {
     let _ = status_task.await;
     info!("stopped");
     Ok(())
+}
+
+/// How often the gossip Secret is read again for rotated keys.
+const KEY_POLL: Duration = Duration::from_secs(10);
+/// Reads caused by datagrams no known key opens come at most this often.
+const KEY_REREAD_MIN_GAP: Duration = Duration::from_secs(2);
+
+/// The keys in the gossip Secret.
+async fn read_keys(api: Api<Secret>, name: String) -> Result<Keyring, String> {
+    let s = api
+        .get(&name)
+        .await
+        .map_err(|e| format!("cannot read Secret {name}: {e}"))?;
+    let data = s.data.unwrap_or_default();
+    Keyring::from_secret_data(data.iter().map(|(k, v)| (k.as_str(), v.0.as_slice())))
+        .map_err(|e| format!("Secret {name}: {e}"))
+}
+
+/// Keeps `keys` equal to the gossip Secret's keys: reads it every [`KEY_POLL`], and at once
+/// when a datagram arrives that no known key opens (a peer already seals with a key this
+/// speaker has not read). A Secret that cannot be read, is gone or holds no valid key
+/// changes nothing: the keys in use stay (see `membership::keys`).
+async fn follow_keys(
+    api: Api<Secret>,
+    name: String,
+    keys: watch::Sender<Keyring>,
+    unknown_key: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let mut last_problem: Option<String> = None;
+    let mut last_read = Instant::now();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + KEY_POLL, KEY_POLL);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+            _ = unknown_key.notified() => {
+                let wait = KEY_REREAD_MIN_GAP.saturating_sub(last_read.elapsed());
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        last_read = Instant::now();
+        match read_keys(api.clone(), name.clone()).await {
+            Ok(ring) => {
+                if crate::publish(&keys, ring) {
+                    info!(secret = %name, "read new gossip keys");
+                }
+                if last_problem.take().is_some() {
+                    info!(secret = %name, "the gossip Secret is readable again");
+                }
+            }
+            Err(e) => {
+                if last_problem.as_ref() != Some(&e) {
+                    warn!(error = %e, "keeping the gossip keys in use");
+                }
+                last_problem = Some(e);
+            }
+        }
+    }
 }
 
 /// Writes `ferrolb.io/Announced` on the Services this speaker is the writer for, when

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ferrolb_speaker::election::Interface;
-use ferrolb_speaker::membership::{GossipKey, Membership, MembershipView, Settings, auth};
+use ferrolb_speaker::membership::{
+    GossipKey, Inputs, Keyring, Membership, MembershipView, Settings, auth,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +26,7 @@ struct Node {
     task: tokio::task::JoinHandle<()>,
     seeds: watch::Sender<Vec<(String, SocketAddr)>>,
     interfaces: watch::Sender<Vec<Interface>>,
+    keys: watch::Sender<Keyring>,
 }
 
 fn eth0(subnet: &str) -> Vec<Interface> {
@@ -36,16 +39,29 @@ fn eth0(subnet: &str) -> Vec<Interface> {
 }
 
 async fn start(name: &str) -> Node {
-    start_with(Settings::lan(name, "127.0.0.1:0".parse().unwrap(), key())).await
+    start_with(Settings::lan(
+        name,
+        "127.0.0.1:0".parse().unwrap(),
+        Keyring::single(key()),
+    ))
+    .await
 }
 
 async fn start_with(settings: Settings) -> Node {
+    let (keys, keys_rx) = watch::channel(settings.keys.clone());
     let (m, view) = Membership::bind(settings).await.unwrap();
     let addr = m.addr();
     let (seeds, rx) = watch::channel(Vec::new());
     let (interfaces, ifaces_rx) = watch::channel(eth0("10.0.0.1"));
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(m.run(rx, ifaces_rx, cancel.clone()));
+    let task = tokio::spawn(m.run(
+        Inputs {
+            seeds: rx,
+            interfaces: ifaces_rx,
+            keys: keys_rx,
+        },
+        cancel.clone(),
+    ));
     Node {
         view,
         addr,
@@ -53,6 +69,7 @@ async fn start_with(settings: Settings) -> Node {
         task,
         seeds,
         interfaces,
+        keys,
     }
 }
 
@@ -247,7 +264,7 @@ async fn members_declared_down_in_a_partition_come_back_when_it_heals() {
     });
 
     let a = start("a").await;
-    let mut settings = Settings::lan("b", b_addr, key());
+    let mut settings = Settings::lan("b", b_addr, Keyring::single(key()));
     settings.advertise = Some(relay_addr);
     let b = start_with(settings).await;
     let seeds = vec![("a".to_string(), a.addr), ("b".to_string(), relay_addr)];
@@ -268,4 +285,132 @@ async fn members_declared_down_in_a_partition_come_back_when_it_heals() {
     relay_task.abort();
     a.cancel.cancel();
     b.cancel.cancel();
+}
+
+fn other_key(b: u8) -> GossipKey {
+    GossipKey::new(&[b; 32]).unwrap()
+}
+
+/// Watches `n`'s members until `stop`, failing if any of `all` ever drops out.
+fn never_drops(n: &Node, all: &[&str], stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let mut view = n.view.members.clone();
+    let all: Vec<String> = all.iter().map(|s| s.to_string()).collect();
+    tokio::spawn(async move {
+        loop {
+            let now: BTreeSet<String> = view.borrow_and_update().keys().cloned().collect();
+            for m in &all {
+                assert!(now.contains(m), "{m} dropped out: {now:?}");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = view.changed() => if r.is_err() { return },
+            }
+        }
+    })
+}
+
+/// The documented rotation (add the new key, roll, remove the old one), with the speakers
+/// taking each step at different moments: nobody ever stops hearing anybody.
+#[tokio::test]
+async fn rotating_the_key_step_by_step_never_splits_the_members() {
+    let a = start("a").await;
+    let b = start("b").await;
+    let all = vec![("a".to_string(), a.addr), ("b".to_string(), b.addr)];
+    for n in [&a, &b] {
+        n.seeds.send(all.clone()).unwrap();
+    }
+    for n in [&a, &b] {
+        wait_members(n, &["a", "b"]).await;
+    }
+    let stop = CancellationToken::new();
+    let guards = [
+        never_drops(&a, &["a", "b"], stop.clone()),
+        never_drops(&b, &["a", "b"], stop.clone()),
+    ];
+    let (old, new) = (key(), other_key(7));
+    let pause = || tokio::time::sleep(Duration::from_millis(1500));
+    // 1. add: a first, b later.
+    a.keys
+        .send(Keyring::new(vec![old.clone(), new.clone()]).unwrap())
+        .unwrap();
+    pause().await;
+    b.keys
+        .send(Keyring::new(vec![old.clone(), new.clone()]).unwrap())
+        .unwrap();
+    pause().await;
+    // 2. roll: b first this time.
+    b.keys
+        .send(Keyring::new(vec![new.clone(), old.clone()]).unwrap())
+        .unwrap();
+    pause().await;
+    a.keys
+        .send(Keyring::new(vec![new.clone(), old.clone()]).unwrap())
+        .unwrap();
+    pause().await;
+    // 3. remove the old key.
+    a.keys.send(Keyring::single(new.clone())).unwrap();
+    b.keys.send(Keyring::single(new.clone())).unwrap();
+    pause().await;
+    stop.cancel();
+    for g in guards {
+        g.await.unwrap();
+    }
+    // A speaker started afterwards, with only the new key, joins.
+    let c = start_with(Settings::lan(
+        "c",
+        "127.0.0.1:0".parse().unwrap(),
+        Keyring::single(new.clone()),
+    ))
+    .await;
+    c.seeds.send(vec![("a".to_string(), a.addr)]).unwrap();
+    wait_members(&c, &["a", "b", "c"]).await;
+    for n in [a, b, c] {
+        n.cancel.cancel();
+    }
+}
+
+/// The gossip Secret deleted and created again with a fresh key (what the controller does
+/// when it finds none): one speaker reads the new key first and seals with it at once. The
+/// other, hearing a datagram no known key opens, reads the Secret again (here: the test
+/// hands it the new ring when it asks), and meanwhile the first still accepts the old key.
+#[tokio::test]
+async fn a_secret_recreated_with_a_fresh_key_does_not_split_the_members() {
+    let a = start("a").await;
+    let b = start("b").await;
+    let all = vec![("a".to_string(), a.addr), ("b".to_string(), b.addr)];
+    for n in [&a, &b] {
+        n.seeds.send(all.clone()).unwrap();
+    }
+    for n in [&a, &b] {
+        wait_members(n, &["a", "b"]).await;
+    }
+    let stop = CancellationToken::new();
+    let guards = [
+        never_drops(&a, &["a", "b"], stop.clone()),
+        never_drops(&b, &["a", "b"], stop.clone()),
+    ];
+    let fresh = other_key(42);
+    // What follow_keys does for b: read the Secret when a datagram is not understood.
+    let asked = b.view.unknown_key.clone();
+    let b_keys = b.keys.clone();
+    let reader = tokio::spawn({
+        let fresh = fresh.clone();
+        async move {
+            asked.notified().await;
+            b_keys.send(Keyring::single(fresh)).unwrap();
+        }
+    });
+    a.keys.send(Keyring::single(fresh.clone())).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("b asked for the Secret again")
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    for g in guards {
+        g.await.unwrap();
+    }
+    for n in [a, b] {
+        n.cancel.cancel();
+    }
 }

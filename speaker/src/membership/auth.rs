@@ -29,6 +29,14 @@ pub enum AuthError {
 #[derive(Clone)]
 pub struct GossipKey(Vec<u8>);
 
+impl PartialEq for GossipKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for GossipKey {}
+
 impl std::fmt::Debug for GossipKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("GossipKey(..)")

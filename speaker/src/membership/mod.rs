@@ -12,6 +12,7 @@
 //! peer.
 
 pub mod auth;
+pub mod keys;
 pub mod suspicion;
 
 use std::collections::BTreeMap;
@@ -25,11 +26,13 @@ use foca::{AccumulatingRuntime, Config, Foca, PostcardCodec, Timer};
 use serde::{Deserialize, Serialize};
 use suspicion::Suspicions;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use auth::GossipKey;
+use keys::KeyChain;
+pub use keys::Keyring;
 
 use crate::election::Interface;
 
@@ -100,7 +103,8 @@ pub struct Settings {
     pub bind: SocketAddr,
     /// The address peers send to; `None`: the bound address.
     pub advertise: Option<SocketAddr>,
-    pub key: GossipKey,
+    /// The keys at start; [`Inputs::keys`] brings later ones.
+    pub keys: Keyring,
     /// How often a random member is probed.
     pub probe_period: Duration,
     /// How long a direct probe may take before indirect probes go out.
@@ -113,12 +117,12 @@ pub struct Settings {
 impl Settings {
     /// Timings tuned for a LAN and a failover budget of about two seconds: a dead member is
     /// probed within `probe_period` and declared down `suspect_to_down` later.
-    pub fn lan(node: &str, bind: SocketAddr, key: GossipKey) -> Settings {
+    pub fn lan(node: &str, bind: SocketAddr, keys: Keyring) -> Settings {
         Settings {
             node: node.to_string(),
             bind,
             advertise: None,
-            key,
+            keys,
             probe_period: Duration::from_millis(300),
             probe_rtt: Duration::from_millis(100),
             suspect_to_down: Duration::from_millis(500),
@@ -182,6 +186,7 @@ pub struct Membership {
     settings: Settings,
     members_tx: watch::Sender<BTreeMap<String, Member>>,
     stats: Arc<Stats>,
+    unknown_key: Arc<Notify>,
 }
 
 /// What the rest of the speaker sees: the live members (self included) and counters.
@@ -189,6 +194,21 @@ pub struct Membership {
 pub struct MembershipView {
     pub members: watch::Receiver<BTreeMap<String, Member>>,
     pub stats: Arc<Stats>,
+    /// Notified when a datagram arrives that no known key opens: a peer may seal with a key
+    /// this speaker has not read yet, so the gossip Secret is worth reading again now.
+    pub unknown_key: Arc<Notify>,
+}
+
+/// What the membership loop follows while it runs.
+#[derive(Debug)]
+pub struct Inputs {
+    /// Peers' gossip addresses (from the API), announced to until they are members.
+    pub seeds: watch::Receiver<Vec<(String, SocketAddr)>>,
+    /// This node's announcing interfaces, carried in its identity (trimmed by
+    /// [`fit_interfaces`]).
+    pub interfaces: watch::Receiver<Vec<Interface>>,
+    /// The gossip keys, as read from the Secret.
+    pub keys: watch::Receiver<Keyring>,
 }
 
 impl Membership {
@@ -219,6 +239,7 @@ impl Membership {
             },
         )]));
         let stats = Arc::new(Stats::default());
+        let unknown_key = Arc::new(Notify::new());
         Ok((
             Membership {
                 socket,
@@ -226,8 +247,13 @@ impl Membership {
                 settings,
                 members_tx,
                 stats: stats.clone(),
+                unknown_key: unknown_key.clone(),
             },
-            MembershipView { members, stats },
+            MembershipView {
+                members,
+                stats,
+                unknown_key,
+            },
         ))
     }
 
@@ -236,23 +262,24 @@ impl Membership {
         self.me.addr
     }
 
-    /// Runs until `cancel`; then leaves the cluster. `seeds` are peers' gossip addresses
-    /// (from the API: nodes or speaker pods), announced to until they are members.
-    /// `interfaces` are this node's announcing interfaces, carried in its identity (trimmed
-    /// by [`fit_interfaces`]).
-    pub async fn run(
-        self,
-        mut seeds: watch::Receiver<Vec<(String, SocketAddr)>>,
-        mut interfaces: watch::Receiver<Vec<Interface>>,
-        cancel: CancellationToken,
-    ) {
+    /// Runs until `cancel`; then leaves the cluster.
+    pub async fn run(self, inputs: Inputs, cancel: CancellationToken) {
         let Membership {
             socket,
             mut me,
             settings,
             members_tx,
             stats,
+            unknown_key,
         } = self;
+        let Inputs {
+            mut seeds,
+            mut interfaces,
+            mut keys,
+        } = inputs;
+        let mut chain = KeyChain::new(settings.keys.clone());
+        chain.update(keys.borrow_and_update().clone(), Instant::now());
+        let mut keys_open = true;
         me.interfaces = fit_local(&interfaces.borrow_and_update());
         // A seeded, Send generator: the loop may move between runtime threads.
         let rng = <rand::rngs::StdRng as rand::SeedableRng>::from_rng(&mut rand::rng());
@@ -272,7 +299,7 @@ impl Membership {
                     if let Err(e) = foca.leave_cluster(&mut rt) {
                         warn!(%e, "leaving the gossip cluster");
                     }
-                    flush(&socket, &settings.key, &mut rt, &timer_tx, &stats).await;
+                    flush(&socket, chain.sealing(), &mut rt, &timer_tx, &stats).await;
                     info!(node = %me.node, "left the gossip cluster");
                     return;
                 }
@@ -280,7 +307,7 @@ impl Membership {
                     let Ok((n, from)) = r else { continue };
                     stats.received.fetch_add(1, Ordering::Relaxed);
                     let Some(data) = buf.get(..n) else { continue };
-                    match auth::open(&settings.key, data) {
+                    match chain.open_v1(data, Instant::now()) {
                         Ok(payload) => {
                             if let Err(e) = foca.handle_data(payload, &mut rt) {
                                 stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
@@ -290,12 +317,27 @@ impl Membership {
                         Err(e) => {
                             stats.dropped_unauthenticated.fetch_add(1, Ordering::Relaxed);
                             debug!(%from, %e, "dropped an unauthenticated gossip datagram");
+                            if e == auth::AuthError::BadTag {
+                                unknown_key.notify_one();
+                            }
                         }
                     }
                 }
                 Some(t) = timer_rx.recv() => {
                     if let Err(e) = foca.handle_timer(t, &mut rt) {
                         debug!(%e, "gossip timer");
+                    }
+                }
+                r = keys.changed(), if keys_open => {
+                    if r.is_err() {
+                        keys_open = false;
+                        continue;
+                    }
+                    let ring = keys.borrow_and_update().clone();
+                    let now = Instant::now();
+                    chain.expire(now);
+                    if chain.update(ring, now) {
+                        info!("gossip: sealing with a new key (the previous ones are still accepted)");
                     }
                 }
                 r = interfaces.changed(), if interfaces_open => {
@@ -320,6 +362,7 @@ impl Membership {
                     }
                 }
                 _ = announce.tick() => {
+                    chain.expire(Instant::now());
                     let known: Vec<String> = foca.iter_members().map(|m| m.id().node.clone()).collect();
                     let pending: Vec<(String, SocketAddr)> = seeds
                         .borrow_and_update()
@@ -335,7 +378,7 @@ impl Membership {
                     }
                 }
             }
-            flush(&socket, &settings.key, &mut rt, &timer_tx, &stats).await;
+            flush(&socket, chain.sealing(), &mut rt, &timer_tx, &stats).await;
             let suspects = foca
                 .iter_membership_state()
                 .filter(|m| m.state() == foca::State::Suspect)
@@ -355,7 +398,7 @@ impl Membership {
                 if let Err(e) = foca.apply_many(down, true, &mut rt) {
                     warn!(%e, "declaring overdue suspects down");
                 }
-                flush(&socket, &settings.key, &mut rt, &timer_tx, &stats).await;
+                flush(&socket, chain.sealing(), &mut rt, &timer_tx, &stats).await;
             }
             let (mut alive, mut suspect, mut down) = (0u64, 0u64, 0u64);
             for m in foca.iter_membership_state() {
