@@ -25,10 +25,12 @@ use tracing::{error, info};
 
 use ferrolb_crds::health::{Health, Limits};
 
+use crate::Error;
 use crate::admin::{self, Metrics, Readiness};
 use crate::gossip_secret;
 use crate::leader::{LeaderConfig, LeaderElector};
-use crate::reconcile::{self, Probes, Settings};
+use crate::reconcile::Settings;
+use crate::term::{self, Probes};
 
 /// ferrolb's controller: allocates LoadBalancer IPs from IPPools and writes them into
 /// Service status.
@@ -100,27 +102,27 @@ pub struct Args {
     pub gossip_secret: String,
 }
 
-fn seconds(name: &str, v: f64) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(v)
-        .map_err(|_| format!("--{name} must be a positive number of seconds"))
+fn seconds(flag: &'static str, v: f64) -> Result<Duration, Error> {
+    Duration::try_from_secs_f64(v).map_err(|_| Error::Flag {
+        flag,
+        problem: "must be a positive number of seconds".into(),
+    })
 }
 
 /// Runs the controller process until a signal stops it.
-pub async fn run(args: Args) -> Result<(), String> {
+pub async fn run(args: Args) -> Result<(), Error> {
     logging::init(args.log_format);
     info!(
         version = env!("CARGO_PKG_VERSION"),
         commit = crate::GIT_COMMIT,
         "ferrolb-controller starting"
     );
-    let client = client::client(args.kubeconfig.as_deref())
-        .await
-        .map_err(|e| error_chain(&e))?;
+    let client = client::client(args.kubeconfig.as_deref()).await?;
     let identity = match args.identity.clone() {
         Some(id) => id,
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
-            .map_err(|e| format!("no --identity and no hostname: {e}"))?,
+            .map_err(Error::Hostname)?,
     };
     let owner = match args
         .owner_service_account
@@ -148,16 +150,18 @@ pub async fn run(args: Args) -> Result<(), String> {
     let loop_timeout = seconds("healthz-loop-timeout", args.healthz_loop_timeout)?;
     let slowest_round = leader_config.renew_deadline + leader_config.retry_period;
     if loop_timeout <= slowest_round {
-        return Err(format!(
-            "--healthz-loop-timeout must exceed --renew-deadline plus --retry-period ({slowest_round:?}): a slow lease round would fail /healthz"
-        ));
+        return Err(Error::Flag {
+            flag: "healthz-loop-timeout",
+            problem: format!(
+                "must exceed --renew-deadline plus --retry-period ({slowest_round:?}): a slow lease round would fail /healthz"
+            ),
+        });
     }
     let api_timeout =
         Some(seconds("healthz-api-timeout", args.healthz_api_timeout)?).filter(|t| !t.is_zero());
     let health = Health::new();
-    let elector = LeaderElector::new(client.clone(), leader_config)
-        .map_err(|e| e.to_string())?
-        .report_health(health.register(
+    let elector =
+        LeaderElector::new(client.clone(), leader_config)?.report_health(health.register(
             "leader election",
             Limits::turning_and_calling_api(loop_timeout, api_timeout),
         ));
@@ -174,8 +178,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let admin = AdminServer::bind(
         Listen::from_flag(args.admin_address, admin::DEFAULT_PORT),
         admin::endpoints(metrics.clone(), readiness.clone(), health),
-    )
-    .map_err(|e| error_chain(&e))?;
+    )?;
 
     let root = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -226,7 +229,7 @@ pub async fn run(args: Args) -> Result<(), String> {
                         term.cancel();
                     })
                 };
-                reconcile::run(
+                term::run(
                     client.clone(),
                     settings.clone(),
                     Some(leader.clone()),
@@ -254,16 +257,4 @@ pub async fn run(args: Args) -> Result<(), String> {
     let _ = elector_task.await;
     info!("stopped");
     Ok(())
-}
-
-/// An error and its sources, for the one line the binary prints before it exits.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -18,28 +18,12 @@ use rand::TryRng;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::Error;
+
 /// Length of the gossip key, in bytes.
 pub const KEY_LEN: usize = 32;
 /// The Secret's data key that holds the gossip key.
 pub const DATA_KEY: &str = ferrolb_crds::names::GOSSIP_SECRET_KEY;
-
-/// Errors of one attempt to ensure the Secret; [`run`] retries them.
-#[derive(Debug, thiserror::Error)]
-pub enum GossipSecretError {
-    #[error("gossip Secret {secret}: the operating system's random number generator failed")]
-    Random {
-        secret: String,
-        #[source]
-        source: rand::rngs::SysError,
-    },
-    #[error("gossip Secret {secret}: {action} failed")]
-    Api {
-        secret: String,
-        action: &'static str,
-        #[source]
-        source: kube::Error,
-    },
-}
 
 /// What [`ensure`] found or did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,24 +70,21 @@ pub async fn ensure(
     namespace: &str,
     name: &str,
     owner: Option<&OwnerReference>,
-) -> Result<Outcome, GossipSecretError> {
+) -> Result<Outcome, Error> {
     let secret_ref = format!("{namespace}/{name}");
     let api: Api<Secret> = Api::namespaced(client, namespace);
-    let existing = api
-        .get_opt(name)
-        .await
-        .map_err(|source| GossipSecretError::Api {
-            secret: secret_ref.clone(),
-            action: "get",
-            source,
-        })?;
+    let existing = api.get_opt(name).await.map_err(|source| Error::SecretApi {
+        secret: secret_ref.clone(),
+        action: "get",
+        source,
+    })?;
     if existing.is_some() {
         return Ok(Outcome::Exists);
     }
     let mut key = [0u8; KEY_LEN];
     rand::rngs::SysRng
         .try_fill_bytes(&mut key)
-        .map_err(|source| GossipSecretError::Random {
+        .map_err(|source| Error::Random {
             secret: secret_ref.clone(),
             source,
         })?;
@@ -116,7 +97,7 @@ pub async fn ensure(
     {
         Ok(_) => Ok(Outcome::Created),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(Outcome::CreatedByAnother),
-        Err(source) => Err(GossipSecretError::Api {
+        Err(source) => Err(Error::SecretApi {
             secret: secret_ref,
             action: "create",
             source,

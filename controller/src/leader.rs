@@ -31,37 +31,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::Error;
+
 /// How long a holder's lease is valid without renewal (client-go's default).
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How long the leader keeps trying to renew before it steps down (client-go's default).
 pub const DEFAULT_RENEW_DEADLINE: Duration = Duration::from_secs(10);
 /// How often every replica reads (and the leader renews) the Lease (client-go's default).
 pub const DEFAULT_RETRY_PERIOD: Duration = Duration::from_secs(2);
-
-/// Errors of the leader election.
-#[derive(Debug, thiserror::Error)]
-pub enum LeaderError {
-    #[error("leader election for lease {lease}: {problem}")]
-    InvalidConfig {
-        lease: String,
-        problem: &'static str,
-    },
-    #[error("lease {lease}: {action} failed")]
-    Api {
-        lease: String,
-        action: &'static str,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("lease {lease}: {action} got no answer within {after:?}")]
-    Timeout {
-        lease: String,
-        action: &'static str,
-        after: Duration,
-    },
-    #[error("the leader elector for lease {lease} has stopped")]
-    Stopped { lease: String },
-}
 
 /// Which Lease to contend for, as whom, and how fast.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,7 +108,7 @@ impl LeaderConfig {
 
     /// Checks what the loop relies on: names are set and
     /// `lease_duration > renew_deadline > retry_period > 0`.
-    pub fn validate(&self) -> Result<(), LeaderError> {
+    pub fn validate(&self) -> Result<(), Error> {
         let problem = if self.lease_name.is_empty() {
             Some("the lease name is empty")
         } else if self.namespace.is_empty() {
@@ -148,7 +125,7 @@ impl LeaderConfig {
             None
         };
         match problem {
-            Some(problem) => Err(LeaderError::InvalidConfig {
+            Some(problem) => Err(Error::LeaseConfig {
                 lease: self.lease_ref(),
                 problem,
             }),
@@ -503,7 +480,7 @@ impl LeaderHandle {
     }
 
     /// Waits until this replica leads. Fails when the elector stops first.
-    pub async fn wait_until_leading(&self) -> Result<(), LeaderError> {
+    pub async fn wait_until_leading(&self) -> Result<(), Error> {
         self.wait_for(|s| s.leading).await
     }
 
@@ -518,15 +495,12 @@ impl LeaderHandle {
         self.state.has_changed().is_ok()
     }
 
-    async fn wait_for(
-        &self,
-        mut done: impl FnMut(&LeaderState) -> bool,
-    ) -> Result<(), LeaderError> {
+    async fn wait_for(&self, mut done: impl FnMut(&LeaderState) -> bool) -> Result<(), Error> {
         let mut rx = self.state.clone();
         rx.wait_for(|s| done(s))
             .await
             .map(|_| ())
-            .map_err(|_closed| LeaderError::Stopped {
+            .map_err(|_closed| Error::ElectorStopped {
                 lease: self.lease.to_string(),
             })
     }
@@ -548,11 +522,11 @@ pub struct LeaderElector {
 enum WriteFailure {
     /// 409: someone else wrote the Lease since we read it.
     Conflict,
-    Other(LeaderError),
+    Other(Error),
 }
 
 impl LeaderElector {
-    pub fn new(client: kube::Client, config: LeaderConfig) -> Result<Self, LeaderError> {
+    pub fn new(client: kube::Client, config: LeaderConfig) -> Result<Self, Error> {
         config.validate()?;
         let (state, rx) = watch::channel(LeaderState {
             leading: false,
@@ -597,7 +571,7 @@ impl LeaderElector {
     /// Contends for the Lease until `cancel` fires, then releases it if this replica holds
     /// it, so another replica takes over on its next round. Errors talking to the API are
     /// logged and retried; only a failed release is returned.
-    pub async fn run(mut self, cancel: CancellationToken) -> Result<(), LeaderError> {
+    pub async fn run(mut self, cancel: CancellationToken) -> Result<(), Error> {
         info!(
             identity = %self.config.identity,
             lease = %self.config.lease_ref(),
@@ -616,7 +590,7 @@ impl LeaderElector {
                             after = ?self.config.renew_deadline,
                             "lease round timed out"
                         );
-                        self.turned(Err(&LeaderError::Timeout {
+                        self.turned(Err(&Error::LeaseTimeout {
                             lease: self.config.lease_ref(),
                             action: "read or write",
                             after: self.config.renew_deadline,
@@ -754,7 +728,7 @@ impl LeaderElector {
 
     /// Steps down first (so nothing is written after this point), then hands the Lease back
     /// if it still names us; also when an interrupted write may have made us the holder.
-    async fn release(&mut self) -> Result<(), LeaderError> {
+    async fn release(&mut self) -> Result<(), Error> {
         let was_leading = self.election.is_leading();
         self.election.step_down();
         self.publish(false, None, None);
@@ -794,7 +768,7 @@ impl LeaderElector {
         })
         .await
         .unwrap_or_else(|_elapsed| {
-            Err(LeaderError::Timeout {
+            Err(Error::LeaseTimeout {
                 lease: lease.clone(),
                 action: "release",
                 after: deadline,
@@ -843,15 +817,15 @@ impl LeaderElector {
         });
     }
 
-    fn api_error(&self, action: &'static str, source: kube::Error) -> LeaderError {
-        LeaderError::Api {
+    fn api_error(&self, action: &'static str, source: kube::Error) -> Error {
+        Error::LeaseApi {
             lease: self.config.lease_ref(),
             action,
             source,
         }
     }
 
-    fn log_error(&self, error: &LeaderError) {
+    fn log_error(&self, error: &Error) {
         let source = std::error::Error::source(error).map(ToString::to_string);
         warn!(
             identity = %self.config.identity,
@@ -1227,7 +1201,7 @@ mod tests {
         ];
         for b in bad {
             let err = b.validate().unwrap_err();
-            assert!(matches!(err, LeaderError::InvalidConfig { .. }), "{err}");
+            assert!(matches!(err, Error::LeaseConfig { .. }), "{err}");
         }
     }
 

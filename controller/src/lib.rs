@@ -10,13 +10,21 @@
 pub mod admin;
 pub mod allocator;
 pub mod app;
+mod error;
+pub mod events;
 pub mod gossip_secret;
 pub mod leader;
 pub mod owner;
 pub mod plan;
+pub mod pool_status;
+pub mod pool_sync;
 pub mod reconcile;
+pub mod restore;
 pub use ferrolb_crds::selector;
 pub mod service;
+pub mod term;
+
+pub use error::Error;
 
 /// The git commit this binary was built from: 12 hex digits, `-dirty` when tracked files
 /// differed from it, or `unknown` (see `build/git_commit.rs`).

@@ -11,6 +11,7 @@ use ferrolb_crds::names::{
 pub use ferrolb_crds::service::{ingress, status_ips};
 use k8s_openapi::api::core::v1::Service;
 
+use crate::Error;
 use crate::allocator::{FamilyPolicy, PortKey, ServiceKey, ServiceRequest, Sharing};
 
 /// Does ferrolb handle this Service at all?
@@ -49,7 +50,7 @@ pub fn handling(svc: &Service, default_class: bool) -> Handling {
 pub fn request(
     svc: &Service,
     namespace_labels: &BTreeMap<String, String>,
-) -> Result<ServiceRequest, String> {
+) -> Result<ServiceRequest, Error> {
     let meta = &svc.metadata;
     let key = ServiceKey::new(
         meta.namespace.as_deref().unwrap_or("default"),
@@ -78,9 +79,9 @@ pub fn request(
     let from_spec = spec.load_balancer_ip.as_deref().filter(|s| !s.is_empty());
     let requested: Vec<IpAddr> = match (from_annotation, from_spec) {
         (Some(_), Some(_)) => {
-            return Err(format!(
-                "both {ANNOTATION_LOAD_BALANCER_IPS} and spec.loadBalancerIP are set; use one"
-            ));
+            return Err(Error::TwoRequestFields {
+                annotation: ANNOTATION_LOAD_BALANCER_IPS,
+            });
         }
         (Some(list), None) => parse_ips(list)?,
         (None, Some(one)) => parse_ips(one)?,
@@ -89,10 +90,10 @@ pub fn request(
     let mut seen = BTreeSet::new();
     for ip in &requested {
         if !seen.insert(Family::of(*ip)) {
-            return Err(format!(
-                "{ANNOTATION_LOAD_BALANCER_IPS} asks for more than one {} address",
-                Family::of(*ip)
-            ));
+            return Err(Error::SecondAddress {
+                family: Family::of(*ip),
+                field: ANNOTATION_LOAD_BALANCER_IPS,
+            });
         }
     }
 
@@ -134,13 +135,14 @@ pub fn request(
     })
 }
 
-fn parse_ips(list: &str) -> Result<Vec<IpAddr>, String> {
+fn parse_ips(list: &str) -> Result<Vec<IpAddr>, Error> {
     list.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
-            s.parse::<IpAddr>().map_err(|_| {
-                format!("{s:?} in {ANNOTATION_LOAD_BALANCER_IPS} is not an IP address")
+            s.parse::<IpAddr>().map_err(|_| Error::NotAnIp {
+                value: s.to_string(),
+                field: ANNOTATION_LOAD_BALANCER_IPS,
             })
         })
         .collect()
@@ -225,6 +227,7 @@ mod tests {
         assert!(
             request(&both, &BTreeMap::new())
                 .unwrap_err()
+                .to_string()
                 .contains("both")
         );
         let garbage = lb(
@@ -234,6 +237,7 @@ mod tests {
         assert!(
             request(&garbage, &BTreeMap::new())
                 .unwrap_err()
+                .to_string()
                 .contains("10.0.0.300")
         );
         let two_v4 = lb(
@@ -243,6 +247,7 @@ mod tests {
         assert!(
             request(&two_v4, &BTreeMap::new())
                 .unwrap_err()
+                .to_string()
                 .contains("more than one IPv4")
         );
         let spec_ip = lb(json!({"loadBalancerIP": "10.0.0.9"}), json!({}));

@@ -9,7 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use ferrolb_controller::leader::{LeaderConfig, LeaderElector, LeaderError, LeaderHandle};
+use ferrolb_controller::Error;
+use ferrolb_controller::leader::{LeaderConfig, LeaderElector, LeaderHandle};
 use ferrolb_e2e::TestControlPlane;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -35,7 +36,7 @@ fn short(lease: &str, identity: &str) -> LeaderConfig {
 struct Replica {
     handle: LeaderHandle,
     cancel: CancellationToken,
-    task: JoinHandle<Result<(), LeaderError>>,
+    task: JoinHandle<Result<(), Error>>,
 }
 
 fn start(client: &kube::Client, config: LeaderConfig) -> Replica {
@@ -162,7 +163,7 @@ async fn a_leader_that_shuts_down_hands_the_lease_over_at_once() {
     assert!(
         matches!(
             a.handle.wait_until_leading().await,
-            Err(LeaderError::Stopped { .. })
+            Err(Error::ElectorStopped { .. })
         ),
         "waiting on a stopped elector fails instead of hanging"
     );

@@ -8,7 +8,7 @@ async fn main() -> std::process::ExitCode {
     match ferrolb_controller::app::run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ferrolb-controller: {e}");
+            eprintln!("ferrolb-controller: {}", e.chain());
             std::process::ExitCode::FAILURE
         }
     }
