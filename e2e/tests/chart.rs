@@ -529,6 +529,27 @@ fn an_admin_address_value_moves_flag_ports_and_services_together() {
 }
 
 #[test]
+fn the_speaker_is_probed_on_loopback_unless_it_listens_on_one_address() {
+    let host = |objs: &[Value], probe: &str| -> String {
+        str_of(&pod_spec(objs, "DaemonSet", "ferrolb-speaker")["containers"][0][probe]["httpGet"]["host"])
+            .to_string()
+    };
+    for sets in [
+        &[][..],
+        &["speaker.adminAddress=[::]:9473"][..],
+        &["speaker.adminAddress=0.0.0.0:9473"][..],
+    ] {
+        let objs = render(sets);
+        assert_eq!(host(&objs, "livenessProbe"), "127.0.0.1", "{sets:?}");
+        assert_eq!(host(&objs, "readinessProbe"), "127.0.0.1", "{sets:?}");
+    }
+    let objs = render(&["speaker.adminAddress=[fd00::5]:9473"]);
+    assert_eq!(host(&objs, "livenessProbe"), "fd00::5");
+    let objs = render(&["speaker.adminAddress=10.0.0.5:9473"]);
+    assert_eq!(host(&objs, "readinessProbe"), "10.0.0.5");
+}
+
+#[test]
 fn crd_values_leave_it_out_or_let_uninstall_remove_it() {
     assert!(
         !render(&["crds.install=false"])

@@ -61,6 +61,19 @@ app.kubernetes.io/name: {{ include "ferrolb.speaker.name" . }}
 {{- end -}}
 
 {{/*
+The host of the speaker's probes: the loopback address while the admin server listens on
+every address (the default), else the one address speaker.adminAddress names.
+*/}}
+{{- define "ferrolb.speakerProbeHost" -}}
+{{- $host := regexReplaceAll ":[0-9]+$" (.Values.speaker.adminAddress | default "") "" | trimPrefix "[" | trimSuffix "]" -}}
+{{- if or (eq $host "") (eq $host "::") (eq $host "0.0.0.0") -}}
+host: 127.0.0.1
+{{- else -}}
+host: {{ $host | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/*
 The gossip Secret the speakers read: a Secret the user manages, or <fullname>-gossip (made by
 the chart from gossip.key, or by the controller).
 */}}
