@@ -202,6 +202,7 @@ impl Metrics {
             for (reason, v) in [
                 ("unauthenticated", &g.dropped_unauthenticated),
                 ("malformed", &g.dropped_malformed),
+                ("refused", &g.dropped_refused),
             ] {
                 let _ = writeln!(
                     out,
@@ -224,6 +225,11 @@ impl Metrics {
                     "ferrolb_gossip_suspicions_total",
                     "Peers suspected of failure (stopped answering probes); a peer that leaves is not suspected.",
                     &g.suspicions,
+                ),
+                (
+                    "ferrolb_gossip_rivals_total",
+                    "Times another gossip identity claimed this speaker's node and it took a higher generation to win its name back.",
+                    &g.rivals,
                 ),
             ] {
                 let _ = writeln!(out, "# HELP {name} {help}");

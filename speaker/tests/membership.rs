@@ -414,3 +414,111 @@ async fn a_secret_recreated_with_a_fresh_key_does_not_split_the_members() {
         n.cancel.cancel();
     }
 }
+
+/// Sealed with the right key (a buggy or compromised peer could send them), datagrams that
+/// try to take over b's name on a: one claiming b's own address from another host, one with
+/// a generation no clock reaches, one putting b at the sender's address while b is alive.
+/// None moves a's view of b. Told directly of a rival identity, b takes a generation above
+/// it, and a follows the real b.
+#[tokio::test]
+async fn a_crafted_identity_cannot_take_over_a_member() {
+    use ferrolb_speaker::membership::Speaker;
+    use foca::{Codec, Header, Message, PostcardCodec};
+    use std::sync::atomic::Ordering;
+
+    let a = start("a").await;
+    let b = start("b").await;
+    b.interfaces.send(eth0("10.0.0.2")).unwrap();
+    let all = vec![("a".to_string(), a.addr), ("b".to_string(), b.addr)];
+    for n in [&a, &b] {
+        n.seeds.send(all.clone()).unwrap();
+    }
+    for n in [&a, &b] {
+        wait_members(n, &["a", "b"]).await;
+    }
+    let real_b = |n: &Node| {
+        n.view
+            .members
+            .borrow()
+            .get("b")
+            .is_some_and(|m| m.interfaces == eth0("10.0.0.2"))
+    };
+    let t0 = Instant::now();
+    while !real_b(&a) {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Another loopback address: another host as far as the check goes.
+    let evil = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let evil_addr = evil.local_addr().unwrap();
+    let announce = |src: Speaker, to: &str, to_addr: SocketAddr| {
+        let header = Header {
+            src,
+            src_incarnation: 0,
+            dst: Speaker {
+                node: to.into(),
+                addr: to_addr,
+                generation: 0,
+                interfaces: Vec::new(),
+            },
+            message: Message::Announce,
+        };
+        let mut buf = Vec::new();
+        PostcardCodec.encode_header(&header, &mut buf).unwrap();
+        auth::seal(&key(), &buf)
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let fake = |addr: SocketAddr, generation: u64| Speaker {
+        node: "b".into(),
+        addr,
+        generation,
+        interfaces: Vec::new(),
+    };
+    let refused = || a.view.stats.dropped_refused.load(Ordering::Relaxed);
+    let before = refused();
+    for forged in [
+        fake(b.addr, now_ms + 600_000),
+        fake(evil_addr, u64::MAX),
+        fake(evil_addr, now_ms + 600_000),
+    ] {
+        evil.send_to(&announce(forged, "a", a.addr), a.addr)
+            .await
+            .unwrap();
+    }
+    let t0 = Instant::now();
+    while refused() < before + 3 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", a.view.stats);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        real_b(&a),
+        "refused datagrams changed nothing: {:?}",
+        a.view.members.borrow()
+    );
+
+    // A rival of b at b's own address, ten minutes ahead, told to b itself (from its host):
+    // b takes a higher generation, which a follows.
+    let local = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    local
+        .send_to(
+            &announce(fake(b.addr, now_ms + 600_000), "b", b.addr),
+            b.addr,
+        )
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    while b.view.stats.rivals.load(Ordering::Relaxed) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", b.view.stats);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(real_b(&a));
+    for n in [a, b] {
+        n.cancel.cancel();
+    }
+}

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod keys;
 pub mod suspicion;
+pub mod vet;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use vet::Refusal;
 
 pub use auth::GossipKey;
 use keys::KeyChain;
@@ -157,6 +159,11 @@ pub struct Stats {
     pub received: AtomicU64,
     pub dropped_unauthenticated: AtomicU64,
     pub dropped_malformed: AtomicU64,
+    /// Authenticated messages refused by [`vet`]: a sender speaking for another address, a
+    /// generation beyond any clock.
+    pub dropped_refused: AtomicU64,
+    /// Times another identity claimed this speaker's node and it took a higher generation.
+    pub rivals: AtomicU64,
     pub sent: AtomicU64,
     /// Peers (not this speaker) by SWIM state, as of the last loop iteration.
     pub peers_alive: AtomicU64,
@@ -280,6 +287,9 @@ impl Membership {
         let mut chain = KeyChain::new(settings.keys.clone());
         chain.update(keys.borrow_and_update().clone(), Instant::now());
         let mut keys_open = true;
+        // Where each live member is, for vet's address check (rebuilt every turn).
+        let mut live_addrs: std::collections::HashMap<String, SocketAddr> =
+            std::collections::HashMap::new();
         me.interfaces = fit_local(&interfaces.borrow_and_update());
         // A seeded, Send generator: the loop may move between runtime threads.
         let rng = <rand::rngs::StdRng as rand::SeedableRng>::from_rng(&mut rand::rng());
@@ -309,9 +319,38 @@ impl Membership {
                     let Some(data) = buf.get(..n) else { continue };
                     match chain.open_v1(data, Instant::now()) {
                         Ok(payload) => {
-                            if let Err(e) = foca.handle_data(payload, &mut rt) {
-                                stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
-                                debug!(%from, %e, "dropped a gossip message that does not decode");
+                            let live = |node: &str| live_addrs.get(node).copied();
+                            match vet::vet(payload, from, foca.identity(), now_millis(), live) {
+                                Ok(vetted) => {
+                                    for e in &vetted.dropped {
+                                        stats.dropped_refused.fetch_add(1, Ordering::Relaxed);
+                                        debug!(%from, %e, "took a member update out of a gossip message");
+                                    }
+                                    if let Err(e) = foca.handle_data(&vetted.payload, &mut rt) {
+                                        stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+                                        debug!(%from, %e, "dropped a gossip message that does not decode");
+                                    }
+                                    if let Some(rival) = vetted.rival_generation {
+                                        let current = foca.identity().clone();
+                                        let next = Speaker {
+                                            generation: next_generation(current.generation.max(rival)),
+                                            ..current
+                                        };
+                                        warn!(%from, rival, generation = next.generation, "another gossip identity claims this node: taking a higher generation");
+                                        stats.rivals.fetch_add(1, Ordering::Relaxed);
+                                        if let Err(e) = foca.change_identity(next, &mut rt) {
+                                            warn!(%e, "cannot change the gossip identity");
+                                        }
+                                    }
+                                }
+                                Err(Refusal::Malformed) => {
+                                    stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+                                    debug!(%from, "dropped a gossip message that does not decode");
+                                }
+                                Err(e) => {
+                                    stats.dropped_refused.fetch_add(1, Ordering::Relaxed);
+                                    debug!(%from, %e, "refused a gossip message");
+                                }
                             }
                         }
                         Err(e) => {
@@ -379,6 +418,10 @@ impl Membership {
                 }
             }
             flush(&socket, chain.sealing(), &mut rt, &timer_tx, &stats).await;
+            // foca renews the identity by itself when it learns it was declared down.
+            if foca.identity() != &me {
+                me = foca.identity().clone();
+            }
             let suspects = foca
                 .iter_membership_state()
                 .filter(|m| m.state() == foca::State::Suspect)
@@ -411,6 +454,11 @@ impl Membership {
             stats.peers_alive.store(alive, Ordering::Relaxed);
             stats.peers_suspect.store(suspect, Ordering::Relaxed);
             stats.peers_down.store(down, Ordering::Relaxed);
+            live_addrs.clear();
+            live_addrs.extend(
+                foca.iter_members()
+                    .map(|m| (m.id().node.clone(), m.id().addr)),
+            );
             let mut members: BTreeMap<String, Member> = foca
                 .iter_members()
                 .map(|m| {
