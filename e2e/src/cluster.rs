@@ -632,6 +632,34 @@ impl Cluster {
         }
     }
 
+    /// Waits until every speaker sees all the others alive; when they do not within 20 s
+    /// (a test that failed half-way may have left a node cut, stopped or without its
+    /// speaker), undoes every fault on every node first. Each undo is a no-op where there
+    /// is nothing to undo.
+    pub async fn ensure_healthy(&self) -> Result<()> {
+        if self
+            .wait_speakers_converged(Duration::from_secs(20))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tracing::warn!("speakers not converged: undoing any fault a previous test left");
+        for n in self.node_names() {
+            self.node_action(&n, NodeAction::Heal).await?;
+            self.node_action(&n, NodeAction::Start).await?;
+            match &self.provider {
+                Provider::Lab(l) => {
+                    if l.speaker_pid(&n).is_none() {
+                        l.restart_speaker(&n)?;
+                    }
+                }
+                Provider::Kind(_) => self.restore_speaker(&n).await?,
+            }
+        }
+        self.wait_speakers_converged(Duration::from_secs(120)).await
+    }
+
     /// A new Kubernetes namespace, deleted when the value is dropped.
     pub async fn namespace(&self, prefix: &str) -> Result<TestNamespace> {
         objects::namespace(&self.client, prefix).await

@@ -243,9 +243,7 @@ async fn ip_mode(c: &Cluster, ns: &str, name: &str) -> Vec<String> {
 #[tokio::test]
 async fn forwarded_ips_carry_tcp_and_udp_and_local_keeps_the_client_address() {
     let c = Cluster::connect().await.unwrap();
-    c.wait_speakers_converged(Duration::from_secs(90))
-        .await
-        .unwrap();
+    c.ensure_healthy().await.unwrap();
     let nodes = c.node_names();
     let pool = Pool::new(&c, "e2e-fwd-basic", 50).await;
     let ns = c.namespace("fwd").await.unwrap();
@@ -337,9 +335,7 @@ async fn forwarded_ips_carry_tcp_and_udp_and_local_keeps_the_client_address() {
 #[tokio::test]
 async fn without_forwarding_in_the_speakers_a_nodeport_pool_ip_carries_nothing() {
     let c = Cluster::connect().await.unwrap();
-    c.wait_speakers_converged(Duration::from_secs(90))
-        .await
-        .unwrap();
+    c.ensure_healthy().await.unwrap();
     let nodes = c.node_names();
     let pool = Pool::new(&c, "e2e-fwd-off", 40).await;
     let ns = c.namespace("fwd-off").await.unwrap();
@@ -372,9 +368,7 @@ async fn without_forwarding_in_the_speakers_a_nodeport_pool_ip_carries_nothing()
 #[tokio::test]
 async fn a_source_range_lets_the_client_in_and_keeps_its_second_address_out() {
     let c = Cluster::connect().await.unwrap();
-    c.wait_speakers_converged(Duration::from_secs(90))
-        .await
-        .unwrap();
+    c.ensure_healthy().await.unwrap();
     let nodes = c.node_names();
     let pool = Pool::new(&c, "e2e-fwd-ranges", 30).await;
     let ns = c.namespace("fwd-ranges").await.unwrap();
@@ -453,9 +447,7 @@ async fn a_service_without_node_ports_is_not_announced_and_says_why() {
 #[tokio::test]
 async fn a_pod_on_another_node_reaches_a_forwarded_ip() {
     let c = Cluster::connect().await.unwrap();
-    c.wait_speakers_converged(Duration::from_secs(90))
-        .await
-        .unwrap();
+    c.ensure_healthy().await.unwrap();
     let nodes = c.node_names();
     let pool = Pool::new(&c, "e2e-fwd-pods", 10).await;
     let ns = c.namespace("fwd-pods").await.unwrap();
@@ -485,9 +477,7 @@ enum Fault {
 
 async fn forwarding_follows_the_ip(prefix: &str, below: u128, fault: Fault) {
     let c = Cluster::connect().await.unwrap();
-    c.wait_speakers_converged(Duration::from_secs(90))
-        .await
-        .unwrap();
+    c.ensure_healthy().await.unwrap();
     let nodes = c.node_names();
     let pool = Pool::new(&c, &format!("e2e-{prefix}"), below).await;
     let ns = c.namespace(prefix).await.unwrap();

@@ -138,6 +138,11 @@ async fn wait_speakers_converged(lab: &Cluster) {
         .unwrap();
 }
 
+/// At a test's start: the cluster is whole (a fault an earlier failed test left is undone).
+async fn healthy(lab: &Cluster) {
+    lab.ensure_healthy().await.unwrap();
+}
+
 /// A Service with a backend on each node named; returns its owners once announced.
 async fn service_with_backends(
     lab: &Cluster,
@@ -175,7 +180,7 @@ async fn wait_served_by(lab: &Cluster, ip: IpAddr, mac: &str) {
 #[tokio::test]
 async fn each_ip_resolves_to_its_owner_answers_alone_and_carries_traffic() {
     let lab = Cluster::connect().await.unwrap();
-    wait_speakers_converged(&lab).await;
+    healthy(&lab).await;
     let ns = lab.namespace("announce").await.unwrap();
     let owners = service_with_backends(&lab, &ns.name, "web", &lab.node_names(), false).await;
     if lab.families() == 2 {
@@ -212,7 +217,7 @@ async fn each_ip_resolves_to_its_owner_answers_alone_and_carries_traffic() {
 #[tokio::test]
 async fn local_policy_only_nodes_with_local_pods_announce_and_the_client_address_survives() {
     let lab = Cluster::connect().await.unwrap();
-    wait_speakers_converged(&lab).await;
+    healthy(&lab).await;
     let ns = lab.namespace("local").await.unwrap();
     let nodes = lab.node_names();
     let (second, third) = (&nodes[1], &nodes[2]);
@@ -344,7 +349,7 @@ impl Fault {
 /// as `detection` says; then the fault is undone.
 async fn failover(prefix: &str, detection: Detection, fault: Fault) {
     let lab = Cluster::connect().await.unwrap();
-    wait_speakers_converged(&lab).await;
+    healthy(&lab).await;
     let ns = lab.namespace(prefix).await.unwrap();
     let owners = service_with_backends(&lab, &ns.name, "fo", &lab.node_names(), false).await;
     let (first_ip, victim) = owners.iter().next().map(|(i, n)| (*i, n.clone())).unwrap();
@@ -427,7 +432,7 @@ async fn handover_when_the_owner_speaker_gets_sigterm() {
 #[tokio::test]
 async fn forged_and_garbage_gossip_changes_nothing() {
     let lab = Cluster::connect().await.unwrap();
-    wait_speakers_converged(&lab).await;
+    healthy(&lab).await;
     let ns = lab.namespace("forged").await.unwrap();
     let owners = service_with_backends(&lab, &ns.name, "fg", &lab.node_names(), false).await;
     let dropped = |lab: &Cluster, n: &str| {
