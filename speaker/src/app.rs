@@ -254,6 +254,7 @@ fn watch_into<K>(
     config: watcher::Config,
     changed: Arc<Notify>,
     health: Reporter,
+    mut restart: watch::Receiver<u64>,
 ) -> (
     Store<K>,
     impl std::future::Future<Output = ()> + Send + 'static,
@@ -267,29 +268,67 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store::<K>();
-    let stream = reflector::reflector(
-        writer,
-        watcher::watcher(api, config).modify(ferrolb_crds::cache::slim),
-    )
-    .default_backoff();
+    let (reader, mut writer) = reflector::store::<K>();
     let task = async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => {
-                    health.progress();
-                    changed.notify_one();
-                }
-                Err(e) => {
-                    health.failed(&e);
-                    debug!(%e, "watch error (retrying)");
+        // A restart begins a new watch with a full list; the store is replaced when the
+        // list is complete, so readers never see it empty.
+        'watch: loop {
+            let stream = watcher::watcher(api.clone(), config.clone())
+                .modify(ferrolb_crds::cache::slim)
+                .default_backoff();
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                tokio::select! {
+                    ev = stream.next() => match ev {
+                        Some(Ok(ev)) => {
+                            writer.apply_watcher_event(&ev);
+                            health.progress();
+                            changed.notify_one();
+                        }
+                        Some(Err(e)) => {
+                            health.failed(&e);
+                            debug!(%e, "watch error (retrying)");
+                        }
+                        None => break 'watch,
+                    },
+                    r = restart.changed() => {
+                        if r.is_err() {
+                            break 'watch;
+                        }
+                        debug!("restarting the watch");
+                        continue 'watch;
+                    }
                 }
             }
         }
         health.ended();
     };
     (reader, task)
+}
+
+/// Whether the node got back an address it had lost: its connections to the API server
+/// (watches included) may then be dead without knowing it (a cut link drops them silently;
+/// the server's retransmissions back off for minutes), and the watches must start again.
+/// `lost` remembers addresses seen before and missing now.
+pub fn regained_address(
+    before: &BTreeSet<IpAddr>,
+    now: &BTreeSet<IpAddr>,
+    lost: &mut BTreeSet<IpAddr>,
+) -> bool {
+    lost.extend(before.difference(now).copied());
+    let back: Vec<IpAddr> = lost.intersection(now).copied().collect();
+    for ip in &back {
+        lost.remove(ip);
+    }
+    !back.is_empty()
+}
+
+/// Every address on the node's interfaces.
+fn local_addresses(locals: &[interfaces::LocalInterface]) -> BTreeSet<IpAddr> {
+    locals
+        .iter()
+        .flat_map(|l| l.iface.subnets.iter().map(|(ip, _)| *ip))
+        .collect()
 }
 
 /// What the status writer works from: the latest election and the Services it covered.
@@ -382,29 +421,34 @@ pub async fn run(args: Args) -> Result<(), String> {
 
     // Watches.
     let changed = Arc::new(Notify::new());
+    let (restart_watches, restart_rx) = watch::channel(0u64);
     let (nodes, nodes_task) = watch_into(
         nodes_api.clone(),
         watcher::Config::default(),
         changed.clone(),
         watch_health("Node"),
+        restart_rx.clone(),
     );
     let (services, services_task) = watch_into(
         Api::<K8sService>::all(client.clone()),
         watcher::Config::default(),
         changed.clone(),
         watch_health("Service"),
+        restart_rx.clone(),
     );
     let (slices, slices_task) = watch_into(
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default().labels(SERVICE_NAME_LABEL),
         changed.clone(),
         watch_health("EndpointSlice"),
+        restart_rx.clone(),
     );
     let (pools, pools_task) = watch_into(
         Api::<IPPool>::all(client.clone()),
         watcher::Config::default(),
         changed.clone(),
         watch_health("IPPool"),
+        restart_rx.clone(),
     );
     let watches = tokio::spawn(async move {
         tokio::join!(nodes_task, services_task, slices_task, pools_task);
@@ -423,12 +467,14 @@ pub async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     metrics.set_gossip(view.stats.clone());
     let (seeds_tx, seeds_rx) = watch::channel(Vec::new());
+    let (_standing_tx, standing_rx) = watch::channel(crate::membership::Standing::Ready);
     let gossip_cancel = CancellationToken::new();
     let gossip_task = tokio::spawn(membership.run(
         crate::membership::Inputs {
             seeds: seeds_rx,
             interfaces: advertised_rx,
             keys: keys_rx,
+            standing: standing_rx,
         },
         gossip_cancel.clone(),
     ));
@@ -503,10 +549,18 @@ pub async fn run(args: Args) -> Result<(), String> {
     // responders that could not start (no socket yet, an interface without a MAC).
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut last_problems: Vec<String> = Vec::new();
+    let mut last_addresses = local_addresses(&locals.borrow());
+    let mut lost_addresses: BTreeSet<IpAddr> = BTreeSet::new();
     let mut owned: Vec<election::Announcement> = Vec::new();
     let mut recompute = true;
     loop {
         let local_now = locals.borrow_and_update().clone();
+        let addresses = local_addresses(&local_now);
+        if regained_address(&last_addresses, &addresses, &mut lost_addresses) {
+            info!("an address the node had lost is back: restarting the watches");
+            restart_watches.send_modify(|n| *n += 1);
+        }
+        last_addresses = addresses;
         if recompute {
             // Elect and announce.
             let node_objs = nodes.state();
@@ -827,6 +881,29 @@ async fn wait_for_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watches_restart_when_a_lost_address_comes_back() {
+        let set =
+            |v: &[&str]| -> BTreeSet<IpAddr> { v.iter().map(|s| s.parse().unwrap()).collect() };
+        let mut lost = BTreeSet::new();
+        let up = set(&["10.0.0.4", "fd00::4", "10.244.1.1"]);
+        assert!(!regained_address(&up, &up, &mut lost), "nothing changed");
+        let cut = set(&["10.244.1.1"]);
+        assert!(
+            !regained_address(&up, &cut, &mut lost),
+            "lost, not back yet"
+        );
+        assert!(!regained_address(&cut, &cut, &mut lost));
+        assert!(regained_address(&cut, &up, &mut lost), "back: restart");
+        assert!(lost.is_empty());
+        assert!(!regained_address(&up, &up, &mut lost));
+        let more = set(&["10.0.0.4", "fd00::4", "10.244.1.1", "10.0.0.9"]);
+        assert!(
+            !regained_address(&up, &more, &mut lost),
+            "a new address is not a return"
+        );
+    }
 
     #[test]
     fn a_mark_is_one_bit_in_hex_or_decimal() {
