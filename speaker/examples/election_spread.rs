@@ -21,7 +21,8 @@ fn node(name: &str) -> Node {
             name: "eth0".into(),
             up: true,
             subnets: vec![(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 22)],
-            default_route: true,
+            default_route_v4: true,
+            default_route_v6: true,
         }],
         ..Node::default()
     }

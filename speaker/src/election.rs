@@ -92,8 +92,27 @@ pub struct Interface {
     /// Addresses with their prefix length (`10.0.0.5/24` as `(10.0.0.5, 24)`); host bits may
     /// be set.
     pub subnets: Vec<(IpAddr, u8)>,
-    /// The interface carries the node's default route.
-    pub default_route: bool,
+    /// The interface carries the node's IPv4 default route.
+    pub default_route_v4: bool,
+    /// The interface carries the node's IPv6 default route.
+    pub default_route_v6: bool,
+}
+
+impl Interface {
+    /// The interface carries the default route of `ip`'s family: a node whose IPv4 default
+    /// leaves through one NIC and IPv6 through another announces each family's IPs on its
+    /// own family's.
+    pub fn default_route_for(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(_) => self.default_route_v4,
+            IpAddr::V6(_) => self.default_route_v6,
+        }
+    }
+
+    /// The interface carries a default route of either family.
+    pub fn has_default_route(&self) -> bool {
+        self.default_route_v4 || self.default_route_v6
+    }
 }
 
 /// A pool as the speaker needs it: its addresses and its `l2` settings.
@@ -613,7 +632,7 @@ pub fn announcing_interface<'a>(
                 .filter(|(addr, len)| subnet_contains(*addr, *len, ip))
                 .map(|(_, len)| *len)
                 .max();
-            let rank = match (prefix, i.default_route) {
+            let rank = match (prefix, i.default_route_for(ip)) {
                 (Some(len), _) => (2u8, len),
                 (None, true) => (1, 0),
                 (None, false) if restricted_by_regex => (0, 0),
@@ -861,7 +880,8 @@ mod tests {
             name: name.into(),
             up,
             subnets: subnets.iter().map(|(a, l)| (ip(a), *l)).collect(),
-            default_route,
+            default_route_v4: default_route,
+            default_route_v6: default_route,
         }
     }
 
@@ -1353,6 +1373,25 @@ mod tests {
     }
 
     #[test]
+    fn each_family_falls_back_to_its_own_default_route() {
+        // IPv4 leaves through eth0, IPv6 through eth1; no subnet holds the pool's IPs.
+        let mut v4 = iface("eth0", true, &[("192.168.1.5", 24)], false);
+        v4.default_route_v4 = true;
+        let mut v6 = iface("eth1", true, &[("2001:db8:1::5", 64)], false);
+        v6.default_route_v6 = true;
+        let ifs = [v4, v6];
+        let pick = |a: &str| announcing_interface(ip(a), &ifs, false).map(|i| i.name.as_str());
+        assert_eq!(pick("172.16.0.1"), Ok("eth0"));
+        assert_eq!(pick("2001:db8:99::1"), Ok("eth1"));
+        // Without an IPv6 default route, an IPv6 IP outside every subnet has no interface.
+        let only_v4 = [ifs[0].clone()];
+        assert_eq!(
+            announcing_interface(ip("2001:db8:99::1"), &only_v4, false),
+            Err(InterfaceProblem::NoSubnetOrDefaultRoute)
+        );
+    }
+
+    #[test]
     fn a_down_interface_on_the_ip_subnet_is_not_replaced_by_another() {
         let ifs = [
             iface("eth0", true, &[("192.168.1.5", 24)], true),
@@ -1549,12 +1588,14 @@ mod tests {
             prop::bool::weighted(0.85),
             subnets,
             prop::bool::weighted(0.4),
+            prop::bool::weighted(0.4),
         )
-            .prop_map(|(name, up, subnets, default_route)| Interface {
+            .prop_map(|(name, up, subnets, v4, v6)| Interface {
                 name: name.into(),
                 up,
                 subnets,
-                default_route,
+                default_route_v4: v4,
+                default_route_v6: v6,
             })
     }
 

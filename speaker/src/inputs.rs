@@ -353,11 +353,13 @@ mod tests {
             name: "eth0".into(),
             up: true,
             subnets: vec![("10.0.0.11".parse().unwrap(), 24)],
-            default_route: true,
+            default_route_v4: true,
+            default_route_v6: true,
         };
         let members = BTreeMap::from([(
             "n1".to_string(),
             Member {
+                standing: crate::membership::Standing::Ready,
                 interfaces: vec![eth0.clone()],
             },
         )]);

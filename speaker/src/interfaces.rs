@@ -42,10 +42,6 @@ pub struct LocalInterface {
     pub index: u32,
     /// `None` for interfaces without an Ethernet address (loopback, tunnels).
     pub mac: Option<Mac>,
-    /// The interface carries an IPv4 default route (main table).
-    pub default_route_v4: bool,
-    /// The interface carries an IPv6 default route (main table).
-    pub default_route_v6: bool,
 }
 
 /// Why reading the interfaces failed.
@@ -200,12 +196,11 @@ pub fn interfaces(dump: &Dump) -> Vec<LocalInterface> {
                     name,
                     up: h.flags.contains(LinkFlags::Up | LinkFlags::LowerUp),
                     subnets: Vec::new(),
-                    default_route: false,
+                    default_route_v4: false,
+                    default_route_v6: false,
                 },
                 index: h.index,
                 mac,
-                default_route_v4: false,
-                default_route_v6: false,
             },
         );
     }
@@ -230,11 +225,10 @@ pub fn interfaces(dump: &Dump) -> Vec<LocalInterface> {
             continue;
         };
         match family {
-            AddressFamily::Inet => l.default_route_v4 = true,
-            AddressFamily::Inet6 => l.default_route_v6 = true,
-            _ => continue,
+            AddressFamily::Inet => l.iface.default_route_v4 = true,
+            AddressFamily::Inet6 => l.iface.default_route_v6 = true,
+            _ => {}
         }
-        l.iface.default_route = true;
     }
     by_index.into_values().collect()
 }
@@ -291,7 +285,9 @@ pub fn announcing(locals: &[LocalInterface], named: &[regex::Regex]) -> Vec<Inte
             ..l.iface.clone()
         })
         .filter(|i| {
-            !i.subnets.is_empty() || i.default_route || named.iter().any(|r| r.is_match(&i.name))
+            !i.subnets.is_empty()
+                || i.has_default_route()
+                || named.iter().any(|r| r.is_match(&i.name))
         })
         .collect()
 }
@@ -636,20 +632,22 @@ mod tests {
                 ("fe80::5054:ff:fe12:3456".parse().unwrap(), 64),
             ]
         );
-        assert!(eth0.default_route_v4, "IPv4 default via eth0");
-        assert!(eth0.default_route_v6, "IPv6 default (multipath) via eth0");
-        assert!(eth0.iface.default_route);
+        assert!(eth0.iface.default_route_v4, "IPv4 default via eth0");
+        assert!(
+            eth0.iface.default_route_v6,
+            "IPv6 default (multipath) via eth0"
+        );
 
         let eth1 = &got[2];
         assert!(!eth1.iface.up, "no carrier (LOWER_UP missing) is down");
         assert!(
-            !eth1.iface.default_route && !eth1.default_route_v4,
+            !eth1.iface.has_default_route(),
             "a subnet route or another table's default is not the default route"
         );
         assert_eq!(got[0].mac, None, "loopback has no Ethernet address");
         assert_eq!(got[3].mac, None, "a tunnel has none either");
         assert!(
-            !got[3].iface.default_route,
+            !got[3].iface.has_default_route(),
             "the local table does not count"
         );
         assert_eq!(
@@ -665,8 +663,7 @@ mod tests {
         dump.routes
             .retain(|r| r.header.address_family == AddressFamily::Inet);
         let eth0 = &interfaces(&dump)[1];
-        assert!(eth0.default_route_v4 && !eth0.default_route_v6);
-        assert!(eth0.iface.default_route);
+        assert!(eth0.iface.default_route_v4 && !eth0.iface.default_route_v6);
     }
 
     /// Serializes `msgs` as the kernel sends a dump: one datagram, multipart, then Done.

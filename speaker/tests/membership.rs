@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ferrolb_speaker::election::Interface;
 use ferrolb_speaker::membership::{
-    GossipKey, Inputs, Keyring, Membership, MembershipView, Settings, auth,
+    GossipKey, Inputs, Keyring, Membership, MembershipView, Settings, Standing, auth,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,7 @@ struct Node {
     seeds: watch::Sender<Vec<(String, SocketAddr)>>,
     interfaces: watch::Sender<Vec<Interface>>,
     keys: watch::Sender<Keyring>,
+    standing: watch::Sender<Standing>,
 }
 
 fn eth0(subnet: &str) -> Vec<Interface> {
@@ -34,7 +35,8 @@ fn eth0(subnet: &str) -> Vec<Interface> {
         name: "eth0".into(),
         up: true,
         subnets: vec![(subnet.parse().unwrap(), 24)],
-        default_route: true,
+        default_route_v4: true,
+        default_route_v6: true,
     }]
 }
 
@@ -53,12 +55,14 @@ async fn start_with(settings: Settings) -> Node {
     let addr = m.addr();
     let (seeds, rx) = watch::channel(Vec::new());
     let (interfaces, ifaces_rx) = watch::channel(eth0("10.0.0.1"));
+    let (standing, standing_rx) = watch::channel(Standing::Ready);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(m.run(
         Inputs {
             seeds: rx,
             interfaces: ifaces_rx,
             keys: keys_rx,
+            standing: standing_rx,
         },
         cancel.clone(),
     ));
@@ -70,6 +74,7 @@ async fn start_with(settings: Settings) -> Node {
         seeds,
         interfaces,
         keys,
+        standing,
     }
 }
 
@@ -460,13 +465,20 @@ async fn a_crafted_identity_cannot_take_over_a_member() {
                 node: to.into(),
                 addr: to_addr,
                 generation: 0,
+                standing: Standing::Starting,
+                learnt_from_v1: false,
                 interfaces: Vec::new(),
             },
             message: Message::Announce,
         };
         let mut buf = Vec::new();
         PostcardCodec.encode_header(&header, &mut buf).unwrap();
-        auth::seal(&key(), &buf)
+        // A fresh session each time: these are new datagrams, not replays.
+        let session = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        auth::seal_v2(&key(), auth::Kind::Membership, session, 1, &buf)
     };
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -476,6 +488,8 @@ async fn a_crafted_identity_cannot_take_over_a_member() {
         node: "b".into(),
         addr,
         generation,
+        standing: Standing::Ready,
+        learnt_from_v1: false,
         interfaces: Vec::new(),
     };
     let refused = || a.view.stats.dropped_refused.load(Ordering::Relaxed);
@@ -518,6 +532,134 @@ async fn a_crafted_identity_cannot_take_over_a_member() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(real_b(&a));
+    for n in [a, b] {
+        n.cancel.cancel();
+    }
+}
+
+/// Datagrams captured on the wire and played back later change nothing: here b's, played
+/// to a after b left and a forgot it. Without the check a would take b for alive again (and
+/// give it IPs) until it suspected it anew.
+#[tokio::test]
+async fn replayed_datagrams_change_nothing() {
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+
+    // a is reached through a recording relay; a's identity gives the relay's address.
+    let relay = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let relay_addr = relay.local_addr().unwrap();
+    let a_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let a_addr: SocketAddr = format!("127.0.0.1:{a_port}").parse().unwrap();
+    let recorded: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let relay_task = tokio::spawn({
+        let (relay, recorded) = (relay.clone(), recorded.clone());
+        async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, _)) = relay.recv_from(&mut buf).await {
+                recorded.lock().unwrap().push(buf[..n].to_vec());
+                let _ = relay.send_to(&buf[..n], a_addr).await;
+            }
+        }
+    });
+    let mut settings = Settings::lan("a", a_addr, Keyring::single(key()));
+    settings.advertise = Some(relay_addr);
+    settings.remove_down_after = Duration::from_secs(1);
+    let a = start_with(settings).await;
+    let b = start("b").await;
+    let seeds = vec![("a".to_string(), relay_addr), ("b".to_string(), b.addr)];
+    for n in [&a, &b] {
+        n.seeds.send(seeds.clone()).unwrap();
+    }
+    for n in [&a, &b] {
+        wait_members(n, &["a", "b"]).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // What b said while it was alive (not its leave).
+    let captured: Vec<Vec<u8>> = recorded.lock().unwrap().clone();
+    b.cancel.cancel();
+    b.task.await.unwrap();
+    wait_members(&a, &["a"]).await;
+    // Long enough for a to forget b entirely.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(captured.len() > 5, "{} datagrams captured", captured.len());
+    let replayed_before = a.view.stats.dropped_replayed.load(Ordering::Relaxed);
+
+    let stop = CancellationToken::new();
+    let guard = never_joins(&a, "b", stop.clone());
+    for d in &captured {
+        relay.send_to(d, a_addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    guard.await.unwrap();
+    assert_eq!(
+        a.view.stats.dropped_replayed.load(Ordering::Relaxed) - replayed_before,
+        captured.len() as u64,
+        "every replayed datagram is refused"
+    );
+    relay_task.abort();
+    a.cancel.cancel();
+}
+
+/// Watches `n`'s members until `stop`, failing if `who` ever shows up.
+fn never_joins(n: &Node, who: &str, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let mut view = n.view.members.clone();
+    let who = who.to_string();
+    tokio::spawn(async move {
+        loop {
+            let now: BTreeSet<String> = view.borrow_and_update().keys().cloned().collect();
+            assert!(!now.contains(&who), "{who} came back: {now:?}");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = view.changed() => if r.is_err() { return },
+            }
+        }
+    })
+}
+
+/// A speaker's standing travels in its identity: a peer sees it starting, then ready,
+/// and the member never drops out of its view on the way.
+#[tokio::test]
+async fn the_standing_travels_with_the_identity() {
+    let a = start("a").await;
+    let b = start("b").await;
+    b.standing.send(Standing::Starting).unwrap();
+    let all = vec![("a".to_string(), a.addr), ("b".to_string(), b.addr)];
+    for n in [&a, &b] {
+        n.seeds.send(all.clone()).unwrap();
+    }
+    wait_members(&a, &["a", "b"]).await;
+    let standing_of_b = |n: &Node| n.view.members.borrow().get("b").map(|m| m.standing);
+    let t0 = Instant::now();
+    while standing_of_b(&a) != Some(Standing::Starting) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            standing_of_b(&a)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stop = CancellationToken::new();
+    let guard = never_drops(&a, &["a", "b"], stop.clone());
+    for want in [Standing::Ready, Standing::Stale, Standing::Ready] {
+        b.standing.send(want).unwrap();
+        let t0 = Instant::now();
+        while standing_of_b(&a) != Some(want) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                standing_of_b(&a)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop.cancel();
+    guard.await.unwrap();
     for n in [a, b] {
         n.cancel.cancel();
     }

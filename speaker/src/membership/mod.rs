@@ -1,22 +1,27 @@
 //! Which speakers are alive, decided among the speakers themselves (SWIM, via foca) so that a
 //! dead node is noticed within the failover budget without the API server in the loop.
 //!
-//! Gossip runs over UDP; every datagram is sealed with the gossip key ([`auth`]) and anything
-//! that does not verify or decode is dropped and counted. On shutdown a speaker leaves the
-//! cluster explicitly, so its peers take over at once instead of waiting for suspicion.
+//! Gossip runs over UDP; every datagram is sealed with a gossip key ([`auth`], [`keys`]),
+//! carries a session and a counter so that replays are refused ([`replay`]), and passes
+//! [`vet`] (no identity may speak for another's address or run ahead of the clock) before
+//! foca sees it; anything else is dropped and counted. The wire format is versioned and old
+//! speakers are still understood ([`wire`]). On shutdown a speaker leaves the cluster
+//! explicitly, so its peers take over at once instead of waiting for suspicion.
 //!
-//! A speaker's identity carries its node's announcing interfaces (name, up, subnets, default
-//! route): the election needs every node's, and inside the identity they travel with the
-//! membership itself, so a member is never known without them. When they change, the
-//! speaker takes a new identity (a higher generation), which replaces the old one on every
-//! peer.
+//! A speaker's identity carries its [`Standing`] (starting, ready, stale) and its node's
+//! announcing interfaces (name, up, subnets, default route per family): the election needs
+//! every node's, and inside the identity they travel with the membership itself, so a
+//! member is never known without them. When they change, the speaker takes a new identity
+//! (a higher generation), which replaces the old one on every peer.
 
 pub mod auth;
 pub mod keys;
+pub mod replay;
 pub mod suspicion;
 pub mod vet;
+pub mod wire;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +29,8 @@ use std::time::{Duration, Instant};
 
 use foca::{AccumulatingRuntime, Config, Foca, PostcardCodec, Timer};
 
+use auth::{Kind, Opened};
+use replay::{ReplayGuard, Verdict};
 use serde::{Deserialize, Serialize};
 use suspicion::Suspicions;
 use tokio::net::UdpSocket;
@@ -38,20 +45,41 @@ pub use keys::Keyring;
 
 use crate::election::Interface;
 
+/// Where a speaker stands, as its identity says: whether its peers may give it IPs.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub enum Standing {
+    /// Started, but its caches have not synced or its first election is not applied yet:
+    /// it cannot answer for anything, so it is given nothing.
+    #[default]
+    Starting,
+    /// Its view of the cluster may be stale (its watches fail, or the API server cannot be
+    /// reached): it is given only IPs that no Ready speaker can take.
+    Stale,
+    Ready,
+}
+
 /// A speaker as gossip knows it: its node, where it listens, a generation that grows with
-/// every start and every change of its interfaces (so that the newer identity supersedes
-/// the older), and its node's announcing interfaces.
+/// every start and every change of its identity (so that the newer identity supersedes
+/// the older), its standing, and its node's announcing interfaces.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Speaker {
     pub node: String,
     pub addr: SocketAddr,
     pub generation: u64,
+    pub standing: Standing,
+    /// This identity reached us through a speaker that speaks only the v1 wire format
+    /// ([`wire`]), which loses its standing and per-family default routes: it yields to the
+    /// same identity heard in full.
+    pub learnt_from_v1: bool,
     pub interfaces: Vec<Interface>,
 }
 
 /// A live member as the rest of the speaker sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
+    pub standing: Standing,
     pub interfaces: Vec<Interface>,
 }
 
@@ -63,7 +91,7 @@ pub const MAX_INTERFACES_BYTES: usize = 360;
 /// those with addresses, in name order. Returns the kept list and how many were dropped.
 pub fn fit_interfaces(interfaces: &[Interface]) -> (Vec<Interface>, usize) {
     let mut order: Vec<&Interface> = interfaces.iter().collect();
-    order.sort_by_key(|i| (!i.default_route, i.subnets.is_empty(), i.name.clone()));
+    order.sort_by_key(|i| (!i.has_default_route(), i.subnets.is_empty(), i.name.clone()));
     let mut kept = Vec::new();
     for i in order {
         kept.push(i.clone());
@@ -94,7 +122,7 @@ impl foca::Identity for Speaker {
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        self.generation > adversary.generation
+        (self.generation, !self.learnt_from_v1) > (adversary.generation, !adversary.learnt_from_v1)
     }
 }
 
@@ -114,6 +142,9 @@ pub struct Settings {
     /// How long a suspected member has to refute before it is declared down.
     pub suspect_to_down: Duration,
     pub generation: u64,
+    /// How long a member declared down is remembered (foca's default: a day); until then
+    /// its old identity cannot come back.
+    pub remove_down_after: Duration,
 }
 
 impl Settings {
@@ -129,6 +160,7 @@ impl Settings {
             probe_rtt: Duration::from_millis(100),
             suspect_to_down: Duration::from_millis(500),
             generation: now_millis(),
+            remove_down_after: Duration::from_secs(24 * 3600),
         }
     }
 
@@ -147,8 +179,9 @@ impl Settings {
         // A member wrongly declared down hears of it and comes back with a new generation
         // (`Speaker::renew`) instead of waiting to be announced again.
         c.notify_down_members = true;
+        c.remove_down_after = Some(self.remove_down_after);
         c.max_packet_size =
-            std::num::NonZeroUsize::new(1400 - auth::OVERHEAD).unwrap_or(c.max_packet_size);
+            std::num::NonZeroUsize::new(1400 - auth::OVERHEAD_V2).unwrap_or(c.max_packet_size);
         c
     }
 }
@@ -162,6 +195,9 @@ pub struct Stats {
     /// Authenticated messages refused by [`vet`]: a sender speaking for another address, a
     /// generation beyond any clock.
     pub dropped_refused: AtomicU64,
+    /// Datagrams seen before (a replay), from an older session of their sender, or v1
+    /// from a sender that speaks v2.
+    pub dropped_replayed: AtomicU64,
     /// Times another identity claimed this speaker's node and it took a higher generation.
     pub rivals: AtomicU64,
     pub sent: AtomicU64,
@@ -216,6 +252,8 @@ pub struct Inputs {
     pub interfaces: watch::Receiver<Vec<Interface>>,
     /// The gossip keys, as read from the Secret.
     pub keys: watch::Receiver<Keyring>,
+    /// This speaker's standing, carried in its identity.
+    pub standing: watch::Receiver<Standing>,
 }
 
 impl Membership {
@@ -237,11 +275,14 @@ impl Membership {
             node: settings.node.clone(),
             addr: settings.advertise.unwrap_or(local),
             generation: settings.generation,
+            standing: Standing::Starting,
+            learnt_from_v1: false,
             interfaces: Vec::new(),
         };
         let (members_tx, members) = watch::channel(BTreeMap::from([(
             me.node.clone(),
             Member {
+                standing: Standing::Starting,
                 interfaces: Vec::new(),
             },
         )]));
@@ -283,87 +324,53 @@ impl Membership {
             mut seeds,
             mut interfaces,
             mut keys,
+            mut standing,
         } = inputs;
         let mut chain = KeyChain::new(settings.keys.clone());
         chain.update(keys.borrow_and_update().clone(), Instant::now());
-        let mut keys_open = true;
-        // Where each live member is, for vet's address check (rebuilt every turn).
-        let mut live_addrs: std::collections::HashMap<String, SocketAddr> =
-            std::collections::HashMap::new();
         me.interfaces = fit_local(&interfaces.borrow_and_update());
+        me.standing = *standing.borrow_and_update();
         // A seeded, Send generator: the loop may move between runtime threads.
         let rng = <rand::rngs::StdRng as rand::SeedableRng>::from_rng(&mut rand::rng());
-        let mut foca = Foca::new(me.clone(), settings.foca_config(), rng, PostcardCodec);
-        let mut rt: AccumulatingRuntime<Speaker> = AccumulatingRuntime::new();
         let (timer_tx, mut timer_rx) = mpsc::unbounded_channel::<Timer<Speaker>>();
+        let mut g = Gossip {
+            foca: Foca::new(me.clone(), settings.foca_config(), rng, PostcardCodec),
+            rt: AccumulatingRuntime::new(),
+            socket,
+            chain,
+            guard: ReplayGuard::default(),
+            session: now_nanos(),
+            counter: 0,
+            live_addrs: HashMap::new(),
+            timer_tx,
+            stats,
+            unknown_key,
+        };
         let mut buf = vec![0u8; 65536];
-        // Once the interface watch is gone, the last known interfaces stay.
-        let mut interfaces_open = true;
+        // Once an input is gone, its last value stays.
+        let (mut keys_open, mut interfaces_open, mut standing_open) = (true, true, true);
         let mut announce = tokio::time::interval(Duration::from_millis(500));
         // foca's own suspicion timer normally fires first; this is the backstop.
         let mut suspicions = Suspicions::new(settings.suspect_to_down + settings.probe_period);
-        info!(node = %me.node, addr = %me.addr, "gossip membership started");
+        info!(node = %me.node, addr = %me.addr, standing = ?me.standing, "gossip membership started");
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => {
-                    if let Err(e) = foca.leave_cluster(&mut rt) {
+                    if let Err(e) = g.foca.leave_cluster(&mut g.rt) {
                         warn!(%e, "leaving the gossip cluster");
                     }
-                    flush(&socket, chain.sealing(), &mut rt, &timer_tx, &stats).await;
+                    g.flush().await;
                     info!(node = %me.node, "left the gossip cluster");
                     return;
                 }
-                r = socket.recv_from(&mut buf) => {
+                r = g.socket.recv_from(&mut buf) => {
                     let Ok((n, from)) = r else { continue };
-                    stats.received.fetch_add(1, Ordering::Relaxed);
-                    let Some(data) = buf.get(..n) else { continue };
-                    match chain.open_v1(data, Instant::now()) {
-                        Ok(payload) => {
-                            let live = |node: &str| live_addrs.get(node).copied();
-                            match vet::vet(payload, from, foca.identity(), now_millis(), live) {
-                                Ok(vetted) => {
-                                    for e in &vetted.dropped {
-                                        stats.dropped_refused.fetch_add(1, Ordering::Relaxed);
-                                        debug!(%from, %e, "took a member update out of a gossip message");
-                                    }
-                                    if let Err(e) = foca.handle_data(&vetted.payload, &mut rt) {
-                                        stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
-                                        debug!(%from, %e, "dropped a gossip message that does not decode");
-                                    }
-                                    if let Some(rival) = vetted.rival_generation {
-                                        let current = foca.identity().clone();
-                                        let next = Speaker {
-                                            generation: next_generation(current.generation.max(rival)),
-                                            ..current
-                                        };
-                                        warn!(%from, rival, generation = next.generation, "another gossip identity claims this node: taking a higher generation");
-                                        stats.rivals.fetch_add(1, Ordering::Relaxed);
-                                        if let Err(e) = foca.change_identity(next, &mut rt) {
-                                            warn!(%e, "cannot change the gossip identity");
-                                        }
-                                    }
-                                }
-                                Err(Refusal::Malformed) => {
-                                    stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
-                                    debug!(%from, "dropped a gossip message that does not decode");
-                                }
-                                Err(e) => {
-                                    stats.dropped_refused.fetch_add(1, Ordering::Relaxed);
-                                    debug!(%from, %e, "refused a gossip message");
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            stats.dropped_unauthenticated.fetch_add(1, Ordering::Relaxed);
-                            debug!(%from, %e, "dropped an unauthenticated gossip datagram");
-                            if e == auth::AuthError::BadTag {
-                                unknown_key.notify_one();
-                            }
-                        }
+                    if let Some(data) = buf.get(..n) {
+                        g.receive(data, from);
                     }
                 }
                 Some(t) = timer_rx.recv() => {
-                    if let Err(e) = foca.handle_timer(t, &mut rt) {
+                    if let Err(e) = g.foca.handle_timer(t, &mut g.rt) {
                         debug!(%e, "gossip timer");
                     }
                 }
@@ -374,8 +381,8 @@ impl Membership {
                     }
                     let ring = keys.borrow_and_update().clone();
                     let now = Instant::now();
-                    chain.expire(now);
-                    if chain.update(ring, now) {
+                    g.chain.expire(now);
+                    if g.chain.update(ring, now) {
                         info!("gossip: sealing with a new key (the previous ones are still accepted)");
                     }
                 }
@@ -385,24 +392,25 @@ impl Membership {
                         continue;
                     }
                     let now = fit_local(&interfaces.borrow_and_update());
-                    if now != me.interfaces {
-                        let next = Speaker {
-                            generation: next_generation(me.generation),
-                            interfaces: now,
-                            ..me.clone()
-                        };
-                        match foca.change_identity(next.clone(), &mut rt) {
-                            Ok(()) => {
-                                info!(generation = next.generation, "interfaces changed: new gossip identity");
-                                me = next;
-                            }
-                            Err(e) => warn!(%e, "cannot change the gossip identity"),
-                        }
+                    if now != g.foca.identity().interfaces {
+                        g.change_identity(|id| id.interfaces = now, "interfaces changed");
+                    }
+                }
+                r = standing.changed(), if standing_open => {
+                    if r.is_err() {
+                        standing_open = false;
+                        continue;
+                    }
+                    let now = *standing.borrow_and_update();
+                    if now != g.foca.identity().standing {
+                        g.change_identity(|id| id.standing = now, "standing changed");
                     }
                 }
                 _ = announce.tick() => {
-                    chain.expire(Instant::now());
-                    let known: Vec<String> = foca.iter_members().map(|m| m.id().node.clone()).collect();
+                    let now = Instant::now();
+                    g.chain.expire(now);
+                    g.guard.expire(now);
+                    let known: Vec<String> = g.foca.iter_members().map(|m| m.id().node.clone()).collect();
                     let pending: Vec<(String, SocketAddr)> = seeds
                         .borrow_and_update()
                         .iter()
@@ -410,24 +418,32 @@ impl Membership {
                         .cloned()
                         .collect();
                     for (node, addr) in pending {
-                        let placeholder = Speaker { node, addr, generation: 0, interfaces: Vec::new() };
-                        if let Err(e) = foca.announce(placeholder, &mut rt) {
+                        let placeholder = Speaker {
+                            node,
+                            addr,
+                            generation: 0,
+                            standing: Standing::Starting,
+                            learnt_from_v1: false,
+                            interfaces: Vec::new(),
+                        };
+                        if let Err(e) = g.foca.announce(placeholder, &mut g.rt) {
                             debug!(%e, "announce");
                         }
                     }
                 }
             }
-            flush(&socket, chain.sealing(), &mut rt, &timer_tx, &stats).await;
+            g.flush().await;
             // foca renews the identity by itself when it learns it was declared down.
-            if foca.identity() != &me {
-                me = foca.identity().clone();
+            if g.foca.identity() != &me {
+                me = g.foca.identity().clone();
             }
-            let suspects = foca
+            let suspects = g
+                .foca
                 .iter_membership_state()
                 .filter(|m| m.state() == foca::State::Suspect)
                 .map(|m| (m.id().clone(), m.incarnation()));
             let seen = suspicions.observe(suspects.collect::<Vec<_>>(), Instant::now());
-            stats
+            g.stats
                 .suspicions
                 .fetch_add(seen.new as u64, Ordering::Relaxed);
             let overdue = seen.overdue;
@@ -438,55 +454,210 @@ impl Membership {
                 let down = overdue
                     .into_iter()
                     .map(|(id, inc)| foca::Member::new(id, inc, foca::State::Down));
-                if let Err(e) = foca.apply_many(down, true, &mut rt) {
+                if let Err(e) = g.foca.apply_many(down, true, &mut g.rt) {
                     warn!(%e, "declaring overdue suspects down");
                 }
-                flush(&socket, chain.sealing(), &mut rt, &timer_tx, &stats).await;
+                g.flush().await;
             }
-            let (mut alive, mut suspect, mut down) = (0u64, 0u64, 0u64);
-            for m in foca.iter_membership_state() {
-                match m.state() {
-                    foca::State::Alive => alive += 1,
-                    foca::State::Suspect => suspect += 1,
-                    foca::State::Down => down += 1,
+            g.publish(&members_tx);
+        }
+    }
+}
+
+/// The running membership: foca, the socket, the keys and what was heard.
+struct Gossip {
+    foca: Foca<Speaker, PostcardCodec, rand::rngs::StdRng, foca::NoCustomBroadcast>,
+    rt: AccumulatingRuntime<Speaker>,
+    socket: UdpSocket,
+    chain: KeyChain,
+    guard: ReplayGuard,
+    /// This process's session and the counter of its v2 datagrams (see `replay`).
+    session: u64,
+    counter: u64,
+    /// Where each live member is, for vet's address check (rebuilt every turn).
+    live_addrs: HashMap<String, SocketAddr>,
+    timer_tx: mpsc::UnboundedSender<Timer<Speaker>>,
+    stats: Arc<Stats>,
+    unknown_key: Arc<Notify>,
+}
+
+impl Gossip {
+    /// Handles one datagram: opens it, refuses replays and impostors, upgrades v1, and
+    /// hands the rest to foca.
+    fn receive(&mut self, data: &[u8], from: SocketAddr) {
+        let stats = self.stats.clone();
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let upgraded;
+        let payload = match auth::open_any(self.chain.accepted(now), data) {
+            Ok(Opened::V1(p)) => {
+                if self.guard.check_v1(from, now) != Verdict::Fresh {
+                    stats.dropped_replayed.fetch_add(1, Ordering::Relaxed);
+                    debug!(%from, "dropped a v1 gossip datagram from a speaker that speaks v2");
+                    return;
+                }
+                let Some(p) = wire::upgrade(p) else {
+                    stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+                    debug!(%from, "dropped a v1 gossip message that does not decode");
+                    return;
+                };
+                upgraded = p;
+                &upgraded[..]
+            }
+            Ok(Opened::V2 {
+                kind,
+                session,
+                counter,
+                payload,
+            }) => {
+                let verdict = self.guard.check_v2(from, session, counter, now);
+                if verdict != Verdict::Fresh {
+                    stats.dropped_replayed.fetch_add(1, Ordering::Relaxed);
+                    debug!(%from, ?verdict, "dropped a replayed gossip datagram");
+                    return;
+                }
+                match kind {
+                    Kind::Membership => payload,
+                    // Claims are read by a later version; nothing to do yet.
+                    Kind::Claims => return,
                 }
             }
-            stats.peers_alive.store(alive, Ordering::Relaxed);
-            stats.peers_suspect.store(suspect, Ordering::Relaxed);
-            stats.peers_down.store(down, Ordering::Relaxed);
-            live_addrs.clear();
-            live_addrs.extend(
-                foca.iter_members()
-                    .map(|m| (m.id().node.clone(), m.id().addr)),
-            );
-            let mut members: BTreeMap<String, Member> = foca
-                .iter_members()
-                .map(|m| {
-                    let id = m.id();
-                    (
-                        id.node.clone(),
-                        Member {
-                            interfaces: id.interfaces.clone(),
-                        },
-                    )
-                })
-                .collect();
-            members.insert(
-                me.node.clone(),
-                Member {
-                    interfaces: me.interfaces.clone(),
-                },
-            );
-            members_tx.send_if_modified(|cur| {
-                if *cur == members {
-                    false
-                } else {
-                    info!(members = ?members.keys().collect::<Vec<_>>(), "gossip membership changed");
-                    *cur = members;
-                    true
+            Err(e) => {
+                stats
+                    .dropped_unauthenticated
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(%from, %e, "dropped an unauthenticated gossip datagram");
+                if e == auth::AuthError::BadTag {
+                    self.unknown_key.notify_one();
                 }
+                return;
+            }
+        };
+        let live = |node: &str| self.live_addrs.get(node).copied();
+        let vetted = match vet::vet(payload, from, self.foca.identity(), now_millis(), live) {
+            Ok(v) => v,
+            Err(Refusal::Malformed) => {
+                stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+                debug!(%from, "dropped a gossip message that does not decode");
+                return;
+            }
+            Err(e) => {
+                stats.dropped_refused.fetch_add(1, Ordering::Relaxed);
+                debug!(%from, %e, "refused a gossip message");
+                return;
+            }
+        };
+        for e in &vetted.dropped {
+            stats.dropped_refused.fetch_add(1, Ordering::Relaxed);
+            debug!(%from, %e, "took a member update out of a gossip message");
+        }
+        if let Err(e) = self.foca.handle_data(&vetted.payload, &mut self.rt) {
+            stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+            debug!(%from, %e, "dropped a gossip message that does not decode");
+        }
+        if let Some(rival) = vetted.rival_generation {
+            warn!(%from, rival, "another gossip identity claims this node: taking a higher generation");
+            stats.rivals.fetch_add(1, Ordering::Relaxed);
+            let above = rival;
+            self.change_identity(
+                |id| id.generation = id.generation.max(above),
+                "rival identity",
+            );
+        }
+    }
+
+    /// Takes a new identity: `change` applied to the current one, with a higher generation.
+    fn change_identity(&mut self, change: impl FnOnce(&mut Speaker), why: &str) {
+        let mut next = self.foca.identity().clone();
+        change(&mut next);
+        next.generation = next_generation(next.generation.max(self.foca.identity().generation));
+        let generation = next.generation;
+        match self.foca.change_identity(next, &mut self.rt) {
+            Ok(()) => info!(generation, "{why}: new gossip identity"),
+            Err(e) => warn!(%e, "cannot change the gossip identity"),
+        }
+    }
+
+    /// Sends what foca wrote (v2, or v1 to a peer that speaks only v1) and schedules its
+    /// timers.
+    async fn flush(&mut self) {
+        while let Some((to, data)) = self.rt.to_send() {
+            let sealed = if self.guard.speaks_v1(to.addr) {
+                match wire::downgrade(&data) {
+                    Some(old) => auth::seal(self.chain.sealing(), &old),
+                    None => continue,
+                }
+            } else {
+                self.counter += 1;
+                auth::seal_v2(
+                    self.chain.sealing(),
+                    Kind::Membership,
+                    self.session,
+                    self.counter,
+                    &data,
+                )
+            };
+            if self.socket.send_to(&sealed, to.addr).await.is_ok() {
+                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        while let Some((after, timer)) = self.rt.to_schedule() {
+            let tx = self.timer_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = tx.send(timer);
             });
         }
+        while self.rt.to_notify().is_some() {}
+    }
+
+    /// Counts members by state and publishes the live ones (self included).
+    fn publish(&mut self, members_tx: &watch::Sender<BTreeMap<String, Member>>) {
+        let (mut alive, mut suspect, mut down) = (0u64, 0u64, 0u64);
+        for m in self.foca.iter_membership_state() {
+            match m.state() {
+                foca::State::Alive => alive += 1,
+                foca::State::Suspect => suspect += 1,
+                foca::State::Down => down += 1,
+            }
+        }
+        self.stats.peers_alive.store(alive, Ordering::Relaxed);
+        self.stats.peers_suspect.store(suspect, Ordering::Relaxed);
+        self.stats.peers_down.store(down, Ordering::Relaxed);
+        self.live_addrs.clear();
+        self.live_addrs.extend(
+            self.foca
+                .iter_members()
+                .map(|m| (m.id().node.clone(), m.id().addr)),
+        );
+        let me = self.foca.identity();
+        let members: BTreeMap<String, Member> = self
+            .foca
+            .iter_members()
+            .map(|m| m.id())
+            .chain([me])
+            .map(|id| {
+                (
+                    id.node.clone(),
+                    Member {
+                        standing: id.standing,
+                        interfaces: id.interfaces.clone(),
+                    },
+                )
+            })
+            .collect();
+        members_tx.send_if_modified(|cur| {
+            if *cur == members {
+                false
+            } else {
+                info!(
+                    members = ?members.iter().map(|(n, m)| format!("{n}:{:?}", m.standing)).collect::<Vec<_>>(),
+                    "gossip membership changed"
+                );
+                *cur = members;
+                true
+            }
+        });
     }
 }
 
@@ -508,35 +679,21 @@ fn next_generation(current: u64) -> u64 {
     now_millis().max(current.saturating_add(1))
 }
 
+/// Wall-clock nanoseconds since the Unix epoch: a session that sorts after the previous
+/// process's (see `replay`).
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
 fn now_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
-}
-
-async fn flush(
-    socket: &UdpSocket,
-    key: &GossipKey,
-    rt: &mut AccumulatingRuntime<Speaker>,
-    timers: &mpsc::UnboundedSender<Timer<Speaker>>,
-    stats: &Stats,
-) {
-    while let Some((to, data)) = rt.to_send() {
-        let sealed = auth::seal(key, &data);
-        if socket.send_to(&sealed, to.addr).await.is_ok() {
-            stats.sent.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    while let Some((after, timer)) = rt.to_schedule() {
-        let tx = timers.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            let _ = tx.send(timer);
-        });
-    }
-    while rt.to_notify().is_some() {}
 }
 
 #[cfg(test)]
@@ -550,7 +707,8 @@ mod tests {
             subnets: (0..subnets)
                 .map(|i| (IpAddr::from([10, 0, i as u8, 1]), 24))
                 .collect(),
-            default_route,
+            default_route_v4: default_route,
+            default_route_v6: false,
         }
     }
 
@@ -578,6 +736,8 @@ mod tests {
             node: "a-rather-long-node-name.example.internal".into(),
             addr: "[2001:db8::1]:7946".parse().unwrap(),
             generation: u64::MAX,
+            standing: Standing::Stale,
+            learnt_from_v1: true,
             interfaces: kept,
         };
         assert!(2 * postcard::to_allocvec(&id).unwrap().len() < 1000);

@@ -195,6 +195,8 @@ mod tests {
             node: node.into(),
             addr: addr.parse().unwrap(),
             generation,
+            standing: super::super::Standing::Ready,
+            learnt_from_v1: false,
             interfaces: Vec::new(),
         }
     }
