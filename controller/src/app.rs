@@ -27,8 +27,9 @@ use ferrolb_crds::health::{Health, Limits};
 
 use crate::Error;
 use crate::admin::{self, Metrics, Readiness};
+use crate::caches::Caches;
 use crate::gossip_secret;
-use crate::leader::{LeaderConfig, LeaderElector};
+use crate::leader::{LeaderConfig, LeaderElector, LeaderHandle};
 use crate::reconcile::Settings;
 use crate::term::{self, Probes};
 
@@ -177,12 +178,14 @@ pub async fn run(args: Args) -> Result<(), Error> {
     };
     let admin = AdminServer::bind(
         Listen::from_flag(args.admin_address, admin::DEFAULT_PORT),
-        admin::endpoints(metrics.clone(), readiness.clone(), health),
+        admin::endpoints(metrics.clone(), readiness.clone(), health.clone()),
     )?;
 
     let root = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(admin.serve(root.clone()));
+    // Every replica keeps its caches warm: a new leader starts without listing again.
+    let caches = Caches::start(&client, &health, api_timeout, &tasks, &root);
     if !args.gossip_secret.is_empty() {
         // Every replica, leader or not: the API server settles who creates it.
         tasks.spawn(gossip_secret::run(
@@ -203,46 +206,19 @@ pub async fn run(args: Args) -> Result<(), Error> {
             }
         }
     });
-    tasks.spawn({
-        let root = root.clone();
-        let settings = Settings {
-            default_class: args.default_class,
-            instance: identity.clone(),
-        };
-        let leader = leader.clone();
-        let metrics = metrics.clone();
-        async move {
-            loop {
-                metrics.set_leader(false);
-                tokio::select! {
-                    _ = root.cancelled() => return,
-                    r = leader.wait_until_leading() => if r.is_err() { return },
-                }
-                info!(identity = %leader.identity(), "leading: starting the controller");
-                metrics.set_leader(true);
-                let term = root.child_token();
-                let lost = {
-                    let term = term.clone();
-                    let leader = leader.clone();
-                    tokio::spawn(async move {
-                        leader.wait_until_not_leading().await;
-                        term.cancel();
-                    })
-                };
-                term::run(
-                    client.clone(),
-                    settings.clone(),
-                    Some(leader.clone()),
-                    metrics.clone(),
-                    probes.clone(),
-                    term,
-                )
-                .await;
-                lost.abort();
-                info!("controller loop stopped");
-            }
-        }
-    });
+    let settings = Settings {
+        default_class: args.default_class,
+        instance: identity.clone(),
+    };
+    tasks.spawn(lead(
+        client,
+        caches,
+        settings,
+        leader,
+        metrics,
+        probes,
+        root.clone(),
+    ));
     tasks.close();
 
     signals::terminated().await;
@@ -257,4 +233,46 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let _ = elector_task.await;
     info!("stopped");
     Ok(())
+}
+
+/// Runs a term each time this replica leads, until `root` is cancelled.
+async fn lead(
+    client: kube::Client,
+    caches: Caches,
+    settings: Settings,
+    leader: LeaderHandle,
+    metrics: Arc<Metrics>,
+    probes: Probes,
+    root: CancellationToken,
+) {
+    loop {
+        metrics.set_leader(false);
+        tokio::select! {
+            _ = root.cancelled() => return,
+            r = leader.wait_until_leading() => if r.is_err() { return },
+        }
+        info!(identity = %leader.identity(), "leading: starting the controller");
+        metrics.set_leader(true);
+        let term = root.child_token();
+        let lost = {
+            let term = term.clone();
+            let leader = leader.clone();
+            tokio::spawn(async move {
+                leader.wait_until_not_leading().await;
+                term.cancel();
+            })
+        };
+        term::run(
+            client.clone(),
+            &caches,
+            settings.clone(),
+            Some(leader.clone()),
+            metrics.clone(),
+            &probes,
+            term,
+        )
+        .await;
+        lost.abort();
+        info!("controller loop stopped");
+    }
 }

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod allocator;
 pub mod app;
+pub mod caches;
 mod error;
 pub mod events;
 pub mod gossip_secret;

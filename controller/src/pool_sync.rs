@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use ferrolb_crds::IPPool;
+use ferrolb_crds::{IPPool, IPPoolSpec};
 use kube::ResourceExt;
 
 use crate::Error;
@@ -13,44 +13,69 @@ use crate::allocator::ServiceKey;
 use crate::allocator::pool::Pool;
 use crate::reconcile::{Context, created, lock};
 
-/// Brings the allocator's pools in line with the IPPool store; returns the Services to
-/// look at again and the pools whose status may change.
-pub fn sync_pools(
-    ctx: &Context,
-    known: &mut BTreeMap<String, (Option<i64>, ferrolb_crds::IPPoolSpec)>,
-) -> Result<(BTreeSet<ServiceKey>, Vec<String>), Error> {
-    let mut alloc = lock(&ctx.allocator)?;
-    let mut affected = BTreeSet::new();
-    let mut changed = Vec::new();
-    let current: BTreeMap<String, Arc<IPPool>> = ctx
-        .pools
-        .state()
-        .into_iter()
-        .map(|p| (p.name_any(), p))
-        .collect();
-    for (name, p) in &current {
-        let entry = (created(&p.metadata), p.spec.clone());
-        if known.get(name) == Some(&entry) {
-            continue;
+/// What a sync changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolChanges {
+    /// Services holding an address in a pool that changed or went away: they need another
+    /// look.
+    pub affected: BTreeSet<ServiceKey>,
+    /// Pools whose status may say something else now.
+    pub statuses: Vec<String>,
+}
+
+impl PoolChanges {
+    pub fn is_empty(&self) -> bool {
+        self.affected.is_empty() && self.statuses.is_empty()
+    }
+}
+
+/// The pool specs the allocator has been given in this term. There is one per term: the
+/// restore and every later sync go through it, so no pool is given twice.
+#[derive(Debug, Default)]
+pub struct PoolSync {
+    known: BTreeMap<String, (Option<i64>, IPPoolSpec)>,
+}
+
+impl PoolSync {
+    /// Brings the allocator's pools in line with the IPPool cache.
+    pub fn sync(&mut self, ctx: &Context) -> Result<PoolChanges, Error> {
+        let mut alloc = lock(&ctx.allocator)?;
+        let mut affected = BTreeSet::new();
+        let mut changed = Vec::new();
+        let current: BTreeMap<String, Arc<IPPool>> = ctx
+            .pools
+            .state()
+            .into_iter()
+            .map(|p| (p.name_any(), p))
+            .collect();
+        for (name, p) in &current {
+            let entry = (created(&p.metadata), p.spec.clone());
+            if self.known.get(name) == Some(&entry) {
+                continue;
+            }
+            affected.extend(alloc.set_pool(Pool::from_spec(name, entry.0, &entry.1)));
+            self.known.insert(name.clone(), entry);
+            changed.push(name.clone());
         }
-        affected.extend(alloc.set_pool(Pool::from_spec(name, entry.0, &entry.1)));
-        known.insert(name.clone(), entry);
-        changed.push(name.clone());
+        let gone: Vec<String> = self
+            .known
+            .keys()
+            .filter(|n| !current.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            affected.extend(alloc.remove_pool(&name));
+            self.known.remove(&name);
+            ctx.metrics.forget_pool(&name);
+            changed.push(name);
+        }
+        if !changed.is_empty() {
+            // A pool change can end a conflict elsewhere: every pool's status may move.
+            changed.extend(alloc.pool_names().map(str::to_string));
+        }
+        Ok(PoolChanges {
+            affected,
+            statuses: changed,
+        })
     }
-    let gone: Vec<String> = known
-        .keys()
-        .filter(|n| !current.contains_key(*n))
-        .cloned()
-        .collect();
-    for name in gone {
-        affected.extend(alloc.remove_pool(&name));
-        known.remove(&name);
-        ctx.metrics.forget_pool(&name);
-        changed.push(name);
-    }
-    if !changed.is_empty() {
-        // A pool change can end a conflict elsewhere: every pool's status may move.
-        changed.extend(alloc.pool_names().map(str::to_string));
-    }
-    Ok((affected, changed))
 }

@@ -1,36 +1,35 @@
-//! One leadership term: the watches (Services, IPPools, Namespaces), the restore, the pool
-//! sync, the pool status writer and the kube-runtime controller that reconciles Services,
-//! wired together until the term ends. Only the leader runs this.
+//! One leadership term: from the warm caches ([`Caches`]), rebuild the allocations
+//! (restore), then follow what changes, one change at a time: Service changes go to the
+//! kube-runtime controller that reconciles them, deletions release, pool changes go
+//! through the term's one [`PoolSync`], a Namespace's new labels re-examine its Services.
+//! Pool statuses are written by their own loop. Only the leader runs a term; it ends when
+//! `cancel` fires (leadership lost, or shutdown).
 //!
-//! It reports to the probes ([`Probes`]): `/readyz` learns when the allocations are rebuilt;
-//! `/healthz` watches each watch (errors that keep coming, a watch that ends) and, once
-//! restored, the controller machinery itself: a heartbeat asks it to reconcile a Service
-//! that cannot exist, and every result it turns out counts as a turn.
+//! It reports to the probes ([`Probes`]): `/readyz` learns when the allocations are
+//! rebuilt; once restored, `/healthz` watches the controller machinery itself: a heartbeat
+//! asks it to reconcile a Service that cannot exist, and every result counts as a turn.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferrolb_crds::IPPool;
-use ferrolb_crds::cache::slim;
-use ferrolb_crds::health::{Health, Limits, Registration, Reporter};
-use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Service};
-use kube::api::Api;
-use kube::runtime::WatchStreamExt;
+use ferrolb_crds::health::{Health, Limits};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use kube::Client;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::watcher::{self, Event as WatchEvent};
-use kube::{Client, ResourceExt};
+use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{Notify, mpsc, watch};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::admin::{Metrics, Readiness};
 use crate::allocator::{Allocator, ServiceKey};
+use crate::caches::{Caches, Change};
 use crate::leader::LeaderHandle;
 use crate::pool_status::pool_status_loop;
-use crate::pool_sync::sync_pools;
+use crate::pool_sync::{PoolChanges, PoolSync};
 use crate::reconcile::{Context, Settings, error_policy, key_of, reconcile, svc_ref};
 use crate::restore::restore;
 
@@ -56,19 +55,6 @@ impl Probes {
             api_timeout: None,
         }
     }
-
-    fn watch(&self, name: &str) -> Registration {
-        self.health
-            .register_scoped(name, Limits::calling_api(self.api_timeout))
-    }
-}
-
-/// Reports one watch event (or error) to the watch's health component.
-fn report<T, E: std::fmt::Display>(health: &Reporter, event: &Result<T, E>) {
-    match event {
-        Ok(_) => health.progress(),
-        Err(e) => health.failed(e),
-    }
 }
 
 /// The Service the heartbeat asks to reconcile: no Service can have this name (names are
@@ -77,47 +63,48 @@ fn heartbeat_ref() -> ObjectRef<Service> {
     ObjectRef::new("ferrolb.io/heartbeat")
 }
 
-/// Runs the controller until `cancel` fires. Call it once leadership is held; it returns
-/// when cancelled (for example when leadership is lost).
+/// Runs one term until `cancel` fires. Call it once leadership is held.
 pub async fn run(
     client: Client,
-    settings: Settings,
-    leader: Option<LeaderHandle>,
-    metrics: Arc<Metrics>,
-    probes: Probes,
-    cancel: CancellationToken,
-) {
-    probes.readiness.set_restored(false);
-    run_term(client, settings, leader, metrics, &probes, cancel).await;
-    probes.readiness.set_restored(false);
-}
-
-async fn run_term(
-    client: Client,
+    caches: &Caches,
     settings: Settings,
     leader: Option<LeaderHandle>,
     metrics: Arc<Metrics>,
     probes: &Probes,
     cancel: CancellationToken,
 ) {
-    // Deregistered when this term ends: a standby has no watches to judge.
-    let ns_health = probes.watch("Namespace watch");
-    let pool_health = probes.watch("IPPool watch");
-    let svc_health = probes.watch("Service watch");
-    // Registered once restored: before that, the runner waits for the caches.
-    let machinery: Arc<OnceLock<Registration>> = Arc::new(OnceLock::new());
-    let (ns_reader, ns_writer) = reflector::store::<Namespace>();
-    let (pool_reader, pool_writer) = reflector::store::<IPPool>();
-    let (svc_reader, svc_writer) = reflector::store::<Service>();
+    probes.readiness.set_restored(false);
+    tokio::select! {
+        () = run_term(client, caches, settings, leader, metrics, probes, cancel.clone()) => {}
+        () = cancel.cancelled() => {}
+    }
+    probes.readiness.set_restored(false);
+}
+
+async fn run_term(
+    client: Client,
+    caches: &Caches,
+    settings: Settings,
+    leader: Option<LeaderHandle>,
+    metrics: Arc<Metrics>,
+    probes: &Probes,
+    cancel: CancellationToken,
+) {
+    // First subscribe, then read the caches: a change lands in the caches before it is
+    // sent, so whatever the restore does not see comes through the feed.
+    let mut feed = caches.subscribe();
+    if caches.synced().await.is_err() {
+        return;
+    }
     let (trigger_tx, trigger_rx) = mpsc::unbounded_channel();
     let (restored_tx, _) = watch::channel(false);
     let ctx = Arc::new(Context {
-        client: client.clone(),
+        client,
         settings,
         allocator: Mutex::new(Allocator::new()),
-        namespaces: ns_reader.clone(),
-        pools: pool_reader.clone(),
-        services: svc_reader.clone(),
+        namespaces: caches.namespaces.clone(),
+        pools: caches.pools.clone(),
+        services: caches.services.clone(),
         leader,
         metrics,
         restored: restored_tx,
@@ -127,188 +114,89 @@ async fn run_term(
         trigger: trigger_tx,
     });
 
-    // Namespaces: a label change re-examines the Services of that namespace.
-    let ns_task = {
-        let ctx = ctx.clone();
-        let svc_reader = svc_reader.clone();
-        let api: Api<Namespace> = Api::all(client.clone());
-        let mut labels_seen: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        let health = ns_health.reporter();
-        let stream = reflector::reflector(
-            ns_writer,
-            watcher::watcher(api, watcher::Config::default()).modify(slim),
-        )
-        .default_backoff()
-        .inspect(move |ev| report(&health, ev))
-        .applied_objects();
-        let health = ns_health.reporter();
-        async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(ns) = stream.next().await {
-                let Ok(ns) = ns else { continue };
-                let name = ns.name_any();
-                let labels = ns.metadata.labels.clone().unwrap_or_default();
-                let before = labels_seen.insert(name.clone(), labels.clone());
-                if before.is_some() && before != Some(labels) {
-                    for s in svc_reader.state() {
-                        if s.metadata.namespace.as_deref() == Some(name.as_str()) {
-                            let _ = ctx.trigger.send(ObjectRef::from_obj(&*s));
-                        }
-                    }
-                }
-            }
-            health.ended();
-        }
-    };
+    // Restore: the pools, then every address in Service status, before anything new.
+    let mut pools = PoolSync::default();
+    match pools.sync(&ctx) {
+        Ok(changes) => ctx.mark_pools_dirty(changes.statuses.iter().map(String::as_str)),
+        Err(e) => warn!(error = %e.chain(), "cannot sync the pools"),
+    }
+    if let Err(e) = restore(&ctx, &ctx.services) {
+        warn!(error = %e.chain(), "cannot restore the allocations");
+        return;
+    }
+    ctx.restored.send_replace(true);
+    probes.readiness.set_restored(true);
+    let machinery = probes
+        .health
+        .register_scoped("controller loop", Limits::turning(probes.loop_timeout));
 
-    // Pools: keep the allocator in line and re-examine the Services each change touches.
-    let pool_task = {
-        let ctx = ctx.clone();
-        let api: Api<IPPool> = Api::all(client.clone());
-        let stream = reflector::reflector(
-            pool_writer,
-            watcher::watcher(api, watcher::Config::default()).modify(slim),
-        )
-        .default_backoff();
-        let health = pool_health.reporter();
-        async move {
-            let mut known = BTreeMap::new();
-            let mut stream = std::pin::pin!(stream);
-            let restored = ctx.restored.subscribe();
-            while let Some(ev) = stream.next().await {
-                report(&health, &ev);
-                // Until restore has run (it syncs the pools itself), only fill the store.
-                if !*restored.borrow()
-                    || matches!(ev, Ok(WatchEvent::Init) | Ok(WatchEvent::InitApply(_)))
-                {
-                    continue;
-                }
-                let Ok((affected, changed)) = sync_pools(&ctx, &mut known) else {
-                    continue;
-                };
-                if !affected.is_empty() || !changed.is_empty() {
-                    debug!(affected = affected.len(), pools = ?changed, "pools changed");
-                }
-                for k in &affected {
-                    let _ = ctx.trigger.send(svc_ref(k));
-                }
-                if !changed.is_empty() {
-                    ctx.wake_pending();
-                }
-                ctx.mark_pools_dirty(changed.iter().map(String::as_str));
-            }
-            health.ended();
-        }
-    };
+    // Every Service once: whatever changed while nobody led is handled now.
+    for key in caches.service_keys() {
+        let _ = ctx.trigger.send(svc_ref(&key));
+    }
 
-    // Services: deletions release at once (the controller never sees deleted objects).
-    let svc_api: Api<Service> = Api::all(client.clone());
-    let svc_stream = {
-        let ctx = ctx.clone();
-        let reader = svc_reader.clone();
-        let health = svc_health.reporter();
-        reflector::reflector(
-            svc_writer,
-            watcher::watcher(svc_api, watcher::Config::default()).modify(slim),
-        )
-        .default_backoff()
-        .inspect(move |ev| report(&health, ev))
-        .inspect_ok(move |ev| {
-            let gone: Vec<ServiceKey> = match ev {
-                WatchEvent::Delete(s) => vec![key_of(s)],
-                // After a re-list, anything we hold for a Service no longer listed is gone.
-                WatchEvent::InitDone => ctx
-                    .allocator
-                    .lock()
-                    .map(|a| {
-                        a.services()
-                            .filter(|k| reader.get(&svc_ref(k)).is_none())
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                _ => Vec::new(),
-            };
-            for key in gone {
-                let released = ctx.allocator.lock().map(|mut a| {
-                    let ips = a.release(&key);
-                    (Context::pools_holding(&a, &ips), ips)
-                });
-                if let Ok((pools, ips)) = released
-                    && !ips.is_empty()
-                {
-                    info!(service = %key, ?ips, "Service deleted; addresses released");
-                    ctx.mark_pools_dirty(pools.iter().map(String::as_str));
-                    ctx.wake_pending();
-                }
-                if let Ok(mut p) = ctx.pending.lock() {
-                    p.remove(&key);
-                }
-            }
-        })
-        .touched_objects()
-    };
-
-    // Restore once every store has its first full list.
-    let restore_task = {
-        let ctx = ctx.clone();
-        let (svc_reader, pool_reader, ns_reader) =
-            (svc_reader.clone(), pool_reader.clone(), ns_reader.clone());
-        let machinery = machinery.clone();
-        let (health, readiness, loop_timeout) = (
-            probes.health.clone(),
-            probes.readiness.clone(),
-            probes.loop_timeout,
-        );
-        async move {
-            if svc_reader.wait_until_ready().await.is_err()
-                || pool_reader.wait_until_ready().await.is_err()
-                || ns_reader.wait_until_ready().await.is_err()
-            {
-                return;
-            }
-            let mut known = BTreeMap::new();
-            if let Ok((_, changed)) = sync_pools(&ctx, &mut known) {
-                ctx.mark_pools_dirty(changed.iter().map(String::as_str));
-            }
-            let refused = restore(&ctx, &svc_reader).unwrap_or_default();
-            let _ = ctx.restored.send(true);
-            readiness.set_restored(true);
-            let _ = machinery
-                .set(health.register_scoped("controller loop", Limits::turning(loop_timeout)));
-            for k in refused {
-                let _ = ctx.trigger.send(svc_ref(&k));
-            }
-        }
-    };
-
-    let controller = Controller::for_stream(svc_stream, svc_reader)
-        .reconcile_on(tokio_stream_from(trigger_rx))
-        .graceful_shutdown_on({
-            let c = cancel.clone();
-            async move { c.cancelled().await }
-        })
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each({
-            let machinery = machinery.clone();
-            move |_| {
-                // Any result, the heartbeat's "not found" included, is a turn.
-                if let Some(m) = machinery.get() {
-                    m.progress();
-                }
-                async {}
-            }
-        });
+    let (changed_tx, changed_rx) = mpsc::unbounded_channel::<Arc<Service>>();
+    let controller = Controller::for_shared_stream(
+        UnboundedReceiverStream::new(changed_rx),
+        caches.services.clone(),
+    )
+    .reconcile_on(UnboundedReceiverStream::new(trigger_rx))
+    .graceful_shutdown_on({
+        let c = cancel.clone();
+        async move { c.cancelled().await }
+    })
+    .run(reconcile, error_policy, ctx.clone())
+    .for_each(|_| {
+        // Any result, the heartbeat's "not found" included, is a turn.
+        machinery.progress();
+        async {}
+    });
 
     let heartbeat = {
-        let (ctx, machinery) = (ctx.clone(), machinery.clone());
+        let ctx = ctx.clone();
         let mut tick =
             tokio::time::interval((probes.loop_timeout / 4).max(Duration::from_millis(100)));
         async move {
             loop {
                 tick.tick().await;
-                if machinery.get().is_some() {
-                    let _ = ctx.trigger.send(heartbeat_ref());
+                let _ = ctx.trigger.send(heartbeat_ref());
+            }
+        }
+    };
+
+    let follow = async {
+        while let Some(change) = feed.recv().await {
+            match change {
+                Change::Service(svc) => {
+                    let _ = changed_tx.send(svc);
+                }
+                Change::ServiceDeleted(svc) => released(&ctx, &key_of(&svc)),
+                Change::ServicesRelisted => {
+                    // Anything held for a Service no longer listed is gone; the others
+                    // may have changed while the watch was down.
+                    let gone: Vec<ServiceKey> = match ctx.allocator.lock() {
+                        Ok(a) => a
+                            .services()
+                            .filter(|k| ctx.services.get(&svc_ref(k)).is_none())
+                            .cloned()
+                            .collect(),
+                        Err(_) => Vec::new(),
+                    };
+                    for key in gone {
+                        released(&ctx, &key);
+                    }
+                    for key in caches.service_keys() {
+                        let _ = ctx.trigger.send(svc_ref(&key));
+                    }
+                }
+                Change::Pools => match pools.sync(&ctx) {
+                    Ok(changes) => pools_changed(&ctx, &changes),
+                    Err(e) => warn!(error = %e.chain(), "cannot sync the pools"),
+                },
+                Change::NamespaceLabels(ns) => {
+                    for key in caches.services_in(&ns) {
+                        let _ = ctx.trigger.send(svc_ref(&key));
+                    }
                 }
             }
         }
@@ -317,13 +205,40 @@ async fn run_term(
     let status_task = pool_status_loop(ctx.clone(), cancel.clone());
     tokio::select! {
         _ = controller => {}
-        _ = async { tokio::join!(ns_task, pool_task, restore_task, status_task, heartbeat) } => {}
-        _ = cancel.cancelled() => {}
+        _ = follow => {}
+        _ = async { tokio::join!(status_task, heartbeat) } => {}
     }
 }
 
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: mpsc::UnboundedReceiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+/// A Service was deleted: its addresses come free at once (the controller never sees
+/// deleted objects, so this cannot wait for a reconcile).
+fn released(ctx: &Context, key: &ServiceKey) {
+    let released = ctx.allocator.lock().map(|mut a| {
+        let ips = a.release(key);
+        (Context::pools_holding(&a, &ips), ips)
+    });
+    if let Ok((pools, ips)) = released
+        && !ips.is_empty()
+    {
+        info!(service = %key, ?ips, "Service deleted; addresses released");
+        ctx.mark_pools_dirty(pools.iter().map(String::as_str));
+        ctx.wake_pending();
+    }
+    if let Ok(mut p) = ctx.pending.lock() {
+        p.remove(key);
+    }
+}
+
+fn pools_changed(ctx: &Context, changes: &PoolChanges) {
+    if changes.is_empty() {
+        return;
+    }
+    debug!(affected = changes.affected.len(), pools = ?changes.statuses, "pools changed");
+    for k in &changes.affected {
+        let _ = ctx.trigger.send(svc_ref(k));
+    }
+    if !changes.statuses.is_empty() {
+        ctx.wake_pending();
+    }
+    ctx.mark_pools_dirty(changes.statuses.iter().map(String::as_str));
 }
