@@ -49,6 +49,7 @@ fn inputs(nodes: &[&str]) -> Inputs {
     Inputs {
         nodes: nodes.iter().map(|n| node(n)).collect(),
         members: nodes.iter().map(|n| n.to_string()).collect(),
+        standing: Default::default(),
         pools: vec![Pool {
             name: "lan".into(),
             blocks: AddressBlock::parse("10.0.0.0/22").into_iter().collect(),

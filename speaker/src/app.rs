@@ -48,7 +48,7 @@ use crate::forwarding::kernel::{Forwarder, Kernel};
 use crate::forwarding::{self, Ruleset};
 use crate::inputs::{self, SERVICE_NAME_LABEL};
 use crate::interfaces;
-use crate::membership::{Keyring, Membership, Settings};
+use crate::membership::{Keyring, Membership, Settings, Standing};
 use crate::status;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -467,7 +467,9 @@ pub async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     metrics.set_gossip(view.stats.clone());
     let (seeds_tx, seeds_rx) = watch::channel(Vec::new());
-    let (_standing_tx, standing_rx) = watch::channel(crate::membership::Standing::Ready);
+    // Peers give this speaker nothing while its identity says Starting: it cannot answer
+    // before its caches have synced and its first election is applied.
+    let (standing_tx, standing_rx) = watch::channel(Standing::Starting);
     let gossip_cancel = CancellationToken::new();
     let gossip_task = tokio::spawn(membership.run(
         crate::membership::Inputs {
@@ -505,16 +507,24 @@ pub async fn run(args: Args) -> Result<(), String> {
     ));
 
     // Wait for the caches, and give gossip a moment to find the other speakers before
-    // claiming anything: alone, a speaker would elect itself for every IP.
-    for (what, ready) in [
-        ("Nodes", nodes.wait_until_ready().await.is_ok()),
-        ("Services", services.wait_until_ready().await.is_ok()),
-        ("EndpointSlices", slices.wait_until_ready().await.is_ok()),
-        ("IPPools", pools.wait_until_ready().await.is_ok()),
-    ] {
-        if !ready {
-            return Err(format!("the {what} watch stopped before it synced"));
+    // claiming anything: alone, a speaker would elect itself for every IP. A SIGTERM
+    // meanwhile ends the speaker without its announcing anything.
+    let synced = async {
+        for (what, ready) in [
+            ("Nodes", nodes.wait_until_ready().await.is_ok()),
+            ("Services", services.wait_until_ready().await.is_ok()),
+            ("EndpointSlices", slices.wait_until_ready().await.is_ok()),
+            ("IPPools", pools.wait_until_ready().await.is_ok()),
+        ] {
+            if !ready {
+                return Err(format!("the {what} watch stopped before it synced"));
+            }
         }
+        Ok(())
+    };
+    tokio::select! {
+        r = synced => r?,
+        _ = signal.cancelled() => info!("SIGTERM before the caches synced: nothing was announced"),
     }
     let family_v4 = node_ip.is_ipv4();
     let _ = seeds_tx.send(seeds(&nodes.state(), &me, family_v4, args.gossip_port));
@@ -552,8 +562,15 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut last_addresses = local_addresses(&locals.borrow());
     let mut lost_addresses: BTreeSet<IpAddr> = BTreeSet::new();
     let mut owned: Vec<election::Announcement> = Vec::new();
+    // What this speaker's identity says once it announces (Ready; Stale while its view of
+    // the cluster may be old). Its own elections use it at once, while gossip still says
+    // Starting, so that it answers for its share before its peers let go of it.
+    let my_standing = Standing::Ready;
     let mut recompute = true;
     loop {
+        if signal.is_cancelled() {
+            break;
+        }
         let local_now = locals.borrow_and_update().clone();
         let addresses = local_addresses(&local_now);
         if regained_address(&last_addresses, &addresses, &mut lost_addresses) {
@@ -571,7 +588,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             let svc_objs = services.state();
             let slice_objs = slices.state();
             let pool_objs = pools.state();
-            let (inputs, errors) = inputs::gather(
+            let (mut inputs, errors) = inputs::gather(
                 node_objs.iter().map(|n| &**n),
                 svc_objs.iter().map(|s| &**s),
                 slice_objs.iter().map(|s| &**s),
@@ -579,6 +596,10 @@ pub async fn run(args: Args) -> Result<(), String> {
                 &members.borrow_and_update(),
                 args.default_class,
             );
+            match my_standing {
+                Standing::Ready => inputs.standing.remove(&me),
+                other => inputs.standing.insert(me.clone(), other),
+            };
             let named: Vec<regex::Regex> = inputs
                 .pools
                 .iter()
@@ -633,8 +654,10 @@ pub async fn run(args: Args) -> Result<(), String> {
         if let Some(f) = forwarder.as_mut() {
             f.finish(forwarding.clone()).await;
         }
-        // The first round always elects: from here on this node's share is announced.
+        // The first round always elects: from here on this node's share is announced, and
+        // its peers may hand it over.
         readiness.set_ready();
+        crate::publish(&standing_tx, my_standing);
         loop_health.progress();
 
         recompute = true;

@@ -23,8 +23,10 @@
 //!    has one, the IP is not announced (`NoLocalEndpoints`: the fix is the same, make pods
 //!    ready). A Service without endpoints does not withdraw or narrow an IP it shares: one
 //!    Service scaled to zero must not take its neighbours on the IP down with it.
-//! 4. **Node.** A node is a candidate when its speaker is a live member, it is Ready, it does
-//!    not have `NetworkUnavailable=True`, it lacks the label
+//! 4. **Node.** A node is a candidate when its speaker is a live member that is not still
+//!    starting (a speaker whose caches have not synced or whose first election is not applied
+//!    cannot answer yet, so its peers keep its IPs until its identity says Ready), the node
+//!    is Ready, it does not have `NetworkUnavailable=True`, it lacks the label
 //!    `node.kubernetes.io/exclude-from-external-load-balancers`, and it matches the pool's
 //!    `l2.nodeSelector` (absent or empty: every node; invalid: no node, and reported).
 //!    None left: `NoEligibleNode`.
@@ -39,8 +41,10 @@
 //!    preferred over one that has only draining ones (step 7).
 //! 6. **Interface.** The node's announcing interface for the IP (see [`announcing_interface`])
 //!    exists and is up. None left: `NoInterface`.
-//! 7. **Owner.** Among the eligible nodes of the best endpoint tier (see step 5; for
-//!    Cluster Services every node is of the best tier), rendezvous (highest-random-weight)
+//! 7. **Owner.** Among the eligible nodes of the best tier: a Ready speaker before a stale
+//!    one (whose view of the cluster may be old: it keeps only IPs no Ready speaker can
+//!    take), then the best endpoint tier (see step 5; for Cluster Services every node is of
+//!    the best), rendezvous (highest-random-weight)
 //!    hashing: the node with the highest [`score`] wins, ties going to the name that sorts
 //!    first. A node joining takes
 //!    only the IPs it now wins; a node leaving gives up only the IPs it owned.
@@ -62,6 +66,8 @@ use std::net::IpAddr;
 
 use ferrolb_crds::names::{AnnouncementReason, LABEL_EXCLUDE_FROM_EXTERNAL_LB};
 use ferrolb_crds::overlap::Overlaps;
+
+pub use crate::membership::Standing;
 use ferrolb_crds::selector::Selector;
 use ferrolb_crds::{AddressBlock, AddressError, Family, IPPoolSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -291,6 +297,8 @@ pub struct Inputs {
     pub nodes: Vec<Node>,
     /// Names of nodes whose speaker is a live gossip member.
     pub members: BTreeSet<String>,
+    /// The standing of members whose speaker is not Ready (a member not listed is).
+    pub standing: BTreeMap<String, Standing>,
     pub pools: Vec<Pool>,
     pub services: Vec<Service>,
 }
@@ -461,7 +469,14 @@ pub fn elect(inputs: &Inputs) -> Election {
     let decisions = sharing
         .into_iter()
         .map(|(ip, services)| {
-            let decision = decide(ip, &services, &nodes, &inputs.members, &pools, &overlaps);
+            let decision = decide(
+                ip,
+                &services,
+                &nodes,
+                (&inputs.members, &inputs.standing),
+                &pools,
+                &overlaps,
+            );
             (ip, decision)
         })
         .collect();
@@ -564,6 +579,7 @@ pub fn interface_regex(re: &str) -> Result<Regex, regex::Error> {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Exclusion {
     NotMember,
+    SpeakerStarting,
     NotReady,
     NetworkUnavailable,
     ExcludeLabel,
@@ -577,6 +593,7 @@ impl fmt::Display for Exclusion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Exclusion::NotMember => f.write_str("speaker not a live member"),
+            Exclusion::SpeakerStarting => f.write_str("speaker starting"),
             Exclusion::NotReady => f.write_str("not Ready"),
             Exclusion::NetworkUnavailable => f.write_str("NetworkUnavailable"),
             Exclusion::ExcludeLabel => write!(f, "labelled {LABEL_EXCLUDE_FROM_EXTERNAL_LB}"),
@@ -672,10 +689,11 @@ fn decide(
     ip: IpAddr,
     services: &[&Service],
     nodes: &BTreeMap<&str, &Node>,
-    members: &BTreeSet<String>,
+    (members, standing): (&BTreeSet<String>, &BTreeMap<String, Standing>),
     pools: &[CompiledPool<'_>],
     overlaps: &Overlaps,
 ) -> Decision {
+    let standing_of = |node: &str| standing.get(node).copied().unwrap_or(Standing::Ready);
     let governing = overlaps.governing(ip);
     let Some(pool) = governing.and_then(|name| pools.iter().find(|p| p.pool.name == name)) else {
         let containing = pools
@@ -735,7 +753,7 @@ fn decide(
     let mut excluded: Vec<(&str, Exclusion)> = Vec::new();
     let mut candidates: Vec<&Node> = Vec::new();
     for (name, node) in nodes {
-        match node_exclusion(node, members, pool) {
+        match node_exclusion(node, members, standing_of(name), pool) {
             Some(why) => excluded.push((name, why)),
             None => candidates.push(node),
         }
@@ -744,8 +762,9 @@ fn decide(
         return not_announced(AnnouncementReason::NoEligibleNode, &subject, &excluded);
     }
 
-    // Each candidate's endpoint tier: the worst over the Local Services.
-    let mut tiers: BTreeMap<&str, EndpointTier> = BTreeMap::new();
+    // Each candidate's tier: a Ready speaker before a stale one, then the endpoint tier
+    // (the worst over the Local Services).
+    let mut tiers: BTreeMap<&str, (Standing, EndpointTier)> = BTreeMap::new();
     candidates.retain(|node| {
         let mut tier = EndpointTier::Ready;
         for s in serving
@@ -762,7 +781,7 @@ fn decide(
             }
             tier = tier.min(t);
         }
-        tiers.insert(&node.name, tier);
+        tiers.insert(&node.name, (standing_of(&node.name), tier));
         true
     });
     if candidates.is_empty() {
@@ -806,10 +825,14 @@ fn decide(
 fn node_exclusion(
     node: &Node,
     members: &BTreeSet<String>,
+    standing: Standing,
     pool: &CompiledPool<'_>,
 ) -> Option<Exclusion> {
     if !members.contains(&node.name) {
         return Some(Exclusion::NotMember);
+    }
+    if standing == Standing::Starting {
+        return Some(Exclusion::SpeakerStarting);
     }
     if !node.ready {
         return Some(Exclusion::NotReady);
@@ -950,6 +973,7 @@ mod tests {
         Inputs {
             nodes: nodes.iter().map(|n| node(n)).collect(),
             members: nodes.iter().map(|n| n.to_string()).collect(),
+            standing: BTreeMap::new(),
             pools: vec![pool("lan", &["10.0.0.0/24", "fd00::/64"])],
             services: vec![svc(
                 "web",
@@ -1179,6 +1203,34 @@ mod tests {
             message,
             "10.1.0.1: pool alpha holds this address but overlaps the older pool zulu (Conflict), so it governs nothing"
         );
+    }
+
+    #[test]
+    fn a_starting_speaker_is_given_nothing_and_a_stale_one_only_what_nobody_ready_can_take() {
+        let names = ["a", "b", "c"];
+        let ip_ = ip("10.0.0.10");
+        let winner = rendezvous_winner(ip_, names).unwrap();
+        let mut w = world(&names);
+        assert_eq!(owner(&elect(&w), "10.0.0.10").0, winner);
+        // The winner's speaker restarts: until it says Ready, the next one keeps the IP.
+        w.standing.insert(winner.into(), Standing::Starting);
+        let second = rendezvous_winner(ip_, names.iter().copied().filter(|n| *n != winner));
+        assert_eq!(owner(&elect(&w), "10.0.0.10").0, second.unwrap());
+        // Stale: the same while another Ready speaker can take it...
+        w.standing.insert(winner.into(), Standing::Stale);
+        assert_eq!(owner(&elect(&w), "10.0.0.10").0, second.unwrap());
+        // ...but when every speaker is stale (the API server is down for all), nothing moves.
+        for n in names {
+            w.standing.insert(n.into(), Standing::Stale);
+        }
+        assert_eq!(owner(&elect(&w), "10.0.0.10").0, winner);
+        // Nobody but starting speakers: not announced, and the message says why.
+        for n in names {
+            w.standing.insert(n.into(), Standing::Starting);
+        }
+        let (reason, message) = not_announced(&elect(&w), "10.0.0.10");
+        assert_eq!(reason, AnnouncementReason::NoEligibleNode);
+        assert!(message.contains("speaker starting: a, b, c"), "{message}");
     }
 
     #[test]
@@ -1717,14 +1769,30 @@ mod tests {
             NAMES.map(|_| prop::bool::weighted(0.85)),
             arb_pools(),
             (1usize..=5).prop_flat_map(|n| (0..n).map(arb_service).collect::<Vec<_>>()),
+            NAMES.map(|_| {
+                prop::sample::select(vec![
+                    Standing::Ready,
+                    Standing::Ready,
+                    Standing::Ready,
+                    Standing::Ready,
+                    Standing::Stale,
+                    Standing::Starting,
+                ])
+            }),
         )
-            .prop_map(|(nodes, members, pools, services)| Inputs {
+            .prop_map(|(nodes, members, pools, services, standings)| Inputs {
                 nodes: nodes.into_iter().flatten().collect(),
                 members: NAMES
                     .iter()
                     .zip(members)
                     .filter(|(_, live)| *live)
                     .map(|(n, _)| n.to_string())
+                    .collect(),
+                standing: NAMES
+                    .iter()
+                    .zip(standings)
+                    .filter(|(_, s)| *s != Standing::Ready)
+                    .map(|(n, s)| (n.to_string(), s))
                     .collect(),
                 pools,
                 services,
@@ -1789,8 +1857,14 @@ mod tests {
                     true,
                 )
             };
+            let standing = inputs
+                .standing
+                .get(&n.name)
+                .copied()
+                .unwrap_or(Standing::Ready);
             if unique
                 && inputs.members.contains(&n.name)
+                && standing != Standing::Starting
                 && n.ready
                 && !n.network_unavailable
                 && !n.labels.contains_key(LABEL_EXCLUDE_FROM_EXTERNAL_LB)
@@ -1802,14 +1876,15 @@ mod tests {
                     s.external_traffic_policy == TrafficPolicy::Cluster
                         || s.endpoints.get(&n.name).is_some_and(|e| e.ready > 0)
                 });
-                eligible.insert(n.name.clone(), (i.name.clone(), all_ready));
+                eligible.insert(n.name.clone(), (i.name.clone(), (standing, all_ready)));
             }
         }
-        // Nodes with ready local endpoints of every Local Service come first.
-        let any_ready = eligible.values().any(|(_, ready)| *ready);
+        // Ready speakers before stale ones, then nodes with ready local endpoints of every
+        // Local Service.
+        let best = eligible.values().map(|(_, tier)| *tier).max();
         eligible
             .into_iter()
-            .filter(|(_, (_, ready))| *ready || !any_ready)
+            .filter(|(_, (_, tier))| Some(*tier) == best)
             .map(|(n, (i, _))| (n, i))
             .collect()
     }

@@ -13,7 +13,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::election::{
     EndpointState, Inputs, Interface, Node, Pool, Protocol, Service, ServicePort, TrafficPolicy,
 };
-use crate::membership::Member;
+use crate::membership::{Member, Standing};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -199,6 +199,11 @@ pub fn gather<'a>(
         Inputs {
             nodes,
             members: members.keys().cloned().collect(),
+            standing: members
+                .iter()
+                .filter(|(_, m)| m.standing != Standing::Ready)
+                .map(|(n, m)| (n.clone(), m.standing))
+                .collect(),
             pools,
             services,
         },
