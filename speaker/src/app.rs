@@ -170,6 +170,12 @@ async fn client(args: &Args) -> Result<kube::Client, String> {
             .await
             .map_err(|e| format!("no Kubernetes configuration found: {e}"))?,
     };
+    let mut config = config;
+    // A connection that delivers nothing for this long is taken for dead. The API server
+    // sends a watch bookmark every minute, so a live watch never waits that long, and a
+    // dead one (a silently dropped path) is replaced within it rather than after the
+    // default five minutes.
+    config.read_timeout = Some(Duration::from_secs(90));
     kube::Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))
 }
 
@@ -306,29 +312,65 @@ where
     (reader, task)
 }
 
-/// Whether the node got back an address it had lost: its connections to the API server
-/// (watches included) may then be dead without knowing it (a cut link drops them silently;
-/// the server's retransmissions back off for minutes), and the watches must start again.
-/// `lost` remembers addresses seen before and missing now.
-pub fn regained_address(
-    before: &BTreeSet<IpAddr>,
-    now: &BTreeSet<IpAddr>,
-    lost: &mut BTreeSet<IpAddr>,
-) -> bool {
-    lost.extend(before.difference(now).copied());
-    let back: Vec<IpAddr> = lost.intersection(now).copied().collect();
+/// What the node's network looked like at one scan, as far as its connections to the API
+/// server depend on it: each interface holding global addresses (not loopback, not
+/// link-local), whether it is up, and those addresses.
+pub type Links = BTreeMap<u32, (bool, BTreeSet<IpAddr>)>;
+
+/// The node's interfaces with global addresses, by index.
+pub fn links(locals: &[interfaces::LocalInterface]) -> Links {
+    locals
+        .iter()
+        .filter_map(|l| {
+            let global: BTreeSet<IpAddr> = l
+                .iface
+                .subnets
+                .iter()
+                .map(|(ip, _)| *ip)
+                .filter(|ip| !ip.is_loopback() && !is_link_local(ip))
+                .collect();
+            (!global.is_empty()).then_some((l.index, (l.iface.up, global)))
+        })
+        .collect()
+}
+
+fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => a.is_unicast_link_local(),
+    }
+}
+
+/// Whether the node's connections to the API server (watches included) may have died
+/// without an error, so that the watches must start again: an interface holding global
+/// addresses came up (it was down, or is new: a link re-created), or an address the node
+/// had lost is back. Both happen when a link is cut and healed, and both drop connections
+/// silently: the kernel flushes the masquerading state of connections through a link that
+/// goes down or loses its address (a speaker on the host network reaches the API through
+/// the masqueraded `kubernetes` Service), and the server's retransmissions back off for
+/// minutes. `lost` remembers addresses seen before and missing now.
+pub fn connectivity_returned(before: &Links, now: &Links, lost: &mut BTreeSet<IpAddr>) -> bool {
+    let addrs = |l: &Links| -> BTreeSet<IpAddr> {
+        l.values().flat_map(|(_, a)| a.iter().copied()).collect()
+    };
+    let (had, has) = (addrs(before), addrs(now));
+    lost.extend(had.difference(&has).copied());
+    let back: Vec<IpAddr> = lost.intersection(&has).copied().collect();
     for ip in &back {
         lost.remove(ip);
     }
-    !back.is_empty()
-}
-
-/// Every address on the node's interfaces.
-fn local_addresses(locals: &[interfaces::LocalInterface]) -> BTreeSet<IpAddr> {
-    locals
-        .iter()
-        .flat_map(|l| l.iface.subnets.iter().map(|(ip, _)| *ip))
-        .collect()
+    // Addresses some interface that was up already held: a pod's veth commonly carries the
+    // node's pod-network gateway address, which every other veth holds too, and must not
+    // restart the watches each time a pod starts.
+    let held: BTreeSet<IpAddr> = before
+        .values()
+        .filter(|(up, _)| *up)
+        .flat_map(|(_, a)| a.iter().copied())
+        .collect();
+    let came_up = now.iter().any(|(index, (up, a))| {
+        *up && !before.get(index).is_some_and(|(was_up, _)| *was_up) && !a.is_subset(&held)
+    });
+    came_up || !back.is_empty()
 }
 
 /// What the status writer works from: the latest election and the Services it covered.
@@ -559,7 +601,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     // responders that could not start (no socket yet, an interface without a MAC).
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut last_problems: Vec<String> = Vec::new();
-    let mut last_addresses = local_addresses(&locals.borrow());
+    let mut last_links = links(&locals.borrow());
     let mut lost_addresses: BTreeSet<IpAddr> = BTreeSet::new();
     let mut owned: Vec<election::Announcement> = Vec::new();
     // What this speaker's identity says once it announces (Ready; Stale while its view of
@@ -572,12 +614,12 @@ pub async fn run(args: Args) -> Result<(), String> {
             break;
         }
         let local_now = locals.borrow_and_update().clone();
-        let addresses = local_addresses(&local_now);
-        if regained_address(&last_addresses, &addresses, &mut lost_addresses) {
-            info!("an address the node had lost is back: restarting the watches");
+        let now_links = links(&local_now);
+        if connectivity_returned(&last_links, &now_links, &mut lost_addresses) {
+            info!("a link of the node came up or got an address back: restarting the watches");
             restart_watches.send_modify(|n| *n += 1);
         }
-        last_addresses = addresses;
+        last_links = now_links;
         if recompute {
             // Elect and announce.
             let node_objs = nodes.state();
@@ -906,26 +948,91 @@ mod tests {
     use super::*;
 
     #[test]
-    fn watches_restart_when_a_lost_address_comes_back() {
-        let set =
+    fn watches_restart_when_a_link_comes_back_up_or_an_address_returns() {
+        let ips =
             |v: &[&str]| -> BTreeSet<IpAddr> { v.iter().map(|s| s.parse().unwrap()).collect() };
+        let link = |index: u32, up: bool, a: &[&str]| (index, (up, ips(a)));
         let mut lost = BTreeSet::new();
-        let up = set(&["10.0.0.4", "fd00::4", "10.244.1.1"]);
-        assert!(!regained_address(&up, &up, &mut lost), "nothing changed");
-        let cut = set(&["10.244.1.1"]);
+        let up: Links = [
+            link(2, true, &["10.0.0.4", "fd00::4"]),
+            link(5, true, &["10.244.1.1"]),
+        ]
+        .into();
         assert!(
-            !regained_address(&up, &cut, &mut lost),
-            "lost, not back yet"
+            !connectivity_returned(&up, &up, &mut lost),
+            "nothing changed"
         );
-        assert!(!regained_address(&cut, &cut, &mut lost));
-        assert!(regained_address(&cut, &up, &mut lost), "back: restart");
+        // Cut: the link and its addresses are gone.
+        let cut: Links = [link(5, true, &["10.244.1.1"])].into();
+        assert!(
+            !connectivity_returned(&up, &cut, &mut lost),
+            "gone, not back"
+        );
+        assert!(!connectivity_returned(&cut, &cut, &mut lost));
+        // Healed as a new link (another index): back.
+        let healed: Links = [
+            link(9, true, &["10.0.0.4", "fd00::4"]),
+            link(5, true, &["10.244.1.1"]),
+        ]
+        .into();
+        assert!(connectivity_returned(&cut, &healed, &mut lost));
         assert!(lost.is_empty());
-        assert!(!regained_address(&up, &up, &mut lost));
-        let more = set(&["10.0.0.4", "fd00::4", "10.244.1.1", "10.0.0.9"]);
-        assert!(
-            !regained_address(&up, &more, &mut lost),
-            "a new address is not a return"
+        // Taken down (addresses kept), renamed, up again: the up counts.
+        let down: Links = [
+            link(9, false, &["10.0.0.4", "fd00::4"]),
+            link(5, true, &["10.244.1.1"]),
+        ]
+        .into();
+        assert!(!connectivity_returned(&healed, &down, &mut lost));
+        assert!(connectivity_returned(&down, &healed, &mut lost));
+        // An address removed and added back on a link that stayed up.
+        let bare: Links = [link(9, true, &["fd00::4"]), link(5, true, &["10.244.1.1"])].into();
+        assert!(!connectivity_returned(&healed, &bare, &mut lost));
+        assert!(connectivity_returned(&bare, &healed, &mut lost));
+        // A brand-new address is not a return.
+        let more: Links = [
+            link(9, true, &["10.0.0.4", "fd00::4", "10.0.0.9"]),
+            link(5, true, &["10.244.1.1"]),
+        ]
+        .into();
+        assert!(!connectivity_returned(&healed, &more, &mut lost));
+        // A pod's veth holding the gateway address other veths hold: no restart; the first
+        // one, with an address no up interface held, does.
+        let pod: Links = [
+            link(9, true, &["10.0.0.4", "fd00::4", "10.0.0.9"]),
+            link(5, true, &["10.244.1.1"]),
+            link(11, true, &["10.244.1.1"]),
+        ]
+        .into();
+        assert!(!connectivity_returned(&more, &pod, &mut lost));
+        let fresh: Links = [link(9, true, &["10.0.0.4", "fd00::4", "10.0.0.9"])].into();
+        assert!(connectivity_returned(&fresh, &pod, &mut lost));
+    }
+
+    #[test]
+    fn only_interfaces_with_global_addresses_count() {
+        let li = |index: u32, name: &str, up: bool, addrs: &[&str]| interfaces::LocalInterface {
+            iface: election::Interface {
+                name: name.into(),
+                up,
+                subnets: addrs.iter().map(|a| (a.parse().unwrap(), 64)).collect(),
+                ..Default::default()
+            },
+            index,
+            mac: None,
+        };
+        let l = links(&[
+            li(1, "lo", true, &["127.0.0.1", "::1"]),
+            li(2, "eth0", true, &["10.0.0.4", "fe80::1"]),
+            li(7, "veth1", true, &["fe80::2"]),
+            li(8, "veth2", false, &[]),
+        ]);
+        assert_eq!(
+            l.keys().copied().collect::<Vec<_>>(),
+            vec![2],
+            "pods' veths never restart the watches"
         );
+        assert_eq!(l[&2].1.len(), 1);
     }
 
     #[test]
