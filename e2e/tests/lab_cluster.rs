@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use ferrolb_e2e::lab::cli::NodeAction;
 use ferrolb_e2e::lab::echo::EchoReply;
 use ferrolb_e2e::lab::handle::Lab;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
 use serde_json::json;
 
 /// Retries `f` until it gives `Some`, for up to 30 s (kube-proxy programs rules
@@ -22,6 +24,14 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         }
         assert!(Instant::now() < deadline, "{what}: not within 30 s");
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn bracket(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
     }
 }
 
@@ -180,14 +190,40 @@ async fn an_unready_pod_leaves_the_endpoints_and_gets_no_traffic() {
     let port = svc.spec.unwrap().ports.unwrap()[0].node_port.unwrap();
     let (_, ip) = node_ips(&lab).remove(0);
     let url = format!("http://{ip}:{port}/");
-    // Both answer at first (random choice: try until both were seen).
+    // Both answer at first (random choice: try until both were seen). A pod never seen
+    // is reported with what a node sees when it asks that pod directly.
+    let pods: Api<Pod> = Api::namespaced(lab.client(), &ns.name);
+    let mut pod_ips = Vec::new();
+    for p in ["a", "b"] {
+        let ip = pods.get(p).await.unwrap().status.and_then(|s| s.pod_ip);
+        pod_ips.push((p, ip));
+    }
     let mut seen = BTreeSet::new();
-    eventually("both pods answer", || {
-        if let Some(r) = reply(lab.curl("client", &url)) {
-            seen.insert(r.pod);
+    let mut unanswered = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 2 {
+        match reply(lab.curl("client", &url)) {
+            Some(r) => {
+                seen.insert(r.pod);
+            }
+            None => unanswered += 1,
         }
-        (seen.len() == 2).then_some(())
-    });
+        if Instant::now() > deadline {
+            let direct: Vec<String> = pod_ips
+                .iter()
+                .map(|(p, ip)| {
+                    let got = ip
+                        .as_ref()
+                        .and_then(|ip| lab.curl("node1", &format!("http://{}:8080/", bracket(ip))));
+                    format!("{p} at {ip:?} from node1: {got:?}")
+                })
+                .collect();
+            panic!(
+                "both pods answer: within 60 s only {seen:?} did ({unanswered} requests unanswered); {}",
+                direct.join("; ")
+            );
+        }
+    }
     lab.set_ready(&ns.name, "b", false).await.unwrap();
     lab.wait_endpoints(&ns.name, "r", 1).await.unwrap();
     // kube-proxy catches up; then b never answers.
