@@ -170,11 +170,34 @@ async fn service_with_backends(
 }
 
 /// Waits until a new connection to `ip` succeeds and the client resolves it to `mac`.
-async fn wait_served_by(lab: &Cluster, ip: IpAddr, mac: &str) {
-    eventually(&format!("{ip} served from {mac}"), 30, || async {
-        (resolve(lab, ip).as_deref() == Some(mac) && connect(lab, ip).is_some()).then_some(())
-    })
-    .await
+/// Failing, it says what the client last resolved and whether the connection went through.
+async fn wait_served_by(lab: &Cluster, ip: IpAddr, owner: &str) {
+    let mac = &mac_of(lab, owner);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let resolved = resolve(lab, ip);
+        let reply = if resolved.as_deref() == Some(mac) {
+            connect(lab, ip)
+        } else {
+            None
+        };
+        if reply.is_some() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let neigh = lab.client_exec("ip", &["neigh", "show", &ip.to_string()]);
+            panic!(
+                "{ip} served from {mac}: not within 30 s (last resolved to {resolved:?}; \
+                 connection {}; client's neighbour entry {neigh:?})",
+                if resolved.as_deref() == Some(mac) {
+                    "failed"
+                } else {
+                    "not tried"
+                }
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
@@ -188,7 +211,7 @@ async fn each_ip_resolves_to_its_owner_answers_alone_and_carries_traffic() {
     }
     for (ip, owner) in &owners {
         let mac = mac_of(&lab, owner);
-        wait_served_by(&lab, *ip, &mac).await;
+        wait_served_by(&lab, *ip, owner).await;
         let seen = answerers(&lab, *ip);
         assert_eq!(
             seen,
@@ -231,7 +254,7 @@ async fn local_policy_only_nodes_with_local_pods_announce_and_the_client_address
         .chain(v6.map(IpAddr::V6))
         .collect();
     for ip in owners.keys() {
-        wait_served_by(&lab, *ip, &mac_of(&lab, second)).await;
+        wait_served_by(&lab, *ip, second).await;
         let r = connect(&lab, *ip).unwrap();
         assert_eq!(&r.node, second);
         assert!(
@@ -271,7 +294,7 @@ async fn local_policy_only_nodes_with_local_pods_announce_and_the_client_address
     )
     .await;
     for ip in moved.keys() {
-        wait_served_by(&lab, *ip, &mac_of(&lab, third)).await;
+        wait_served_by(&lab, *ip, third).await;
     }
 
     // No local pod anywhere: not announced, and the condition says why.
@@ -353,7 +376,7 @@ async fn failover(prefix: &str, detection: Detection, fault: Fault) {
     let ns = lab.namespace(prefix).await.unwrap();
     let owners = service_with_backends(&lab, &ns.name, "fo", &lab.node_names(), false).await;
     let (first_ip, victim) = owners.iter().next().map(|(i, n)| (*i, n.clone())).unwrap();
-    wait_served_by(&lab, first_ip, &mac_of(&lab, &victim)).await;
+    wait_served_by(&lab, first_ip, &victim).await;
 
     let suspicions_before = survivors_suspicions(&lab, &victim);
     fault.inflict(&lab, &victim).await;
@@ -381,7 +404,7 @@ async fn failover(prefix: &str, detection: Detection, fault: Fault) {
         ),
     }
     for (ip, owner) in &after {
-        wait_served_by(&lab, *ip, &mac_of(&lab, owner)).await;
+        wait_served_by(&lab, *ip, owner).await;
     }
 
     fault.undo(&lab, &victim).await;
