@@ -186,9 +186,29 @@ async fn wait_served_by(lab: &Cluster, ip: IpAddr, owner: &str) {
         }
         if Instant::now() > deadline {
             let neigh = lab.client_exec("ip", &["neigh", "show", &ip.to_string()]);
+            let text = ip.to_string();
+            let grep = |r: Result<String, _>| {
+                r.map(|out: String| {
+                    out.lines()
+                        .filter(|l| l.contains(&text))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                })
+            };
+            let save = if ip.is_ipv4() {
+                "iptables-save"
+            } else {
+                "ip6tables-save"
+            };
+            let nat = grep(lab.exec(owner, save, &["-c", "-t", "nat"]));
+            let filter = grep(lab.exec(owner, save, &["-c", "-t", "filter"]));
+            let nft = grep(lab.exec(owner, "nft", &["list", "table", "inet", "ferrolb"]));
+            let tracked = lab.exec(owner, "conntrack", &["-L", "-d", &text]);
             panic!(
-                "{ip} served from {mac}: not within 30 s (last resolved to {resolved:?}; \
-                 connection {}; client's neighbour entry {neigh:?})",
+                "{ip} served from {owner} ({mac}): not within 30 s (last resolved to \
+                 {resolved:?}; connection {}; client's neighbour entry {neigh:?}; on the \
+                 owner: NAT rules {nat:?}, filter rules {filter:?}, ferrolb's nft table \
+                 {nft:?}, conntrack {tracked:?})",
                 if resolved.as_deref() == Some(mac) {
                     "failed"
                 } else {
