@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use ferrolb_e2e::kind::{self, KindState};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::discovery::{Discovery, Scope};
@@ -19,10 +20,14 @@ fn helm(k: &KindState, args: &[&str]) -> String {
 }
 
 /// Whether an object is ferrolb's: named like it, labelled part of it, or managed by its
-/// release.
-fn is_ferrolb(o: &DynamicObject) -> bool {
+/// release. The kind cluster is named `ferrolb` too, so its nodes' own objects (Node,
+/// CSINode: named after a node) are not.
+fn is_ferrolb(o: &DynamicObject, nodes: &[String]) -> bool {
     let m = &o.metadata;
     let name = m.name.as_deref().unwrap_or("");
+    if nodes.iter().any(|n| n == name) {
+        return false;
+    }
     let labelled = m.labels.as_ref().is_some_and(|l| {
         l.get("app.kubernetes.io/part-of").map(String::as_str) == Some("ferrolb")
             || l.get("app.kubernetes.io/instance").map(String::as_str) == Some("ferrolb")
@@ -36,6 +41,14 @@ fn is_ferrolb(o: &DynamicObject) -> bool {
 /// CRD and its IPPools.
 async fn leftovers(client: &kube::Client, namespace: &str, keep_crd: bool) -> Vec<String> {
     let discovery = Discovery::new(client.clone()).run().await.unwrap();
+    let nodes: Vec<String> = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
     let mut found = Vec::new();
     for group in discovery.groups() {
         for (ar, caps) in group.recommended_resources() {
@@ -53,7 +66,7 @@ async fn leftovers(client: &kube::Client, namespace: &str, keep_crd: bool) -> Ve
             let Ok(list) = api.list(&ListParams::default()).await else {
                 continue;
             };
-            for o in list.items.iter().filter(|o| is_ferrolb(o)) {
+            for o in list.items.iter().filter(|o| is_ferrolb(o, &nodes)) {
                 if keep_crd
                     && ar.kind == "CustomResourceDefinition"
                     && o.metadata.name.as_deref() == Some("ippools.ferrolb.io")
