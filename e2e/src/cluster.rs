@@ -646,8 +646,10 @@ impl Cluster {
         }
         tracing::warn!("speakers not converged: undoing any fault a previous test left");
         for n in self.node_names() {
-            self.node_action(&n, NodeAction::Heal).await?;
+            // Start first: a stopped node cannot be healed (kind refuses), and starting a
+            // running one changes nothing.
             self.node_action(&n, NodeAction::Start).await?;
+            self.node_action(&n, NodeAction::Heal).await?;
             match &self.provider {
                 Provider::Lab(l) => {
                     if l.speaker_pid(&n).is_none() {

@@ -66,6 +66,23 @@ restore_eth0() {
   printf '%s\n' "${cmds[@]}" | docker exec -i "$node" sh -e || fail "could not rename $dn of $node to eth0"
 }
 
+# Makes eth0's link-local address usable. The kernel sends the Neighbor Solicitations for
+# forwarded packets (a reply leaving with a LoadBalancer IP as its source) from the link's
+# link-local address, and sends none while that address is tentative or failed its DAD: the
+# node then reaches no neighbour over IPv6 for forwarded traffic (its own connections
+# still work, from its global address). A relinked eth0 has been seen failing DAD against
+# its own MAC after a heal or a start (dmesg: "duplicate address fe80::... used by <its
+# MAC>"); docker's segment has unique MACs, so the address is put back without DAD.
+fix_link_local() {
+  docker exec -i "$node" sh -e <<'SH' || fail "could not repair the link-local address of $node"
+sysctl -qw net.ipv6.conf.eth0.accept_dad=0 2>/dev/null || exit 0
+for a in $(ip -6 -o addr show dev eth0 scope link | awk '/tentative|dadfailed/ {print $4}'); do
+  ip -6 addr del "$a" dev eth0
+  ip -6 addr add "$a" dev eth0 scope link nodad
+done
+SH
+}
+
 # Waits until the kubelet, started after $1 (RFC 3339, UTC), reports the Node Ready.
 wait_ready() {
   local since=$1 i beat ready
@@ -98,6 +115,7 @@ case "$action" in
       reconnect
       restore_eth0
     fi
+    fix_link_local
     # The pod routes went with the link.
     bash "$kind_here/cni.sh" --no-wait
     kc wait --for=condition=Ready "node/$node" --timeout=180s >/dev/null ||
@@ -120,6 +138,7 @@ case "$action" in
       reconnect
       docker start "$node" >/dev/null || fail "docker could not start $node"
       rm -f "$ifname_file"   # a new network namespace: docker's eth0 again
+      fix_link_local
       # systemd, containerd and the kubelet come up; a new network namespace has no pod
       # routes and forwarding is off again.
       for _ in $(seq 1 60); do
