@@ -14,7 +14,7 @@ help:
 	@echo "make lab   - run ferrolb on a real cluster on this machine (the lab)"
 	@echo "make test  - everything: deps, fmt, clippy, CRD drift, unit and end-to-end tests"
 
-test: deps fmt-check clippy check-crds chart unit fuzz cp-tests lab-tests images-test
+test: deps fmt-check clippy check-crds chart unit fuzz cp-tests lab-tests images-test kind-tests
 	@echo "make test: all stages passed"
 
 LAB := target/debug/ferrolb-lab
