@@ -39,16 +39,13 @@ fn is_ferrolb(o: &DynamicObject, nodes: &[String]) -> bool {
 /// (they expire on their own), Namespaces (the release namespace is the user's, made by
 /// `helm install --create-namespace`, which Helm never deletes) and, when `keep_crd`, the
 /// CRD and its IPPools.
-async fn leftovers(client: &kube::Client, namespace: &str, keep_crd: bool) -> Vec<String> {
-    let discovery = Discovery::new(client.clone()).run().await.unwrap();
-    let nodes: Vec<String> = Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|n| n.metadata.name)
-        .collect();
+async fn leftovers(
+    client: &kube::Client,
+    discovery: &Discovery,
+    nodes: &[String],
+    namespace: &str,
+    keep_crd: bool,
+) -> Vec<String> {
     let mut found = Vec::new();
     for group in discovery.groups() {
         for (ar, caps) in group.recommended_resources() {
@@ -66,7 +63,7 @@ async fn leftovers(client: &kube::Client, namespace: &str, keep_crd: bool) -> Ve
             let Ok(list) = api.list(&ListParams::default()).await else {
                 continue;
             };
-            for o in list.items.iter().filter(|o| is_ferrolb(o, &nodes)) {
+            for o in list.items.iter().filter(|o| is_ferrolb(o, nodes)) {
                 if keep_crd
                     && ar.kind == "CustomResourceDefinition"
                     && o.metadata.name.as_deref() == Some("ippools.ferrolb.io")
@@ -89,9 +86,20 @@ async fn leftovers(client: &kube::Client, namespace: &str, keep_crd: bool) -> Ve
 /// Waits (garbage collection and pod termination take a while) until nothing of ferrolb is
 /// left; the leftovers otherwise.
 async fn wait_gone(client: &kube::Client, namespace: &str, keep_crd: bool) -> Vec<String> {
+    // What the server serves, and its nodes, once: a resource gone meanwhile (the CRD) is
+    // skipped by its failing list.
+    let discovery = Discovery::new(client.clone()).run().await.unwrap();
+    let nodes: Vec<String> = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let left = leftovers(client, namespace, keep_crd).await;
+        let left = leftovers(client, &discovery, &nodes, namespace, keep_crd).await;
         if left.is_empty() || Instant::now() > deadline {
             return left;
         }
