@@ -365,6 +365,82 @@ async fn without_forwarding_in_the_speakers_a_nodeport_pool_ip_carries_nothing()
     .await;
 }
 
+/// A kernel that refuses the SCTP NAT rules. On the lab every speaker gets an `nft` that
+/// refuses any ruleset naming SCTP (a shell wrapper around the real one); kind's speaker
+/// image has no shell to wrap `nft` with, and kind's kernel takes the rules, so there the
+/// test has nothing to run. A Service with a TCP and an SCTP port keeps carrying TCP, and
+/// its `ferrolb.io/Announced` names the SCTP port that is not forwarded; speakers whose
+/// kernel takes the rules drop the note again.
+#[tokio::test]
+async fn a_kernel_refusing_sctp_forwards_the_rest_and_the_condition_says_so() {
+    let c = Cluster::connect().await.unwrap();
+    if c.lab().is_none() {
+        eprintln!("kind: the speaker image has no shell to wrap nft with; nothing to run");
+        return;
+    }
+    c.ensure_healthy().await.unwrap();
+    let wrapper =
+        std::env::temp_dir().join(format!("ferrolb-e2e-nft-no-sctp-{}", std::process::id()));
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\ninput=$(cat)\ncase \"$input\" in *sctp*) echo 'Error: Could not process rule: Operation not supported' >&2; exit 1;; esac\nprintf '%s\\n' \"$input\" | exec nft \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let flag = format!("--nft={}", wrapper.display());
+    c.set_speaker_args(&[flag.as_str()]).await.unwrap();
+
+    let nodes = c.node_names();
+    let pool = Pool::new(&c, "e2e-fwd-sctp", 50).await;
+    let ns = c.namespace("fwd-sctp").await.unwrap();
+    let ports = json!({"ports": [
+        {"name": "http", "port": 80, "targetPort": ECHO_PORT, "protocol": "TCP"},
+        {"name": "sig", "port": 9, "targetPort": 9, "protocol": "SCTP"}]});
+    let owners = forwarded_service(&c, &ns.name, "web", &pool, &nodes, ports).await;
+    let cond = eventually("the SCTP note", 60, || async {
+        let cond = c.announced(&ns.name, "web").await?;
+        cond.message.contains("not forwarded").then_some(cond)
+    })
+    .await;
+    assert_eq!(cond.status, "True", "{}", cond.message);
+    // A speaker knows only its own kernel: the condition's writer (the owner of the first
+    // IP) marks the IPs it owns.
+    let writer = owners.values().next().unwrap();
+    for (ip, owner) in &owners {
+        let part = format!("{ip} from node {owner} on ");
+        assert!(cond.message.contains(&part), "{}", cond.message);
+        if owner == writer {
+            let note = "(SCTP ports 9/SCTP not forwarded: that node's kernel refuses SCTP forwarding rules)";
+            let at = cond.message.find(&part).unwrap();
+            let rest = &cond.message[at..];
+            let this = rest.split("; ").next().unwrap();
+            assert!(this.ends_with(note), "{}", cond.message);
+        }
+        eventually(&format!("TCP through {ip}"), 30, || async {
+            curl(&c, *ip, None)
+        })
+        .await;
+    }
+
+    c.set_speaker_args(&[]).await.unwrap();
+    let _ = std::fs::remove_file(&wrapper);
+    eventually("the SCTP note dropped", 60, || async {
+        let cond = c.announced(&ns.name, "web").await?;
+        (cond.status == "True" && !cond.message.contains("not forwarded")).then_some(())
+    })
+    .await;
+    for ip in owners.keys() {
+        eventually(&format!("TCP through {ip} again"), 30, || async {
+            curl(&c, *ip, None)
+        })
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn a_source_range_lets_the_client_in_and_keeps_its_second_address_out() {
     let c = Cluster::connect().await.unwrap();

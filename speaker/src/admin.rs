@@ -69,6 +69,9 @@ pub struct ForwardingStats {
     /// Rulesets loaded, and loads that failed.
     pub loads: u64,
     pub errors: u64,
+    /// The kernel refused the SCTP rules: SCTP ports of forwarded IPs are not forwarded
+    /// (and a Service's `ferrolb.io/Announced` says so).
+    pub sctp_refused: bool,
 }
 
 impl Metrics {
@@ -290,6 +293,13 @@ impl Metrics {
                 let _ = writeln!(out, "# TYPE {name} counter");
                 let _ = writeln!(out, "{name} {v}");
             }
+            let name = "ferrolb_forwarding_sctp_refused";
+            let _ = writeln!(
+                out,
+                "# HELP {name} 1 when this node's kernel refused the SCTP forwarding rules (SCTP ports of forwarded IPs get no traffic; TCP and UDP are forwarded)."
+            );
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {}", u8::from(f.sctp_refused));
         }
         for (name, help, v) in [
             (
@@ -578,6 +588,7 @@ mod tests {
             ips: [2, 1],
             loads: 4,
             errors: 1,
+            sctp_refused: true,
         });
         let text = m.render();
         for line in [
@@ -589,6 +600,8 @@ mod tests {
             "# TYPE ferrolb_forwarded_ips gauge",
             "ferrolb_forwarding_loads_total 4",
             "ferrolb_forwarding_errors_total 1",
+            "ferrolb_forwarding_sctp_refused 1",
+            "# TYPE ferrolb_forwarding_sctp_refused gauge",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

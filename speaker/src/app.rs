@@ -830,13 +830,20 @@ async fn status_loop(
             .map(|s| (s.namespace.as_str(), s.name.as_str()))
             .collect();
         written.retain(|(ns, name), _| live.contains(&(ns.as_str(), name.as_str())));
+        // Read on every turn (the 5 s tick included), so a refusal found by the
+        // forwarder after this input changed still reaches the conditions.
+        let sctp_refused = metrics
+            .forwarding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|f| f.sctp_refused);
         for svc in now.services.iter() {
             if status::writer(svc, &now.election, now.members.iter().map(String::as_str))
                 != Some(me.as_str())
             {
                 continue;
             }
-            let want = status::announced(svc, &now.election);
+            let want = status::announced(svc, &now.election, sctp_refused.then_some(me.as_str()));
             let key = (svc.namespace.clone(), svc.name.clone());
             let Some(obj) = services.get(&ObjectRef::new(&svc.name).within(&svc.namespace)) else {
                 continue;

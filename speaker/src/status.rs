@@ -13,7 +13,7 @@ use ferrolb_crds::names::{AnnouncementReason, CONDITION_ANNOUNCED};
 use k8s_openapi::api::core::v1::Service as K8sService;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-use crate::election::{Decision, Election, Service, rendezvous_winner};
+use crate::election::{Decision, Election, Protocol, Service, ServicePort, rendezvous_winner};
 
 /// The `ferrolb.io/Announced` condition a Service should carry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,16 +31,45 @@ pub const REASON_ANNOUNCED: &str = "Announced";
 /// The condition for `svc` under `election`: True when every IP of the Service is announced
 /// (the message names node and interface per IP), False otherwise with the reason of the
 /// first IP that is not.
-pub fn announced(svc: &Service, election: &Election) -> Announced {
+///
+/// `sctp_refused_by` is this speaker's node when its kernel refused the SCTP forwarding
+/// rules (a speaker knows only its own kernel, so only the IPs it owns are marked). Such an
+/// IP of a forwarding pool still carries the Service's TCP and UDP ports, and the message
+/// names the SCTP ports it does not carry; when every port of the Service is SCTP, nothing
+/// is carried and the condition is False (`NoEligibleNode`: no node that can forward it).
+pub fn announced(svc: &Service, election: &Election, sctp_refused_by: Option<&str>) -> Announced {
     let mut ips = svc.ips.clone();
     ips.sort();
     ips.dedup();
+    let forwarded: Vec<&ServicePort> = svc.ports.iter().filter(|p| p.node_port.is_some()).collect();
+    let sctp: Vec<String> = forwarded
+        .iter()
+        .filter(|p| p.protocol == Protocol::Sctp)
+        .map(|p| format!("{}/SCTP", p.port))
+        .collect();
+    let only_sctp = !sctp.is_empty() && sctp.len() == forwarded.len();
     let mut parts = Vec::new();
     let mut first_problem = None;
     for ip in &ips {
         match election.decision(*ip) {
             Some(Decision::Owner { node, interface }) => {
-                parts.push(format!("{ip} from node {node} on {interface}"));
+                let refused = !sctp.is_empty()
+                    && svc.proxied.contains(ip)
+                    && sctp_refused_by == Some(node.as_str());
+                if !refused {
+                    parts.push(format!("{ip} from node {node} on {interface}"));
+                } else if only_sctp {
+                    first_problem.get_or_insert(AnnouncementReason::NoEligibleNode.as_str());
+                    parts.push(format!(
+                        "{ip} not announced: node {node} holds it, but its kernel refuses SCTP forwarding rules and every port of the Service is SCTP ({}), so nothing is forwarded",
+                        sctp.join(", ")
+                    ));
+                } else {
+                    parts.push(format!(
+                        "{ip} from node {node} on {interface} (SCTP ports {} not forwarded: that node's kernel refuses SCTP forwarding rules)",
+                        sctp.join(", ")
+                    ));
+                }
             }
             Some(Decision::NotAnnounced { reason, message }) => {
                 first_problem.get_or_insert(reason.as_str());
@@ -159,7 +188,7 @@ mod tests {
     fn true_names_node_and_interface_for_every_ip() {
         let s = svc(&["fd00::5", "10.0.0.5"]);
         let e = election(&[("10.0.0.5", owner("n1")), ("fd00::5", owner("n2"))]);
-        let a = announced(&s, &e);
+        let a = announced(&s, &e, None);
         assert!(a.status);
         assert_eq!(a.reason, "Announced");
         assert_eq!(
@@ -180,7 +209,7 @@ mod tests {
                 message: "no node has a ready local endpoint".into(),
             },
         )]);
-        let a = announced(&s, &e);
+        let a = announced(&s, &e, None);
         assert!(!a.status);
         assert_eq!(a.reason, "NoLocalEndpoints");
         assert!(a.message.contains("no node has a ready local endpoint"));
@@ -196,8 +225,8 @@ mod tests {
     #[test]
     fn events_only_when_the_owner_changes() {
         let s = svc(&["10.0.0.5"]);
-        let a1 = announced(&s, &election(&[("10.0.0.5", owner("n1"))]));
-        let a2 = announced(&s, &election(&[("10.0.0.5", owner("n2"))]));
+        let a1 = announced(&s, &election(&[("10.0.0.5", owner("n1"))]), None);
+        let a2 = announced(&s, &election(&[("10.0.0.5", owner("n2"))]), None);
         assert!(owner_changed(None, &a1));
         assert!(owner_changed(Some(&cond("False", "whatever")), &a1));
         assert!(!owner_changed(Some(&cond("True", &a1.message)), &a1));
@@ -224,5 +253,58 @@ mod tests {
         assert!(!up_to_date(None, &want));
         c.message = "other".into();
         assert!(!up_to_date(Some(&c), &want));
+    }
+
+    #[test]
+    fn sctp_ports_a_refusing_kernel_cannot_forward_are_named() {
+        let port = |protocol, port, node_port| ServicePort {
+            protocol,
+            port,
+            node_port: Some(node_port),
+        };
+        let mut s = svc(&["10.0.0.5", "fd00::5"]);
+        s.proxied = s.ips.iter().copied().collect();
+        s.ports = vec![
+            port(Protocol::Tcp, 80, 30080),
+            port(Protocol::Sctp, 9, 30009),
+        ];
+        let e = election(&[("10.0.0.5", owner("n1")), ("fd00::5", owner("n2"))]);
+        // A kernel that takes the rules, or another node's: nothing to say.
+        assert_eq!(announced(&s, &e, None), announced(&s, &e, Some("n3")));
+        assert!(!announced(&s, &e, None).message.contains("SCTP"));
+        // n1 refuses: its IP still carries port 80 and the message names the SCTP port.
+        let a = announced(&s, &e, Some("n1"));
+        assert!(a.status, "{a:?}");
+        assert_eq!(
+            a.message,
+            "announced: 10.0.0.5 from node n1 on eth0 (SCTP ports 9/SCTP not forwarded: that node's kernel refuses SCTP forwarding rules); fd00::5 from node n2 on eth0"
+        );
+        // Only SCTP ports: nothing is carried, the condition is False.
+        s.ports = vec![
+            port(Protocol::Sctp, 9, 30009),
+            port(Protocol::Sctp, 10, 30010),
+        ];
+        let a = announced(&s, &e, Some("n2"));
+        assert!(!a.status);
+        assert_eq!(a.reason, "NoEligibleNode");
+        assert!(
+            a.message.contains("fd00::5 not announced: node n2 holds it, but its kernel refuses SCTP forwarding rules and every port of the Service is SCTP (9/SCTP, 10/SCTP)"),
+            "{}",
+            a.message
+        );
+        // VIP mode (kube-proxy handles the IP): the speaker's kernel rules play no part.
+        s.proxied.clear();
+        assert!(announced(&s, &e, Some("n2")).status);
+        // A port without a NodePort is not forwarded anyway and is not named.
+        s.proxied = s.ips.iter().copied().collect();
+        s.ports = vec![
+            port(Protocol::Tcp, 80, 30080),
+            ServicePort {
+                protocol: Protocol::Sctp,
+                port: 9,
+                node_port: None,
+            },
+        ];
+        assert!(!announced(&s, &e, Some("n1")).message.contains("SCTP"));
     }
 }

@@ -11,11 +11,13 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Pair, in_ns, mac_of, sh};
+use ferrolb_speaker::admin::Metrics;
 use ferrolb_speaker::election::Protocol;
-use ferrolb_speaker::forwarding::kernel::Kernel;
+use ferrolb_speaker::forwarding::kernel::{Forwarder, Kernel};
 use ferrolb_speaker::forwarding::{Forward, Ruleset, nft};
 
 /// The two namespaces of one test (each test has its own, so tests run in parallel).
@@ -269,4 +271,75 @@ async fn a_new_speaker_replaces_what_a_crashed_one_left() {
         "one table: {listing}"
     );
     k.remove().await.unwrap();
+}
+
+/// A kernel that refuses the SCTP rules, played by a wrapper around `nft` that refuses any
+/// ruleset naming SCTP: the TCP and UDP forwards are loaded all the same, the refusal is
+/// recorded (the metric, which the Services' conditions are written from), and an SCTP
+/// port of an owned IP is dropped like any port the table does not forward.
+#[tokio::test]
+async fn a_kernel_refusing_sctp_still_forwards_tcp_and_udp_and_says_so() {
+    let ns = Ns {
+        client: "flbt-fwd3-c",
+        node: "flbt-fwd3-n",
+    };
+    let _pair = setup(ns);
+    node_port_servers(ns);
+    let refusing = format!(
+        "input=$(cat); case \"$input\" in *sctp*) echo 'Error: Could not process rule: Operation not supported' >&2; exit 1;; esac; printf '%s\\n' \"$input\" | ip netns exec {} nft \"$@\"",
+        ns.node
+    );
+    let metrics = Arc::new(Metrics::default());
+    let mut f = Forwarder::new(
+        Kernel::new(
+            vec!["sh".into(), "-c".into(), refusing, "nft".into()],
+            nft::DEFAULT_MARK,
+        ),
+        metrics.clone(),
+    );
+    f.start().await;
+    assert!(!f.sctp_refused());
+    let mut rs = ruleset(None);
+    rs.forwards.insert(Forward {
+        ip: ip(LB4),
+        protocol: Protocol::Sctp,
+        port: 9,
+        node_port: 30009,
+    });
+    f.begin(&rs).await;
+    f.finish(rs.clone()).await;
+    assert!(f.sctp_refused(), "the refusal is recorded");
+    let (text, peer) = tcp(ns, &format!("{LB4}:80")).expect("TCP is forwarded");
+    assert!(text.starts_with("client=10.88.0.100:"), "{text}");
+    assert_eq!(peer, format!("{LB4}:80").parse().unwrap());
+    assert!(udp(ns, &format!("{LB4}:53")).is_some(), "UDP is forwarded");
+    assert!(tcp(ns, &format!("[{LB6}]:80")).is_some());
+    let (_, rules) = sh(&[
+        "ip", "netns", "exec", ns.node, "nft", "list", "table", "inet", "ferrolb",
+    ]);
+    assert!(
+        rules.contains("tcp dport") && !rules.contains("sctp"),
+        "{rules}"
+    );
+    let text = metrics.render();
+    assert!(
+        text.lines()
+            .any(|l| l == "ferrolb_forwarding_sctp_refused 1"),
+        "{text}"
+    );
+    // A later change is loaded without offering SCTP again (no error counted for it).
+    let errors = |m: &Metrics| m.forwarding.lock().unwrap().unwrap().errors;
+    let before = errors(&metrics);
+    let mut next = rs.clone();
+    next.forwards.retain(|f| f.port != 53);
+    f.begin(&next).await;
+    f.finish(next).await;
+    assert_eq!(errors(&metrics), before);
+    assert!(
+        udp(ns, &format!("{LB4}:53")).is_none(),
+        "the UDP forward went"
+    );
+    assert!(tcp(ns, &format!("{LB4}:80")).is_some());
+    f.stop().await;
+    assert!(!table_exists(ns));
 }

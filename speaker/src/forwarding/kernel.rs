@@ -246,7 +246,12 @@ pub struct Forwarder {
     totals: Totals,
     metrics: Arc<Metrics>,
     last_error: Option<String>,
+    /// When the SCTP rules were last offered to the kernel.
+    sctp_offered: Option<std::time::Instant>,
 }
+
+/// How often SCTP rules the kernel refused are offered again.
+const SCTP_REOFFER: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Forwarder {
     pub fn new(kernel: Kernel, metrics: Arc<Metrics>) -> Forwarder {
@@ -260,6 +265,7 @@ impl Forwarder {
             totals: Totals::default(),
             metrics,
             last_error: None,
+            sctp_offered: None,
         }
     }
 
@@ -273,40 +279,78 @@ impl Forwarder {
     }
 
     async fn load(&mut self, rs: &Ruleset) -> bool {
-        if self.try_load(rs).await {
-            return true;
+        let has_sctp = rs.forwards.iter().any(|f| f.protocol == Protocol::Sctp);
+        if !has_sctp {
+            return self.try_load(rs).await;
         }
-        // A kernel without SCTP checksum support refuses the SCTP rules: forward the rest.
-        if rs.forwards.iter().any(|f| f.protocol == Protocol::Sctp) {
-            let mut without = rs.clone();
-            without.forwards.retain(|f| f.protocol != Protocol::Sctp);
-            without
-                .allowed_sources
-                .retain(|(_, p, _), _| *p != Protocol::Sctp);
-            if self.try_load(&without).await {
-                warn!(
-                    "this kernel refused the SCTP forwarding rules: SCTP ports of forwarded IPs get no traffic; TCP and UDP are forwarded"
-                );
-                return true;
+        // A kernel without SCTP NAT support refuses the SCTP rules: forward the rest, and
+        // say so (the metric, and `ferrolb.io/Announced` on the Services concerned). Once
+        // refused, the SCTP rules are offered again at most once a minute (a refusal may
+        // have been a passing failure of another kind).
+        let offer = !self.sctp_refused()
+            || self
+                .sctp_offered
+                .is_none_or(|at| at.elapsed() >= SCTP_REOFFER);
+        if offer {
+            self.sctp_offered = Some(std::time::Instant::now());
+            match self.kernel.apply(rs).await {
+                Ok(changed) => {
+                    self.loaded(rs, changed);
+                    if self.sctp_refused() {
+                        info!("this kernel now takes the SCTP forwarding rules");
+                        self.stats(|s| s.sctp_refused = false);
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    debug!(error = %e, "the ruleset with SCTP rules was refused; trying without them");
+                }
             }
         }
-        false
+        let mut without = rs.clone();
+        without.forwards.retain(|f| f.protocol != Protocol::Sctp);
+        without
+            .allowed_sources
+            .retain(|(_, p, _), _| *p != Protocol::Sctp);
+        if !self.try_load(&without).await {
+            return false;
+        }
+        if !self.sctp_refused() {
+            warn!(
+                "this kernel refused the SCTP forwarding rules: SCTP ports of forwarded IPs get no traffic (ferrolb_forwarding_sctp_refused, and ferrolb.io/Announced on each such Service, say so); TCP and UDP are forwarded"
+            );
+            self.stats(|s| s.sctp_refused = true);
+        }
+        true
+    }
+
+    /// Has the kernel refused the SCTP rules?
+    pub fn sctp_refused(&self) -> bool {
+        self.metrics
+            .forwarding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|s| s.sctp_refused)
+    }
+
+    fn loaded(&mut self, rs: &Ruleset, changed: bool) {
+        if changed {
+            self.stats(|s| s.loads += 1);
+            debug!(
+                ips = rs.owned.len(),
+                forwards = rs.forwards.len(),
+                "forwarding rules loaded"
+            );
+        }
+        if self.last_error.take().is_some() {
+            info!("forwarding rules loaded again");
+        }
     }
 
     async fn try_load(&mut self, rs: &Ruleset) -> bool {
         match self.kernel.apply(rs).await {
             Ok(changed) => {
-                if changed {
-                    self.stats(|s| s.loads += 1);
-                    debug!(
-                        ips = rs.owned.len(),
-                        forwards = rs.forwards.len(),
-                        "forwarding rules loaded"
-                    );
-                }
-                if self.last_error.take().is_some() {
-                    info!("forwarding rules loaded again");
-                }
+                self.loaded(rs, changed);
                 true
             }
             Err(e) => {
