@@ -118,7 +118,7 @@ impl Metrics {
             &'static str,
             fn(&InterfaceStats) -> u64,
         );
-        let per_iface: [Family; 8] = [
+        let per_iface: [Family; 10] = [
             (
                 "ferrolb_arp_requests_total",
                 "counter",
@@ -154,6 +154,18 @@ impl Metrics {
                 "counter",
                 "Unsolicited Neighbor Advertisements sent after taking an IP",
                 |s| s.ndp.unsolicited.load(Ordering::Relaxed),
+            ),
+            (
+                "ferrolb_arp_conflicts_total",
+                "counter",
+                "ARP frames from another MAC that claimed an IP this node owns (each re-sends the gratuitous burst, at most once a second per IP)",
+                |s| s.arp.conflicts.load(Ordering::Relaxed),
+            ),
+            (
+                "ferrolb_ndp_conflicts_total",
+                "counter",
+                "Neighbor Advertisements from another MAC for an IP this node owns (each re-sends the unsolicited advertisements, at most once a second per IP)",
+                |s| s.ndp.conflicts.load(Ordering::Relaxed),
             ),
             (
                 "ferrolb_ownership_changes_total",

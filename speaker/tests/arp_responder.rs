@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 
 use common::{Pair, in_ns, mac_of, sh};
 use ferrolb_speaker::responder::{arp, sys::PacketSocket};
+use ferrolb_speaker::wire::arp::gratuitous_frames;
 use ferrolb_speaker::wire::ethernet::EtherType;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -148,6 +149,54 @@ async fn a_released_address_is_not_announced_any_more() {
         2,
         "the burst went on after the address was given up"
     );
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// Another MAC claims an owned address (gratuitous ARP in both forms, from the peer's MAC):
+/// the responder counts both frames as conflicts and sends its burst again once (the two
+/// claims came within a second); a claim of an address it does not own changes nothing.
+#[tokio::test]
+async fn a_claim_from_another_mac_is_counted_and_reasserted_once_a_second() {
+    const E: &str = "flbt-arp-e";
+    const F: &str = "flbt-arp-f";
+    let _ns = Pair::up(E, F, "10.97.0.1/24", "10.97.0.2/24", "10.97.0.1");
+    let mac = mac_of(E, "a0");
+    let rival = mac_of(F, "b0");
+    let owned_ip = Ipv4Addr::new(10, 97, 0, 100);
+    let socket = in_ns(E, || PacketSocket::open("a0", EtherType::ARP.0).unwrap());
+    let (_owned_tx, owned) = watch::channel(BTreeSet::from([owned_ip]));
+    let stats = Arc::new(arp::ArpStats::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(arp::run(socket, mac, owned, stats.clone(), cancel.clone()));
+    // The burst on taking the address: two frames at each of the schedule's four steps.
+    let per_burst = 2 * ferrolb_speaker::responder::ANNOUNCE_SCHEDULE.len() as u64;
+    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+    assert_eq!(stats.gratuitous.load(Ordering::Relaxed), per_burst);
+    assert_eq!(stats.conflicts.load(Ordering::Relaxed), 0);
+
+    let rival_socket = in_ns(F, || PacketSocket::open("b0", EtherType::ARP.0).unwrap());
+    for frame in gratuitous_frames(rival, owned_ip) {
+        rival_socket.send(&frame).unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+    assert_eq!(stats.conflicts.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        stats.gratuitous.load(Ordering::Relaxed),
+        2 * per_burst,
+        "one burst again for two claims within a second"
+    );
+    // Past the gap, a new claim is answered with a new burst.
+    rival_socket
+        .send(&gratuitous_frames(rival, owned_ip)[0])
+        .unwrap();
+    // Someone else's address: not ours to defend.
+    for frame in gratuitous_frames(rival, Ipv4Addr::new(10, 97, 0, 101)) {
+        rival_socket.send(&frame).unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+    assert_eq!(stats.conflicts.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.gratuitous.load(Ordering::Relaxed), 3 * per_burst);
     cancel.cancel();
     task.await.unwrap().unwrap();
 }

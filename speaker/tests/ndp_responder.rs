@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{Pair, in_ns, mac_of, sh};
 use ferrolb_speaker::responder::{ndp, sys::PacketSocket};
 use ferrolb_speaker::wire::ethernet::EtherType;
-use ferrolb_speaker::wire::ndp::{NaRepr, NsRepr};
+use ferrolb_speaker::wire::ndp::{NaRepr, NsRepr, unsolicited_na_frame};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -131,6 +131,55 @@ async fn answers_solicitations_and_nud_probes_for_owned_addresses_only() {
         "the NDP socket saw non-NS traffic: {before} -> {after}"
     );
 
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// Another MAC advertises an owned address (unsolicited, Override set, its own MAC as the
+/// target's link-layer address): the responder counts both advertisements as conflicts
+/// and sends its unsolicited advertisements again once (the two came within a second); an
+/// advertisement for an address it does not own changes nothing.
+#[tokio::test]
+async fn an_advertisement_from_another_mac_is_counted_and_reasserted_once_a_second() {
+    const E: &str = "flbt-ndp-e";
+    const F: &str = "flbt-ndp-f";
+    let _ns = Pair::up(E, F, "fd97::1/64", "fd97::2/64", "fd97::1");
+    let mac = mac_of(E, "a0");
+    let rival = mac_of(F, "b0");
+    let owned_ip: Ipv6Addr = "fd97::100".parse().unwrap();
+    let socket = in_ns(E, || ndp::socket("a0").unwrap());
+    let (_owned_tx, owned) = watch::channel(BTreeSet::from([owned_ip]));
+    let stats = Arc::new(ndp::NdpStats::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(ndp::run(socket, mac, owned, stats.clone(), cancel.clone()));
+    let per_burst = ferrolb_speaker::responder::ANNOUNCE_SCHEDULE.len() as u64;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert_eq!(stats.unsolicited.load(Ordering::Relaxed), per_burst);
+    assert_eq!(stats.conflicts.load(Ordering::Relaxed), 0);
+
+    let rival_socket = in_ns(F, || PacketSocket::open("b0", EtherType::IPV6.0).unwrap());
+    let claim = unsolicited_na_frame(rival, owned_ip);
+    rival_socket.send(&claim).unwrap();
+    rival_socket.send(&claim).unwrap();
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert_eq!(stats.conflicts.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        stats.unsolicited.load(Ordering::Relaxed),
+        2 * per_burst,
+        "one burst again for two claims within a second"
+    );
+    rival_socket.send(&claim).unwrap();
+    rival_socket
+        .send(&unsolicited_na_frame(rival, "fd97::101".parse().unwrap()))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert_eq!(stats.conflicts.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.unsolicited.load(Ordering::Relaxed), 3 * per_burst);
+    assert_eq!(
+        stats.invalid.load(Ordering::Relaxed),
+        0,
+        "advertisements are not invalid solicitations"
+    );
     cancel.cancel();
     task.await.unwrap().unwrap();
 }

@@ -23,6 +23,8 @@ pub struct ArpStats {
     pub replies: AtomicU64,
     pub gratuitous: AtomicU64,
     pub ignored: AtomicU64,
+    /// Frames from another MAC that claimed an owned address.
+    pub conflicts: AtomicU64,
 }
 
 /// Answers ARP on `socket` until `cancel`. `owned` is the set this node announces on this
@@ -56,28 +58,43 @@ impl super::Family<Ipv4Addr> for Arp {
         }
     }
 
-    fn answer(&mut self, fd: &AsyncFd<PacketSocket>, frame: &[u8], owned: &BTreeSet<Ipv4Addr>) {
+    fn answer(
+        &mut self,
+        fd: &AsyncFd<PacketSocket>,
+        frame: &[u8],
+        owned: &BTreeSet<Ipv4Addr>,
+    ) -> Option<Ipv4Addr> {
         let stats = &self.stats;
-        let Ok((eth, req)) = ArpRepr::parse_frame(frame) else {
+        let Ok((eth, arp)) = ArpRepr::parse_frame(frame) else {
             stats.ignored.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         };
-        if req.op != ArpOp::Request {
-            return;
+        // Another MAC using an owned address as its own (a reply, a gratuitous ARP, a
+        // request sent from it): neighbours that hear it move the address away from us.
+        let claimed = (owned.contains(&arp.sender_ip)
+            && (arp.sender_mac != self.mac || eth.src != self.mac))
+            .then_some(arp.sender_ip);
+        if claimed.is_some() {
+            stats.conflicts.fetch_add(1, Ordering::Relaxed);
+            debug!(ip = %arp.sender_ip, mac = %arp.sender_mac, "ARP from another MAC for an owned address");
+        }
+        if arp.op != ArpOp::Request {
+            return claimed;
         }
         stats.requests.fetch_add(1, Ordering::Relaxed);
-        if !owned.contains(&req.target_ip) {
-            return;
+        if !owned.contains(&arp.target_ip) {
+            return claimed;
         }
         match fd
             .get_ref()
-            .send(&ArpRepr::reply_frame(&req, self.mac, eth.src))
+            .send(&ArpRepr::reply_frame(&arp, self.mac, eth.src))
         {
             Ok(_) => {
                 stats.replies.fetch_add(1, Ordering::Relaxed);
-                debug!(ip = %req.target_ip, to = %req.sender_ip, "answered ARP");
+                debug!(ip = %arp.target_ip, to = %arp.sender_ip, "answered ARP");
             }
             Err(e) => warn!(%e, "ARP send"),
         }
+        claimed
     }
 }

@@ -8,7 +8,7 @@ pub mod sys;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
@@ -25,6 +25,53 @@ pub const ANNOUNCE_SCHEDULE: [Duration; 4] = [
     Duration::from_millis(1000),
     Duration::from_millis(2000),
 ];
+
+/// The least time between two re-assertions of one address.
+pub const REASSERT_GAP: Duration = Duration::from_secs(1);
+
+/// When to announce an owned address again because another MAC claimed it (a node with a
+/// stale view, a misconfigured host, a rival load balancer): at once, then not again for
+/// [`REASSERT_GAP`], so that two claimants cannot flood the LAN with bursts. Pure: the
+/// caller passes the time.
+#[derive(Debug)]
+pub struct Reassertions<T> {
+    last: BTreeMap<T, Instant>,
+}
+
+impl<T: Ord + Copy> Default for Reassertions<T> {
+    fn default() -> Self {
+        Reassertions {
+            last: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T: Ord + Copy> Reassertions<T> {
+    /// Another MAC claimed `ip` at `now`: announce it again?
+    pub fn claimed(&mut self, ip: T, now: Instant) -> bool {
+        match self.last.get(&ip) {
+            Some(at) if now.saturating_duration_since(*at) < REASSERT_GAP => false,
+            _ => {
+                self.last.insert(ip, now);
+                true
+            }
+        }
+    }
+
+    /// `ip` was given up: its history goes with it (a later owner starts afresh).
+    pub fn forget(&mut self, ip: T) {
+        self.last.remove(&ip);
+    }
+
+    /// Addresses remembered.
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
+}
 
 /// Sends `frames` at each step of [`ANNOUNCE_SCHEDULE`] in the background, calling `sent`
 /// for each frame that went out, until `cancel`.
@@ -76,15 +123,22 @@ pub(crate) trait Family<T> {
     fn burst(&self, ip: T) -> Vec<Vec<u8>>;
     /// Counts one burst frame sent; it runs on the burst's task.
     fn burst_sent(&self) -> impl Fn() + Send + 'static;
-    /// Handles one received frame, given the addresses owned now.
-    fn answer(&mut self, fd: &AsyncFd<PacketSocket>, frame: &[u8], owned: &BTreeSet<T>);
+    /// Handles one received frame, given the addresses owned now; returns an owned address
+    /// the frame claimed from another MAC (counted by the family as a conflict).
+    fn answer(
+        &mut self,
+        fd: &AsyncFd<PacketSocket>,
+        frame: &[u8],
+        owned: &BTreeSet<T>,
+    ) -> Option<T>;
 }
 
 /// Runs a responder on `socket` until `cancel` (or until the owned set's sender is gone):
 /// follows `owned`, announcing each address it takes, and hands every received frame to
-/// `family` with the current set. The set is compared only when it changes, never per
+/// `family` with the current set. When a frame from another MAC claims an owned address,
+/// the address's burst is sent again (at most once per [`REASSERT_GAP`]). The set is compared only when it changes, never per
 /// frame.
-pub(crate) async fn serve<T: Ord + Copy>(
+pub(crate) async fn serve<T: Ord + Copy + std::fmt::Display>(
     socket: PacketSocket,
     mut owned: watch::Receiver<BTreeSet<T>>,
     mut family: impl Family<T>,
@@ -97,6 +151,7 @@ pub(crate) async fn serve<T: Ord + Copy>(
     // Each address's burst stops when the address is given up: announcing it any longer
     // would pull its traffic back from the new owner.
     let mut bursts: BTreeMap<T, CancellationToken> = BTreeMap::new();
+    let mut reassertions = Reassertions::default();
     let mut changed = true;
     loop {
         if changed {
@@ -106,17 +161,11 @@ pub(crate) async fn serve<T: Ord + Copy>(
                 if let Some(burst) = bursts.remove(ip) {
                     burst.cancel();
                 }
+                reassertions.forget(*ip);
             }
             for ip in now.difference(&announced) {
                 family.changed(&fd, *ip, true);
-                let burst = cancel.child_token();
-                announce(
-                    fd.clone(),
-                    family.burst(*ip),
-                    family.burst_sent(),
-                    burst.clone(),
-                );
-                bursts.insert(*ip, burst);
+                start_burst(&fd, &family, &cancel, &mut bursts, *ip);
             }
             announced = now;
             changed = false;
@@ -130,9 +179,69 @@ pub(crate) async fn serve<T: Ord + Copy>(
                 changed = true;
             }
             r = recv_frame(&fd, &mut buf) => match r {
-                Ok(n) => family.answer(&fd, buf.get(..n).unwrap_or(&[]), &announced),
+                Ok(n) => {
+                    let claimed = family.answer(&fd, buf.get(..n).unwrap_or(&[]), &announced);
+                    if let Some(ip) = claimed.filter(|ip| announced.contains(ip))
+                        && reassertions.claimed(ip, Instant::now())
+                    {
+                        warn!(%ip, "{what}: another MAC claims an address this node owns; announcing it again");
+                        start_burst(&fd, &family, &cancel, &mut bursts, ip);
+                    }
+                }
                 Err(e) => warn!(%e, "{what} receive"),
             },
         }
+    }
+}
+
+/// Starts `ip`'s burst, replacing (cancelling) one still running for it.
+fn start_burst<T: Ord + Copy>(
+    fd: &Arc<AsyncFd<PacketSocket>>,
+    family: &impl Family<T>,
+    cancel: &CancellationToken,
+    bursts: &mut BTreeMap<T, CancellationToken>,
+    ip: T,
+) {
+    let burst = cancel.child_token();
+    announce(
+        fd.clone(),
+        family.burst(ip),
+        family.burst_sent(),
+        burst.clone(),
+    );
+    if let Some(old) = bursts.insert(ip, burst) {
+        old.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claimed_address_is_reasserted_at_most_once_a_second() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut r = Reassertions::default();
+        assert!(r.claimed(1u8, at(0)));
+        assert!(
+            !r.claimed(1, at(10)),
+            "a second claim right after: no new burst"
+        );
+        assert!(!r.claimed(1, at(999)));
+        assert!(r.claimed(2, at(999)), "each address on its own");
+        assert!(r.claimed(1, at(1000)));
+        assert!(!r.claimed(1, at(1500)));
+        // A clock that went backwards (not monotonic in a test) is not a new gap.
+        assert!(!r.claimed(1, at(900)));
+        r.forget(1);
+        assert_eq!(r.len(), 1);
+        assert!(
+            r.claimed(1, at(1600)),
+            "given up and taken again: starts afresh"
+        );
+        r.forget(1);
+        r.forget(2);
+        assert!(r.is_empty());
     }
 }

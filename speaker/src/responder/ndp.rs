@@ -1,8 +1,10 @@
 //! The NDP responder: answers Neighbor Solicitations for IPv6 addresses this node owns, per
 //! RFC 4861, NUD probes without a source link-layer option included, and sends unsolicited
 //! Neighbor Advertisements (Override set) to all-nodes when it takes an address. Its socket
-//! receives only Neighbor Solicitations (a BPF filter in the kernel), and it listens to the
-//! solicited-node multicast group of each owned address.
+//! receives only Neighbor Solicitations and Advertisements (a BPF filter in the kernel), and
+//! it listens to the solicited-node multicast group of each owned address. An advertisement
+//! from another MAC for an owned address is a conflict: the unsolicited advertisements go
+//! out again.
 
 use std::collections::BTreeSet;
 use std::net::Ipv6Addr;
@@ -14,9 +16,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::sys::{PacketSocket, neighbor_solicitation_filter};
+use super::sys::{PacketSocket, neighbor_discovery_filter};
 use crate::wire::ethernet::{EtherType, Mac};
-use crate::wire::ndp::{NsRepr, solicited_na_frame, solicited_node_mac, unsolicited_na_frame};
+use crate::wire::ndp::{
+    NaRepr, NsRepr, solicited_na_frame, solicited_node_mac, unsolicited_na_frame,
+};
 
 /// Counters for metrics.
 #[derive(Debug, Default)]
@@ -25,11 +29,13 @@ pub struct NdpStats {
     pub advertisements: AtomicU64,
     pub unsolicited: AtomicU64,
     pub invalid: AtomicU64,
+    /// Neighbor Advertisements from another MAC for an owned address.
+    pub conflicts: AtomicU64,
 }
 
 /// Opens the responder's socket on `ifname` (needs `CAP_NET_RAW`).
 pub fn socket(ifname: &str) -> std::io::Result<PacketSocket> {
-    PacketSocket::open_filtered(ifname, EtherType::IPV6.0, &neighbor_solicitation_filter())
+    PacketSocket::open_filtered(ifname, EtherType::IPV6.0, &neighbor_discovery_filter())
 }
 
 /// Answers NDP on `socket` until `cancel`.
@@ -70,9 +76,14 @@ impl super::Family<Ipv6Addr> for Ndp {
         }
     }
 
-    fn answer(&mut self, fd: &AsyncFd<PacketSocket>, frame: &[u8], owned: &BTreeSet<Ipv6Addr>) {
+    fn answer(
+        &mut self,
+        fd: &AsyncFd<PacketSocket>,
+        frame: &[u8],
+        owned: &BTreeSet<Ipv6Addr>,
+    ) -> Option<Ipv6Addr> {
         let stats = &self.stats;
-        match NsRepr::parse_frame(frame) {
+        let ns_error = match NsRepr::parse_frame(frame) {
             Ok((eth, ns)) => {
                 stats.solicitations.fetch_add(1, Ordering::Relaxed);
                 debug!(target_ip = %ns.target, src = %ns.src, dst = %ns.dst, "neighbor solicitation");
@@ -86,10 +97,28 @@ impl super::Family<Ipv6Addr> for Ndp {
                         Err(e) => warn!(%e, "NA send"),
                     }
                 }
+                return None;
             }
-            Err(e) => {
+            Err(e) => e,
+        };
+        match NaRepr::parse_frame(frame) {
+            Ok((eth, na)) => {
+                // Another MAC advertising an owned address: neighbours that take it (an
+                // Override, or any answer to their own solicitation) move the address away.
+                let other = na.target_lladdr.unwrap_or(eth.src);
+                let claimed = (owned.contains(&na.target)
+                    && (other != self.mac || eth.src != self.mac))
+                    .then_some(na.target);
+                if claimed.is_some() {
+                    stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    debug!(target_ip = %na.target, mac = %other, "neighbor advertisement from another MAC for an owned address");
+                }
+                claimed
+            }
+            Err(_) => {
                 stats.invalid.fetch_add(1, Ordering::Relaxed);
-                debug!(%e, "ignored an invalid neighbor solicitation");
+                debug!(e = %ns_error, "ignored an invalid neighbor solicitation");
+                None
             }
         }
     }

@@ -19,10 +19,11 @@ pub struct PacketSocket {
 }
 
 /// A classic BPF program that accepts Ethernet frames carrying an IPv6 packet whose next
-/// header is ICMPv6 and whose ICMPv6 type is Neighbor Solicitation (135), and drops all else.
-/// (A solicitation with extension headers before ICMPv6 is not seen; RFC 4861 senders do
-/// not add any.)
-pub fn neighbor_solicitation_filter() -> [libc::sock_filter; 8] {
+/// header is ICMPv6 and whose ICMPv6 type is Neighbor Solicitation (135) or Neighbor
+/// Advertisement (136: another MAC claiming an owned address is re-asserted against), and
+/// drops all else. (A packet with extension headers before ICMPv6 is not seen; RFC 4861
+/// senders do not add any.)
+pub fn neighbor_discovery_filter() -> [libc::sock_filter; 9] {
     const LD_H_ABS: u16 = 0x28;
     const LD_B_ABS: u16 = 0x30;
     const JEQ_K: u16 = 0x15;
@@ -30,11 +31,12 @@ pub fn neighbor_solicitation_filter() -> [libc::sock_filter; 8] {
     let f = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     [
         f(LD_H_ABS, 0, 0, 12),       // EtherType
-        f(JEQ_K, 0, 5, 0x86dd),      // IPv6?
+        f(JEQ_K, 0, 6, 0x86dd),      // IPv6? else drop
         f(LD_B_ABS, 0, 0, 14 + 6),   // next header
-        f(JEQ_K, 0, 3, 58),          // ICMPv6?
+        f(JEQ_K, 0, 4, 58),          // ICMPv6? else drop
         f(LD_B_ABS, 0, 0, 14 + 40),  // ICMPv6 type
-        f(JEQ_K, 0, 1, 135),         // Neighbor Solicitation?
+        f(JEQ_K, 1, 0, 135),         // Neighbor Solicitation: accept
+        f(JEQ_K, 0, 1, 136),         // Neighbor Advertisement: accept, else drop
         f(RET_K, 0, 0, 0x0004_0000), // accept
         f(RET_K, 0, 0, 0),           // drop
     ]
