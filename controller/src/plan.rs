@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use ferrolb_crds::Forwarding;
-use ferrolb_crds::names::{AllocationReason, CONDITION_IP_ALLOCATED, events};
+use ferrolb_crds::names::{AllocationReason, CONDITION_ANNOUNCED, CONDITION_IP_ALLOCATED, events};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
@@ -54,6 +54,12 @@ pub enum Plan {
 /// The condition as it stands on the Service.
 pub fn current_condition(svc: &Service) -> Option<&Condition> {
     ferrolb_crds::service::condition(svc, CONDITION_IP_ALLOCATED)
+}
+
+/// The speakers' `ferrolb.io/Announced`, which the controller removes when the Service
+/// stops being ferrolb's (no speaker writes on a Service that is not ours).
+pub fn announced_condition(svc: &Service) -> Option<&Condition> {
+    ferrolb_crds::service::condition(svc, CONDITION_ANNOUNCED)
 }
 
 fn current_ip_modes(svc: &Service) -> Vec<(IpAddr, Option<String>)> {
@@ -156,9 +162,12 @@ pub fn plan_allocation(
     }
 }
 
-/// Plans the status for a Service that is not (or no longer) ferrolb's.
+/// Plans the status for a Service that is not (or no longer) ferrolb's: its addresses, our
+/// `ferrolb.io/IPAllocated` and the speakers' `ferrolb.io/Announced` go.
 pub fn plan_release(svc: &Service, released: &[IpAddr], why: &str) -> Plan {
-    let has_ours = !status_ips(svc).is_empty() || current_condition(svc).is_some();
+    let has_ours = !status_ips(svc).is_empty()
+        || current_condition(svc).is_some()
+        || announced_condition(svc).is_some();
     if !has_ours && released.is_empty() {
         return Plan::Nothing;
     }
@@ -306,5 +315,20 @@ mod tests {
         };
         assert_eq!(events.len(), 1);
         assert!(events[0].note.contains("ClusterIP"));
+        // Only a speaker's Announced left: still ours to clear, with no event (no address).
+        let cond = json!({"type": "ferrolb.io/Announced", "status": "True", "reason": "Announced",
+            "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+        let s = svc(json!({"conditions": [cond]}));
+        assert_eq!(
+            plan_release(&s, &[], "the Service's type is ClusterIP"),
+            Plan::Clear { events: vec![] }
+        );
+        // Someone else's condition is not ours.
+        let other = json!({"type": "example.com/X", "status": "True", "reason": "X",
+            "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+        assert_eq!(
+            plan_release(&svc(json!({"conditions": [other]})), &[], "deleted"),
+            Plan::Nothing
+        );
     }
 }

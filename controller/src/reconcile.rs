@@ -138,6 +138,8 @@ struct Decision {
     plan: Plan,
     pools: Vec<String>,
     freed: bool,
+    /// The Service holds no address after this decision.
+    holds_nothing: bool,
 }
 
 /// Decides (under the allocator's lock) what the Service should look like.
@@ -167,6 +169,7 @@ fn decide(snapshot: &Service, ctx: &Context) -> Result<Option<Decision>, Error> 
                 plan: Plan::Nothing,
                 pools: vec![],
                 freed: false,
+                holds_nothing: true,
             }));
         }
         Handling::OtherClass => {
@@ -252,6 +255,7 @@ fn decide(snapshot: &Service, ctx: &Context) -> Result<Option<Decision>, Error> 
         plan,
         pools,
         freed,
+        holds_nothing: held_after.is_empty(),
     }))
 }
 
@@ -266,6 +270,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
         plan,
         pools,
         freed,
+        holds_nothing,
     }) = decide(&svc, &ctx)?
     else {
         debug!("gone from the store; nothing to do");
@@ -292,6 +297,11 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
             write_status(&ctx, &svc, json!({})).await?;
             crate::events::publish(&ctx, &svc, events).await;
         }
+    }
+    // No address (not ours any more, or ours with none left): no speaker writes on it, so a
+    // speaker's Announced would keep describing addresses it no longer has.
+    if holds_nothing && plan::announced_condition(&svc).is_some() {
+        remove_announced(&ctx, &svc).await?;
     }
     ctx.mark_pools_dirty(pools.iter().map(String::as_str));
     if freed {
@@ -328,6 +338,34 @@ async fn write_status(
         &key.name,
         &PatchParams::apply(FIELD_MANAGER_CONTROLLER).force(),
         &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::WriteStatus {
+        key: key.to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Deletes the speakers' `ferrolb.io/Announced` from a Service that is no longer ours (a
+/// strategic-merge delete by the list's key, so no other condition is touched). A speaker
+/// that wrote it from an older view just after is undone by the reconcile its write
+/// triggers.
+async fn remove_announced(ctx: &Context, svc: &Service) -> Result<(), Error> {
+    let key = key_of(svc);
+    if !ctx.still_leading() {
+        return Err(Error::NotLeader);
+    }
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let patch = json!({"status": {"conditions": [
+        {"type": ferrolb_crds::names::CONDITION_ANNOUNCED, "$patch": "delete"}]}});
+    api.patch_status(
+        &key.name,
+        &PatchParams {
+            field_manager: Some(FIELD_MANAGER_CONTROLLER.into()),
+            ..PatchParams::default()
+        },
+        &Patch::Strategic(&patch),
     )
     .await
     .map_err(|source| Error::WriteStatus {

@@ -397,12 +397,57 @@ async fn release_on_delete_and_type_change_and_pool_changes_move_services() {
     c.service("default", "two", json!({}), json!({})).await;
     c.wait_ips("default", "two", &["10.0.0.2"]).await;
 
-    // Type change releases, with an event, and the address is free for others.
+    // A speaker's Announced on "one" (written as the speakers write it), and a condition of
+    // someone else's that must stay.
+    let services: Api<Service> = Api::namespaced(c.client(), "default");
+    for (manager, type_) in [
+        (
+            ferrolb_crds::names::FIELD_MANAGER_SPEAKER,
+            ferrolb_crds::names::CONDITION_ANNOUNCED,
+        ),
+        ("someone-else", "example.com/Checked"),
+    ] {
+        let cond = json!({"type": type_, "status": "True", "reason": "Test",
+            "message": "written by the test", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+        services
+            .patch_status(
+                "one",
+                &PatchParams::apply(manager).force(),
+                &Patch::Apply(json!({"apiVersion": "v1", "kind": "Service",
+                    "status": {"conditions": [cond]}})),
+            )
+            .await
+            .unwrap();
+    }
+    let types = |svc: &Service| -> Vec<String> {
+        svc.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .map(|cs| cs.iter().map(|c| c.type_.clone()).collect())
+            .unwrap_or_default()
+    };
+    assert!(types(&c.get("default", "one").await).contains(&"ferrolb.io/Announced".to_string()));
+
+    // Type change releases, with an event, and the address is free for others; our
+    // conditions go (IPAllocated and the speakers' Announced), another's stays.
     c.service("default", "one", json!({"type": "ClusterIP"}), json!({}))
         .await;
     c.wait_ips("default", "one", &[]).await;
     c.wait_event("default", "one", "IPReleased", "ClusterIP")
         .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let svc = c.get("default", "one").await;
+        if types(&svc) == ["example.com/Checked"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "conditions left: {:?}",
+            types(&svc)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(condition(&c.get("default", "one").await).is_none());
     c.service("default", "three", json!({}), json!({})).await;
     c.wait_ips("default", "three", &["10.0.0.1"]).await;
@@ -461,6 +506,56 @@ async fn release_on_delete_and_type_change_and_pool_changes_move_services() {
             .iter()
             .any(|c| c.type_ == "Conflict" && c.status == "False")
     );
+}
+
+/// A Service that stays ours but loses its only address (its pool deleted, no other pool):
+/// the speakers' `ferrolb.io/Announced`, which described that address, goes with it.
+#[tokio::test]
+async fn a_service_left_without_an_address_loses_its_announced_condition() {
+    let c = Cluster::start(1).await;
+    c.pool("only", json!({"addresses": ["10.0.0.1-10.0.0.1"]}))
+        .await;
+    c.service("default", "web", json!({}), json!({})).await;
+    c.wait_ips("default", "web", &["10.0.0.1"]).await;
+    let cond = json!({"type": ferrolb_crds::names::CONDITION_ANNOUNCED, "status": "True",
+        "reason": "Announced", "message": "announced: 10.0.0.1 from node n1 on eth0",
+        "lastTransitionTime": "2026-01-01T00:00:00Z"});
+    let services: Api<Service> = Api::namespaced(c.client(), "default");
+    services
+        .patch_status(
+            "web",
+            &PatchParams::apply(ferrolb_crds::names::FIELD_MANAGER_SPEAKER).force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Service",
+                "status": {"conditions": [cond]}})),
+        )
+        .await
+        .unwrap();
+    Api::<IPPool>::all(c.client())
+        .delete("only", &DeleteParams::default())
+        .await
+        .unwrap();
+    c.wait_ips("default", "web", &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let svc = c.get("default", "web").await;
+        let announced = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "ferrolb.io/Announced"));
+        if !announced {
+            // Still ours: the controller says why it has no address.
+            let (status, reason, _) = condition(&svc).expect("IPAllocated stays");
+            assert_eq!(status, "False", "{reason}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Announced left: {:?}",
+            svc.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
