@@ -77,22 +77,29 @@ pub fn request(
 
     let from_annotation = annotations.get(ANNOTATION_LOAD_BALANCER_IPS);
     let from_spec = spec.load_balancer_ip.as_deref().filter(|s| !s.is_empty());
-    let requested: Vec<IpAddr> = match (from_annotation, from_spec) {
+    // Errors name the field the request came from.
+    let (requested, field): (Vec<IpAddr>, &'static str) = match (from_annotation, from_spec) {
         (Some(_), Some(_)) => {
             return Err(Error::TwoRequestFields {
                 annotation: ANNOTATION_LOAD_BALANCER_IPS,
             });
         }
-        (Some(list), None) => parse_ips(list)?,
-        (None, Some(one)) => parse_ips(one)?,
-        (None, None) => Vec::new(),
+        (Some(list), None) => (
+            parse_ips(list, ANNOTATION_LOAD_BALANCER_IPS)?,
+            ANNOTATION_LOAD_BALANCER_IPS,
+        ),
+        (None, Some(one)) => (
+            parse_ips(one, SPEC_LOAD_BALANCER_IP)?,
+            SPEC_LOAD_BALANCER_IP,
+        ),
+        (None, None) => (Vec::new(), ANNOTATION_LOAD_BALANCER_IPS),
     };
     let mut seen = BTreeSet::new();
     for ip in &requested {
         if !seen.insert(Family::of(*ip)) {
             return Err(Error::SecondAddress {
                 family: Family::of(*ip),
-                field: ANNOTATION_LOAD_BALANCER_IPS,
+                field,
             });
         }
     }
@@ -135,14 +142,17 @@ pub fn request(
     })
 }
 
-fn parse_ips(list: &str) -> Result<Vec<IpAddr>, Error> {
+/// The Service field that requests one address (deprecated by Kubernetes, still honoured).
+const SPEC_LOAD_BALANCER_IP: &str = "spec.loadBalancerIP";
+
+fn parse_ips(list: &str, field: &'static str) -> Result<Vec<IpAddr>, Error> {
     list.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
             s.parse::<IpAddr>().map_err(|_| Error::NotAnIp {
                 value: s.to_string(),
-                field: ANNOTATION_LOAD_BALANCER_IPS,
+                field,
             })
         })
         .collect()
@@ -255,6 +265,17 @@ mod tests {
             request(&spec_ip, &BTreeMap::new()).unwrap().requested,
             ["10.0.0.9".parse::<IpAddr>().unwrap()]
         );
+        // A bad spec.loadBalancerIP is reported under its own name, not the annotation's.
+        for bad in ["10.0.0.300", "10.0.0.1,10.0.0.2"] {
+            let e = request(
+                &lb(json!({"loadBalancerIP": bad}), json!({})),
+                &BTreeMap::new(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("spec.loadBalancerIP"), "{e}");
+            assert!(!e.contains("ferrolb.io/loadBalancerIPs"), "{e}");
+        }
     }
 
     #[test]
