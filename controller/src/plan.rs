@@ -152,7 +152,10 @@ pub fn plan_allocation(
             .iter()
             .map(|i| (i.ip, Some(i.ip_mode.to_string())))
             .collect::<Vec<_>>();
-    if same_ingress && same_condition {
+    // A spec change that changes nothing of ours still moves observedGeneration (written,
+    // with no event: the content is the same).
+    let same_generation = cur.is_some_and(|c| c.observed_generation == svc.metadata.generation);
+    if same_ingress && same_condition && same_generation {
         return Plan::Nothing;
     }
     Plan::Write {
@@ -277,6 +280,32 @@ mod tests {
                             "message": "no free IPv4 address in lan", "lastTransitionTime": "2026-01-01T00:00:00Z"}]
         }));
         assert_eq!(plan_allocation(&s, &failing, kube_proxy), Plan::Nothing);
+    }
+
+    #[test]
+    fn a_new_generation_rewrites_the_condition_without_an_event() {
+        let o = Outcome {
+            ips: vec![held("10.0.0.1", "lan")],
+            released: vec![],
+            failure: None,
+        };
+        let at = |generation: i64, observed: i64| -> Service {
+            serde_json::from_value(json!({
+                "metadata": {"name": "a", "namespace": "n", "generation": generation},
+                "status": {
+                    "loadBalancer": {"ingress": [{"ip": "10.0.0.1", "ipMode": "VIP"}]},
+                    "conditions": [{"type": "ferrolb.io/IPAllocated", "status": "True",
+                        "reason": "Allocated", "message": "10.0.0.1 from IPPool lan",
+                        "observedGeneration": observed,
+                        "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+            }))
+            .unwrap()
+        };
+        assert_eq!(plan_allocation(&at(3, 3), &o, kube_proxy), Plan::Nothing);
+        let Plan::Write { events, .. } = plan_allocation(&at(4, 3), &o, kube_proxy) else {
+            panic!("a spec change must move observedGeneration");
+        };
+        assert!(events.is_empty(), "{events:?}");
     }
 
     #[test]

@@ -850,7 +850,10 @@ async fn status_loop(
             };
             let current = status::current(&obj);
             let rv = obj.metadata.resource_version.clone();
-            if status::up_to_date(current, &want)
+            // A spec change moves observedGeneration even when the content stays.
+            let same_generation =
+                current.is_some_and(|c| c.observed_generation == obj.metadata.generation);
+            if (status::up_to_date(current, &want) && same_generation)
                 || written
                     .get(&key)
                     .is_some_and(|(w, before)| *w == want && *before == rv)
