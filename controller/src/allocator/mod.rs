@@ -375,13 +375,19 @@ impl Allocator {
         self.pools.keys().map(String::as_str)
     }
 
-    /// Capacity, use and conflicts of one pool.
+    /// Capacity, use and conflicts of one pool. A pool in Conflict governs nothing
+    /// ([`ferrolb_crds::overlap`]), so it uses nothing: the addresses in its range belong
+    /// to the older pool and are counted there.
     pub fn report(&self, name: &str) -> Option<PoolReport> {
         let st = self.pools.get(name)?;
         let fam = |f: Family| {
             st.pool.has_family(f).then(|| FamilyUse {
                 total: st.pool.capacity(f),
-                used: st.used(f).count(),
+                used: if st.conflict.is_some() {
+                    0
+                } else {
+                    st.used(f).count()
+                },
             })
         };
         Some(PoolReport {

@@ -299,10 +299,15 @@ fn overlapping_pools_conflict_and_the_newer_allocates_nothing() {
     assert_eq!(a.report("older").unwrap().conflict, None);
     // Only "older" allocates: its lowest address first.
     assert_eq!(a.ensure(&svc("s")).addresses(), [ip("10.0.0.128")]);
+    // The address is "older"'s: only the pool that governs it counts it as used.
+    let used = |a: &Allocator, p: &str| a.report(p).unwrap().v4.unwrap().used;
+    assert_eq!(used(&a, "older"), 1);
+    assert_eq!(used(&a, "newer"), 0, "a pool in Conflict governs nothing");
     a.remove_pool("older");
     assert_eq!(a.report("newer").unwrap().conflict, None);
-    // The address stays valid: it is still in a pool.
+    // The address stays valid: it is still in a pool, which now governs and counts it.
     assert_eq!(a.ensure(&svc("s")).addresses(), [ip("10.0.0.128")]);
+    assert_eq!(used(&a, "newer"), 1);
 }
 
 #[test]
