@@ -704,6 +704,9 @@ pub fn node_lease(node: &NodePlan, renewed: Timestamp) -> Lease {
 // ---------------------------------------------------------------------------------------
 // The shell: nodes
 
+/// How long a stopped node's Node stays as it was before the agent reports it `Unknown`.
+pub const STOPPED_GRACE: Duration = Duration::from_secs(8);
+
 /// How the agent runs; [`AgentOptions::new`] gives the lab's settings.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
@@ -783,10 +786,18 @@ async fn run_nodes(
             _ = tick.tick() => {}
         }
         for node in &plan.nodes {
-            let health = if node_stopped_file(&plan, &node.name).exists() {
-                NodeHealth::Stopped
-            } else {
-                NodeHealth::Ready
+            // A stopped node's kubelet falls silent: no status, no Lease. Its Node turns
+            // Unknown only after STOPPED_GRACE, as the node lifecycle controller would mark
+            // it after its grace period, not at the next heartbeat (which could beat the
+            // speakers' own failure detection and hide it from the tests).
+            let stopped_for = std::fs::metadata(node_stopped_file(&plan, &node.name))
+                .and_then(|m| m.modified())
+                .ok()
+                .map(|t| t.elapsed().unwrap_or_default());
+            let health = match stopped_for {
+                Some(age) if age < STOPPED_GRACE => continue,
+                Some(_) => NodeHealth::Stopped,
+                None => NodeHealth::Ready,
             };
             let now = Time(Timestamp::now());
             let prev = written.get(&node.name).cloned();
