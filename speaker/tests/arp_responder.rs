@@ -165,13 +165,13 @@ async fn a_claim_from_another_mac_is_counted_and_reasserted_once_a_second() {
     let rival = mac_of(F, "b0");
     let owned_ip = Ipv4Addr::new(10, 97, 0, 100);
     let socket = in_ns(E, || PacketSocket::open("a0", EtherType::ARP.0).unwrap());
-    let (_owned_tx, owned) = watch::channel(BTreeSet::from([owned_ip]));
+    let (owned_tx, owned) = watch::channel(BTreeSet::from([owned_ip]));
     let stats = Arc::new(arp::ArpStats::default());
     let cancel = CancellationToken::new();
     let task = tokio::spawn(arp::run(socket, mac, owned, stats.clone(), cancel.clone()));
     // The burst on taking the address: two frames at each of the schedule's four steps.
     let per_burst = 2 * ferrolb_speaker::responder::ANNOUNCE_SCHEDULE.len() as u64;
-    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
     assert_eq!(stats.gratuitous.load(Ordering::Relaxed), per_burst);
     assert_eq!(stats.conflicts.load(Ordering::Relaxed), 0);
 
@@ -179,7 +179,7 @@ async fn a_claim_from_another_mac_is_counted_and_reasserted_once_a_second() {
     for frame in gratuitous_frames(rival, owned_ip) {
         rival_socket.send(&frame).unwrap();
     }
-    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
     assert_eq!(stats.conflicts.load(Ordering::Relaxed), 2);
     assert_eq!(
         stats.gratuitous.load(Ordering::Relaxed),
@@ -194,9 +194,23 @@ async fn a_claim_from_another_mac_is_counted_and_reasserted_once_a_second() {
     for frame in gratuitous_frames(rival, Ipv4Addr::new(10, 97, 0, 101)) {
         rival_socket.send(&frame).unwrap();
     }
-    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
     assert_eq!(stats.conflicts.load(Ordering::Relaxed), 3);
     assert_eq!(stats.gratuitous.load(Ordering::Relaxed), 3 * per_burst);
+    // A claim by a peer taking the address over just before this node gives it up (a
+    // handover): the re-assertion waits, is cancelled with the address, and sends nothing.
+    rival_socket
+        .send(&gratuitous_frames(rival, owned_ip)[0])
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    owned_tx.send(BTreeSet::new()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    assert_eq!(stats.conflicts.load(Ordering::Relaxed), 4);
+    assert_eq!(
+        stats.gratuitous.load(Ordering::Relaxed),
+        3 * per_burst,
+        "a re-assertion went out for an address given up"
+    );
     cancel.cancel();
     task.await.unwrap().unwrap();
 }

@@ -153,7 +153,7 @@ async fn an_advertisement_from_another_mac_is_counted_and_reasserted_once_a_seco
     let cancel = CancellationToken::new();
     let task = tokio::spawn(ndp::run(socket, mac, owned, stats.clone(), cancel.clone()));
     let per_burst = ferrolb_speaker::responder::ANNOUNCE_SCHEDULE.len() as u64;
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     assert_eq!(stats.unsolicited.load(Ordering::Relaxed), per_burst);
     assert_eq!(stats.conflicts.load(Ordering::Relaxed), 0);
 
@@ -161,7 +161,7 @@ async fn an_advertisement_from_another_mac_is_counted_and_reasserted_once_a_seco
     let claim = unsolicited_na_frame(rival, owned_ip);
     rival_socket.send(&claim).unwrap();
     rival_socket.send(&claim).unwrap();
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     assert_eq!(stats.conflicts.load(Ordering::Relaxed), 2);
     assert_eq!(
         stats.unsolicited.load(Ordering::Relaxed),
@@ -172,7 +172,7 @@ async fn an_advertisement_from_another_mac_is_counted_and_reasserted_once_a_seco
     rival_socket
         .send(&unsolicited_na_frame(rival, "fd97::101".parse().unwrap()))
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     assert_eq!(stats.conflicts.load(Ordering::Relaxed), 3);
     assert_eq!(stats.unsolicited.load(Ordering::Relaxed), 3 * per_burst);
     assert_eq!(

@@ -29,6 +29,12 @@ pub const ANNOUNCE_SCHEDULE: [Duration; 4] = [
 /// The least time between two re-assertions of one address.
 pub const REASSERT_GAP: Duration = Duration::from_secs(1);
 
+/// How long a re-assertion waits before its first frame. A claim from another MAC is most
+/// often a peer taking the address over while this node is about to give it up (a SIGTERM
+/// handover, an election the peer applied a few milliseconds earlier); giving it up cancels
+/// the burst, so in those cases nothing is sent and the traffic is not pulled back.
+pub const REASSERT_DELAY: Duration = Duration::from_millis(500);
+
 /// When to announce an owned address again because another MAC claimed it (a node with a
 /// stale view, a misconfigured host, a rival load balancer): at once, then not again for
 /// [`REASSERT_GAP`], so that two claimants cannot flood the LAN with bursts. Pure: the
@@ -73,17 +79,18 @@ impl<T: Ord + Copy> Reassertions<T> {
     }
 }
 
-/// Sends `frames` at each step of [`ANNOUNCE_SCHEDULE`] in the background, calling `sent`
-/// for each frame that went out, until `cancel`.
+/// Sends `frames` at each step of [`ANNOUNCE_SCHEDULE`], each `delay` later, in the
+/// background, calling `sent` for each frame that went out, until `cancel`.
 pub(crate) fn announce(
     fd: Arc<AsyncFd<PacketSocket>>,
     frames: Vec<Vec<u8>>,
     sent: impl Fn() + Send + 'static,
+    delay: Duration,
     cancel: CancellationToken,
 ) {
     tokio::spawn(async move {
         let mut elapsed = Duration::ZERO;
-        for at in ANNOUNCE_SCHEDULE {
+        for at in ANNOUNCE_SCHEDULE.map(|at| at + delay) {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(at.saturating_sub(elapsed)) => {}
@@ -165,7 +172,7 @@ pub(crate) async fn serve<T: Ord + Copy + std::fmt::Display>(
             }
             for ip in now.difference(&announced) {
                 family.changed(&fd, *ip, true);
-                start_burst(&fd, &family, &cancel, &mut bursts, *ip);
+                start_burst(&fd, &family, &cancel, &mut bursts, *ip, Duration::ZERO);
             }
             announced = now;
             changed = false;
@@ -185,7 +192,7 @@ pub(crate) async fn serve<T: Ord + Copy + std::fmt::Display>(
                         && reassertions.claimed(ip, Instant::now())
                     {
                         warn!(%ip, "{what}: another MAC claims an address this node owns; announcing it again");
-                        start_burst(&fd, &family, &cancel, &mut bursts, ip);
+                        start_burst(&fd, &family, &cancel, &mut bursts, ip, REASSERT_DELAY);
                     }
                 }
                 Err(e) => warn!(%e, "{what} receive"),
@@ -194,19 +201,21 @@ pub(crate) async fn serve<T: Ord + Copy + std::fmt::Display>(
     }
 }
 
-/// Starts `ip`'s burst, replacing (cancelling) one still running for it.
+/// Starts `ip`'s burst `delay` from now, replacing (cancelling) one still running for it.
 fn start_burst<T: Ord + Copy>(
     fd: &Arc<AsyncFd<PacketSocket>>,
     family: &impl Family<T>,
     cancel: &CancellationToken,
     bursts: &mut BTreeMap<T, CancellationToken>,
     ip: T,
+    delay: Duration,
 ) {
     let burst = cancel.child_token();
     announce(
         fd.clone(),
         family.burst(ip),
         family.burst_sent(),
+        delay,
         burst.clone(),
     );
     if let Some(old) = bursts.insert(ip, burst) {
