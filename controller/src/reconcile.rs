@@ -327,24 +327,14 @@ async fn write_status(
     svc: &Service,
     status: serde_json::Value,
 ) -> Result<(), Error> {
-    let key = key_of(svc);
-    // The lease may have moved while we were deciding: check right before writing.
-    if !ctx.still_leading() {
-        return Err(Error::NotLeader);
-    }
-    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let patch = json!({"apiVersion": "v1", "kind": "Service", "status": status});
-    api.patch_status(
-        &key.name,
+    patch_status(
+        ctx,
+        svc,
         &PatchParams::apply(FIELD_MANAGER_CONTROLLER).force(),
         &Patch::Apply(&patch),
     )
     .await
-    .map_err(|source| Error::WriteStatus {
-        key: key.to_string(),
-        source,
-    })?;
-    Ok(())
 }
 
 /// Deletes the speakers' `ferrolb.io/Announced` from a Service that is no longer ours (a
@@ -352,26 +342,34 @@ async fn write_status(
 /// that wrote it from an older view just after is undone by the reconcile its write
 /// triggers.
 async fn remove_announced(ctx: &Context, svc: &Service) -> Result<(), Error> {
+    let patch = json!({"status": {"conditions": [
+        {"type": ferrolb_crds::names::CONDITION_ANNOUNCED, "$patch": "delete"}]}});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER_CONTROLLER.into()),
+        ..PatchParams::default()
+    };
+    patch_status(ctx, svc, &params, &Patch::Strategic(&patch)).await
+}
+
+/// Patches the Service's status, if this replica still leads.
+async fn patch_status(
+    ctx: &Context,
+    svc: &Service,
+    params: &PatchParams,
+    patch: &Patch<&serde_json::Value>,
+) -> Result<(), Error> {
     let key = key_of(svc);
+    // The lease may have moved while we were deciding: check right before writing.
     if !ctx.still_leading() {
         return Err(Error::NotLeader);
     }
     let api: Api<Service> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let patch = json!({"status": {"conditions": [
-        {"type": ferrolb_crds::names::CONDITION_ANNOUNCED, "$patch": "delete"}]}});
-    api.patch_status(
-        &key.name,
-        &PatchParams {
-            field_manager: Some(FIELD_MANAGER_CONTROLLER.into()),
-            ..PatchParams::default()
-        },
-        &Patch::Strategic(&patch),
-    )
-    .await
-    .map_err(|source| Error::WriteStatus {
-        key: key.to_string(),
-        source,
-    })?;
+    api.patch_status(&key.name, params, patch)
+        .await
+        .map_err(|source| Error::WriteStatus {
+            key: key.to_string(),
+            source,
+        })?;
     Ok(())
 }
 

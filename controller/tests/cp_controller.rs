@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, condition, ips};
+use common::{Cluster, condition, condition_types, ips};
 use ferrolb_crds::IPPool;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -399,7 +399,6 @@ async fn release_on_delete_and_type_change_and_pool_changes_move_services() {
 
     // A speaker's Announced on "one" (written as the speakers write it), and a condition of
     // someone else's that must stay.
-    let services: Api<Service> = Api::namespaced(c.client(), "default");
     for (manager, type_) in [
         (
             ferrolb_crds::names::FIELD_MANAGER_SPEAKER,
@@ -407,25 +406,9 @@ async fn release_on_delete_and_type_change_and_pool_changes_move_services() {
         ),
         ("someone-else", "example.com/Checked"),
     ] {
-        let cond = json!({"type": type_, "status": "True", "reason": "Test",
-            "message": "written by the test", "lastTransitionTime": "2026-01-01T00:00:00Z"});
-        services
-            .patch_status(
-                "one",
-                &PatchParams::apply(manager).force(),
-                &Patch::Apply(json!({"apiVersion": "v1", "kind": "Service",
-                    "status": {"conditions": [cond]}})),
-            )
-            .await
-            .unwrap();
+        c.write_condition("default", "one", manager, type_).await;
     }
-    let types = |svc: &Service| -> Vec<String> {
-        svc.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .map(|cs| cs.iter().map(|c| c.type_.clone()).collect())
-            .unwrap_or_default()
-    };
+    let types = condition_types;
     assert!(types(&c.get("default", "one").await).contains(&"ferrolb.io/Announced".to_string()));
 
     // Type change releases, with an event, and the address is free for others; our
@@ -517,19 +500,13 @@ async fn a_service_left_without_an_address_loses_its_announced_condition() {
         .await;
     c.service("default", "web", json!({}), json!({})).await;
     c.wait_ips("default", "web", &["10.0.0.1"]).await;
-    let cond = json!({"type": ferrolb_crds::names::CONDITION_ANNOUNCED, "status": "True",
-        "reason": "Announced", "message": "announced: 10.0.0.1 from node n1 on eth0",
-        "lastTransitionTime": "2026-01-01T00:00:00Z"});
-    let services: Api<Service> = Api::namespaced(c.client(), "default");
-    services
-        .patch_status(
-            "web",
-            &PatchParams::apply(ferrolb_crds::names::FIELD_MANAGER_SPEAKER).force(),
-            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Service",
-                "status": {"conditions": [cond]}})),
-        )
-        .await
-        .unwrap();
+    c.write_condition(
+        "default",
+        "web",
+        ferrolb_crds::names::FIELD_MANAGER_SPEAKER,
+        ferrolb_crds::names::CONDITION_ANNOUNCED,
+    )
+    .await;
     Api::<IPPool>::all(c.client())
         .delete("only", &DeleteParams::default())
         .await
@@ -538,12 +515,7 @@ async fn a_service_left_without_an_address_loses_its_announced_condition() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let svc = c.get("default", "web").await;
-        let announced = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "ferrolb.io/Announced"));
-        if !announced {
+        if !condition_types(&svc).contains(&"ferrolb.io/Announced".to_string()) {
             // Still ours: the controller says why it has no address.
             let (status, reason, _) = condition(&svc).expect("IPAllocated stays");
             assert_eq!(status, "False", "{reason}");

@@ -268,6 +268,33 @@ pub fn condition(s: &Service) -> Option<(String, String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
+/// The types of the Service's conditions, in order.
+pub fn condition_types(s: &Service) -> Vec<String> {
+    s.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .map(|cs| cs.iter().map(|c| c.type_.clone()).collect())
+        .unwrap_or_default()
+}
+
+impl Cluster {
+    /// Writes a True condition `type_` on the Service's status as field manager `manager`
+    /// would (server-side apply), e.g. a speaker's `ferrolb.io/Announced`.
+    pub async fn write_condition(&self, ns: &str, name: &str, manager: &str, type_: &str) {
+        let cond = json!({"type": type_, "status": "True", "reason": "Test",
+            "message": "written by the test", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+        Api::<Service>::namespaced(self.client(), ns)
+            .patch_status(
+                name,
+                &PatchParams::apply(manager).force(),
+                &Patch::Apply(json!({"apiVersion": "v1", "kind": "Service",
+                    "status": {"conditions": [cond]}})),
+            )
+            .await
+            .unwrap();
+    }
+}
+
 /// How many times controller `log` reconciled `namespace/name` (its debug line "planned").
 pub fn reconciles(log: &str, namespace: &str, name: &str) -> usize {
     let span = format!("reconcile{{service={namespace}/{name}}}");
