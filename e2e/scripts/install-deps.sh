@@ -43,5 +43,17 @@ cargo clippy --version >/dev/null 2>&1 || rustup component add clippy >/dev/null
   fail "clippy is missing and 'rustup component add clippy' failed; install it for the active toolchain."
 command -v go >/dev/null 2>&1 || fail "the Go toolchain is missing; install Go 1.26 or newer (https://go.dev/doc/install) and put 'go' on PATH."
 
+# Cargo's shared build directory (the Makefile's CARGO_BUILD_BUILD_DIR) gains every
+# checkout's own crates; past the cap it is emptied, and the next build compiles everything.
+build_dir=${CARGO_BUILD_BUILD_DIR:-}
+max_gib=${FERROLB_BUILD_DIR_MAX_GIB:-40}
+if [ -n "$build_dir" ] && [ -d "$build_dir" ]; then
+  gib=$(( $(du -sk "$build_dir" | cut -f1) / 1024 / 1024 ))
+  if [ "$gib" -gt "$max_gib" ]; then
+    echo "ferrolb: cargo's build directory $build_dir holds $gib GiB (over $max_gib): emptying it" >&2
+    rm -rf "$build_dir"
+  fi
+fi
+
 bash "$here/build-kube.sh"
 bash "$here/build-helm.sh"

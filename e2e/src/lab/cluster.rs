@@ -410,21 +410,39 @@ fn speaker_kubeconfig(plan: &LabPlan) -> Result<PathBuf> {
     service_account_kubeconfig(plan, "ferrolb-speaker", &plan.lan_server())
 }
 
-/// Path of a binary built next to the running `ferrolb-lab` (target/<profile>/...).
-pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+/// The directory holding ferrolb's binaries for `plan`: the one `up` recorded, else the
+/// running executable's own (target/<profile>), else its parent (a test binary in
+/// target/<profile>/deps without a separate build directory).
+fn own_binary_dir(plan: &LabPlan, name: &str) -> Result<PathBuf> {
+    if let Some(dir) = &plan.bin_dir {
+        return Ok(dir.clone());
+    }
     let me = std::env::current_exe().map_err(io_err("/proc/self/exe"))?;
     let dir = me.parent().map(Path::to_path_buf).unwrap_or_default();
-    // Test binaries live in target/<profile>/deps.
     for d in [dir.clone(), dir.join("..")] {
-        let p = d.join(name);
-        if p.is_file() {
-            return Ok(p);
+        if d.join(name).is_file() {
+            return Ok(d);
         }
     }
     Err(Error::MissingOwnBinary {
         name: name.into(),
         dir: dir.display().to_string(),
     })
+}
+
+/// Path of one of ferrolb's binaries (see [`own_binary_dir`]); an error names the
+/// directory when it is not there.
+pub fn sibling_binary(plan: &LabPlan, name: &str) -> Result<PathBuf> {
+    let dir = own_binary_dir(plan, name)?;
+    let p = dir.join(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(Error::MissingOwnBinary {
+            name: name.into(),
+            dir: dir.display().to_string(),
+        })
+    }
 }
 
 /// Starts the ferrolb controller beside the control plane.
@@ -434,7 +452,7 @@ pub fn start_controller(plan: &LabPlan) -> Result<ProcRecord> {
         &plan.state_dir,
         "ferrolb-controller",
         Some(CP_NS),
-        &sibling_binary("ferrolb-controller")?,
+        &sibling_binary(plan, "ferrolb-controller")?,
         &[
             format!("--kubeconfig={}", kc.display()),
             "--identity=lab-controller".into(),
@@ -467,7 +485,7 @@ pub fn start_speaker_with(plan: &LabPlan, node: &str, extra: &[String]) -> Resul
         &plan.state_dir,
         &speaker_record_name(&n.name),
         Some(&n.netns),
-        &sibling_binary("ferrolb-speaker")?,
+        &sibling_binary(plan, "ferrolb-speaker")?,
         &[
             format!("--kubeconfig={}", kc.display()),
             format!("--node-name={}", n.name),
@@ -559,6 +577,9 @@ pub async fn up(plan: LabPlan) -> Result<LabPlan> {
         down(&state)?;
     }
     std::fs::create_dir_all(&state).map_err(io_err(&state))?;
+    let mut plan = plan;
+    let bin_dir = own_binary_dir(&plan, "ferrolb-speaker")?;
+    plan.bin_dir = Some(bin_dir.canonicalize().map_err(io_err(&bin_dir))?);
     // Record the plan first, so that `down` can undo a half-done `up`.
     write(
         &plan.plan_file(),
@@ -573,8 +594,8 @@ pub async fn up(plan: LabPlan) -> Result<LabPlan> {
     ] {
         bins::binary(b)?;
     }
-    sibling_binary("ferrolb-controller")?;
-    sibling_binary("ferrolb-speaker")?;
+    sibling_binary(&plan, "ferrolb-controller")?;
+    sibling_binary(&plan, "ferrolb-speaker")?;
 
     build_topology(&plan)?;
     write_pki(&plan)?;

@@ -94,6 +94,11 @@ pub struct LabPlan {
     /// The sample IPPool's addresses (on the LAN, so ARP/NDP reach them).
     pub pool: Vec<String>,
     pub state_dir: PathBuf,
+    /// Where `up` found ferrolb's binaries (beside the `ferrolb-lab` that ran it): every
+    /// later start (a speaker restarted by a test, whose own executable lives elsewhere)
+    /// runs these same binaries. Absent in plans written before it was recorded.
+    #[serde(default)]
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl LabPlan {
@@ -161,6 +166,7 @@ impl LabPlan {
             cluster_cidrs,
             pool,
             state_dir,
+            bin_dir: None,
         }
     }
 
