@@ -88,6 +88,17 @@ pub fn plan_allocation(
             reason: AllocationReason::Allocated,
             message: describe(outcome),
         },
+        // RequireDualStack keeping one family while the other cannot be had: not served as
+        // asked, so not Allocated; the message says what it keeps.
+        (Some(f), false) if outcome.incomplete => AllocatedCondition {
+            status: false,
+            reason: f.reason,
+            message: format!(
+                "{}, kept while RequireDualStack waits for the other family: {}",
+                describe(outcome),
+                f.message
+            ),
+        },
         (Some(f), false) => AllocatedCondition {
             status: true,
             reason: AllocationReason::Allocated,
@@ -231,6 +242,7 @@ mod tests {
             ips: vec![held("10.0.0.1", "lan")],
             released: vec![],
             failure: None,
+            incomplete: false,
         };
         let Plan::Write {
             ingress,
@@ -259,6 +271,7 @@ mod tests {
             ips: vec![held("10.0.0.1", "lan")],
             released: vec![],
             failure: None,
+            incomplete: false,
         };
         let s = svc(json!({
             "loadBalancer": {"ingress": [{"ip": "10.0.0.1", "ipMode": "VIP"}]},
@@ -274,6 +287,7 @@ mod tests {
                 reason: AllocationReason::PoolExhausted,
                 message: "no free IPv4 address in lan".into(),
             }),
+            incomplete: false,
         };
         let s = svc(json!({
             "conditions": [{"type": "ferrolb.io/IPAllocated", "status": "False", "reason": "PoolExhausted",
@@ -288,6 +302,7 @@ mod tests {
             ips: vec![held("10.0.0.1", "lan")],
             released: vec![],
             failure: None,
+            incomplete: false,
         };
         let at = |generation: i64, observed: i64| -> Service {
             serde_json::from_value(json!({
@@ -317,6 +332,7 @@ mod tests {
                 "10.0.0.9 is not in any IPPool any more".into(),
             )],
             failure: None,
+            incomplete: false,
         };
         let s = svc(json!({"loadBalancer": {"ingress": [{"ip": "10.0.0.9", "ipMode": "VIP"}]}}));
         let Plan::Write {
@@ -358,6 +374,32 @@ mod tests {
         assert_eq!(
             plan_release(&svc(json!({"conditions": [other]})), &[], "deleted"),
             Plan::Nothing
+        );
+    }
+
+    #[test]
+    fn require_dual_stack_keeping_one_family_is_not_reported_allocated() {
+        let o = Outcome {
+            ips: vec![held("10.0.0.1", "v4")],
+            released: vec![],
+            failure: Some(Failure {
+                reason: AllocationReason::FamilyUnavailable,
+                message: "no IPPool available to this Service has IPv6 addresses".into(),
+            }),
+            incomplete: true,
+        };
+        let Plan::Write {
+            ingress, condition, ..
+        } = plan_allocation(&svc(json!({})), &o, kube_proxy)
+        else {
+            panic!("expected a write");
+        };
+        assert_eq!(ingress.len(), 1, "the kept address stays in status");
+        assert!(!condition.status);
+        assert_eq!(condition.reason, AllocationReason::FamilyUnavailable);
+        assert_eq!(
+            condition.message,
+            "10.0.0.1 from IPPool v4, kept while RequireDualStack waits for the other family: no IPPool available to this Service has IPv6 addresses"
         );
     }
 }

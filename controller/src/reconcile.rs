@@ -206,6 +206,7 @@ fn decide(snapshot: &Service, ctx: &Context) -> Result<Option<Decision>, Error> 
                             reason: AllocationReason::InvalidRequest,
                             message,
                         }),
+                        incomplete: false,
                     }
                 }
             };

@@ -60,6 +60,20 @@ pub fn u128_to_ip(family: Family, n: u128) -> Option<IpAddr> {
     }
 }
 
+/// The Subnet-Router anycast address of an IPv6 CIDR entry (its all-zero host, RFC 4291
+/// §2.6.1), which routers on that subnet answer: ferrolb never hands it out. Prefixes of
+/// 127 and 128 bits have none (RFC 6164 gives /127 links no anycast; /128 is one address),
+/// nor do IPv4 entries, ranges and single addresses. `None` for an entry that does not parse.
+pub fn subnet_router_anycast(entry: &str) -> Option<Ipv6Addr> {
+    let (_, len) = entry.split_once('/')?;
+    let block = AddressBlock::parse(entry).ok()?;
+    let len: u32 = len.parse().ok()?;
+    match block.first() {
+        IpAddr::V6(net) if len < 127 => Some(net),
+        _ => None,
+    }
+}
+
 /// An inclusive block of addresses of one family: what one `spec.addresses` entry means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AddressBlock {
@@ -310,6 +324,26 @@ mod tests {
         for e in ["10.0.0.1-10.0.0.9", "10.0.0.7", "2001:db8::1-2001:db8::ff"] {
             let b = AddressBlock::parse(e).unwrap();
             assert_eq!(AddressBlock::parse(&b.to_string()).unwrap(), b);
+        }
+    }
+
+    #[test]
+    fn only_ipv6_cidrs_below_127_bits_have_a_subnet_router_anycast_address() {
+        let any = |e: &str| subnet_router_anycast(e).map(|a| a.to_string());
+        assert_eq!(any("2001:db8::/64").as_deref(), Some("2001:db8::"));
+        assert_eq!(any("2001:db8:0:1::/126").as_deref(), Some("2001:db8:0:1::"));
+        assert_eq!(any("::/0").as_deref(), Some("::"));
+        for none in [
+            "2001:db8::/127",
+            "2001:db8::/128",
+            "2001:db8::",
+            "2001:db8::-2001:db8::ff",
+            "10.0.0.0/24",
+            "10.0.0.0/0",
+            "2001:db8::1/64",
+            "not an entry/64",
+        ] {
+            assert_eq!(any(none), None, "{none}");
         }
     }
 }

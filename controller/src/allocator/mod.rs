@@ -147,6 +147,9 @@ pub struct Outcome {
     pub released: Vec<(IpAddr, String)>,
     /// The first family that could not be served, if any.
     pub failure: Option<Failure>,
+    /// The Service requires every family it names (RequireDualStack) and holds only some:
+    /// what it holds is kept, but it is not served as asked.
+    pub incomplete: bool,
 }
 
 impl Outcome {
@@ -381,8 +384,17 @@ impl Allocator {
     pub fn report(&self, name: &str) -> Option<PoolReport> {
         let st = self.pools.get(name)?;
         let fam = |f: Family| {
+            // An anycast address a Service kept is in use, so it counts in the total too.
+            let kept_anycast = st
+                .pool
+                .anycast_numbers(f)
+                .filter(|n| st.used(f).contains(*n))
+                .count();
             st.pool.has_family(f).then(|| FamilyUse {
-                total: st.pool.capacity(f),
+                total: st
+                    .pool
+                    .capacity(f)
+                    .plus(u128::try_from(kept_anycast).unwrap_or(u128::MAX)),
                 used: if st.conflict.is_some() {
                     0
                 } else {
@@ -564,6 +576,7 @@ impl Allocator {
                 ips: Vec::new(),
                 released,
                 failure: Some(f),
+                incomplete: false,
             };
         }
 
@@ -603,20 +616,29 @@ impl Allocator {
             }
         }
         if svc.policy == FamilyPolicy::RequireDualStack && failure.is_some() {
-            // All or nothing.
-            for h in &chosen {
-                if before.values().any(|b| b.ip == h.ip) {
-                    released.push((h.ip, "RequireDualStack needs both families".into()));
+            // No new address until both families can be had; but an address the Service
+            // already holds is kept while the other family is unavailable (the failure says
+            // which), never dropped: traffic on that family keeps flowing, and the address
+            // is not lost to another Service in the meantime.
+            let (kept, fresh): (Vec<HeldIp>, Vec<HeldIp>) = chosen
+                .into_iter()
+                .partition(|h| before.values().any(|b| b.ip == h.ip));
+            if !fresh.is_empty() {
+                self.release_quiet(&svc.key);
+                for h in &kept {
+                    self.attach(svc, h.ip);
                 }
             }
-            self.release_quiet(&svc.key);
-            chosen.clear();
+            chosen = kept;
         }
+        let incomplete =
+            svc.policy == FamilyPolicy::RequireDualStack && failure.is_some() && !chosen.is_empty();
         released.retain(|(ip, _)| !chosen.iter().any(|h| h.ip == *ip));
         Outcome {
             ips: chosen,
             released,
             failure,
+            incomplete,
         }
     }
 
@@ -743,6 +765,18 @@ impl Allocator {
                     format!("{ip} is not in any IPPool this Service may use"),
                 ));
             };
+            // A free anycast address is not handed out; one already held may be shared
+            // (its holder keeps it, and valid sharing joins an address that is in use).
+            if let Some(cidr) = pool.pool.anycast_of(ip)
+                && !self.ips.contains_key(&ip)
+            {
+                return Err(Failure::new(
+                    RequestedIPUnavailable,
+                    format!(
+                        "{ip} is the Subnet-Router anycast address of {cidr} (RFC 4291 2.6.1), which ferrolb never hands out"
+                    ),
+                ));
+            }
             return match self
                 .ips
                 .get(&ip)
@@ -802,13 +836,22 @@ impl Allocator {
         for s in &with_family {
             let used = s.used(f);
             for b in s.pool.blocks_of(f) {
-                if let Some(n) = used.lowest_free(b.first_u128(), b.last_u128())
-                    && let Some(ip) = u128_to_ip(f, n)
-                {
-                    return Ok(HeldIp {
-                        ip,
-                        pool: s.pool.name.clone(),
-                    });
+                // Anycast addresses are few (one per IPv6 CIDR entry): step over them.
+                let mut from = b.first_u128();
+                while let Some(n) = used.lowest_free(from, b.last_u128()) {
+                    if !s.pool.is_anycast(f, n) {
+                        if let Some(ip) = u128_to_ip(f, n) {
+                            return Ok(HeldIp {
+                                ip,
+                                pool: s.pool.name.clone(),
+                            });
+                        }
+                        break;
+                    }
+                    match n.checked_add(1) {
+                        Some(next) if next <= b.last_u128() => from = next,
+                        _ => break,
+                    }
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! sorted, its selectors compiled. A pool whose spec cannot be parsed is kept (so its
 //! status can say why) but hands out nothing.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ferrolb_crds::{AddressBlock, Family, Forwarding, IPPoolSpec};
@@ -32,16 +33,26 @@ pub struct Pool {
     pub forwarding: Forwarding,
     /// Why the spec is unusable, if it is.
     pub invalid: Option<String>,
+    /// The Subnet-Router anycast address of each IPv6 CIDR entry (as a number), with the
+    /// entry: inside the pool and kept by a Service that already holds it, never handed
+    /// out anew ([`ferrolb_crds::address::subnet_router_anycast`]).
+    anycast: BTreeMap<u128, String>,
 }
 
 impl Pool {
     pub fn from_spec(name: &str, created: Option<i64>, spec: &IPPoolSpec) -> Pool {
         let mut problems = Vec::new();
         let mut blocks = Vec::new();
+        let mut anycast = BTreeMap::new();
         for entry in &spec.addresses {
             match AddressBlock::parse(entry) {
                 Ok(b) => blocks.push(b),
                 Err(e) => problems.push(e.to_string()),
+            }
+            if let Some(a) = ferrolb_crds::address::subnet_router_anycast(entry) {
+                anycast
+                    .entry(u128::from(a))
+                    .or_insert_with(|| entry.to_string());
             }
         }
         if spec.addresses.is_empty() {
@@ -68,6 +79,7 @@ impl Pool {
             namespace_selector,
             forwarding: spec.forwarding,
             invalid: (!problems.is_empty()).then(|| problems.join("; ")),
+            anycast,
         }
     }
 
@@ -94,6 +106,28 @@ impl Pool {
             && !(self.skips(Family::of(ip)) && is_buggy_v4(ferrolb_crds::address::ip_to_u128(ip)))
     }
 
+    /// The IPv6 CIDR entry whose Subnet-Router anycast address `ip` is, if it is one: such
+    /// an address is never handed out anew (a Service holding it keeps it).
+    pub fn anycast_of(&self, ip: IpAddr) -> Option<&str> {
+        match ip {
+            IpAddr::V6(v6) => self.anycast.get(&u128::from(v6)).map(String::as_str),
+            IpAddr::V4(_) => None,
+        }
+    }
+
+    /// True for the numbers of this family's addresses that are never handed out anew.
+    pub fn is_anycast(&self, family: Family, n: u128) -> bool {
+        family == Family::V6 && self.anycast.contains_key(&n)
+    }
+
+    /// The numbers of this family's anycast addresses (see [`Pool::anycast_of`]).
+    pub fn anycast_numbers(&self, family: Family) -> impl Iterator<Item = u128> + '_ {
+        self.anycast
+            .keys()
+            .copied()
+            .filter(move |_| family == Family::V6)
+    }
+
     /// Whether .0/.255 are skipped for this family.
     pub fn skips(&self, family: Family) -> bool {
         self.avoid_buggy && family == Family::V4
@@ -105,17 +139,20 @@ impl Pool {
             .any(|a| other.blocks.iter().any(|b| a.overlaps(b)))
     }
 
-    /// Addresses this pool can hand out, per family (skipped addresses excluded).
+    /// Addresses this pool can hand out, per family (skipped and anycast addresses
+    /// excluded).
     pub fn capacity(&self, family: Family) -> Count {
         let skips = self.skips(family);
-        self.blocks_of(family).fold(Count::ZERO, |c, b| {
+        let all = self.blocks_of(family).fold(Count::ZERO, |c, b| {
             let total = c.add_block(b.span());
             if skips {
                 total.minus(buggy_in(b.first_u128(), b.last_u128()))
             } else {
                 total
             }
-        })
+        });
+        let anycast = self.anycast_numbers(family).count();
+        all.minus(u128::try_from(anycast).unwrap_or(u128::MAX))
     }
 
     /// May this pool give new addresses at all?
@@ -182,10 +219,11 @@ mod tests {
 
     #[test]
     fn capacity_is_exact_for_huge_pools_and_skips_buggy_addresses() {
+        // 2^127, less the anycast addresses of both CIDR entries (2001:db8:: and ::).
         let p = Pool::from_spec("p", None, &spec(&["2001:db8::/64", "::/1"]));
         assert_eq!(
             p.capacity(Family::V6).to_string(),
-            "170141183460469231731687303715884105728"
+            "170141183460469231731687303715884105726"
         );
         let mut s = spec(&["10.0.0.0/23", "10.0.5.255"]);
         s.avoid_buggy_ips = true;

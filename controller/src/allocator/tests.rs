@@ -348,11 +348,122 @@ fn huge_ipv6_pools_cost_what_their_allocations_cost() {
     }
     let r = a.report("v6").unwrap();
     assert_eq!(r.v6.as_ref().unwrap().used, 1000);
+    // 2^127 addresses, less the anycast addresses of the two CIDR entries (::, 2001:db8::).
     assert_eq!(
         r.v6.unwrap().total.to_string(),
-        "170141183460469231731687303715884105728"
+        "170141183460469231731687303715884105726"
     );
     assert!(r.v4.is_none());
+}
+
+#[test]
+fn ipv6_cidrs_never_hand_out_their_subnet_router_anycast_address() {
+    let mut a = Allocator::new();
+    a.set_pool(pool("v6", 1, &["2001:db8::/126", "2001:db8:1::/127"]));
+    let mut s = svc("x");
+    s.families = vec![Family::V6];
+    let mut got = Vec::new();
+    for i in 0..5 {
+        s.key.name = format!("s{i}");
+        got.push(a.ensure(&s).addresses()[0]);
+    }
+    // /126: ::1-::3, never ::; /127 (RFC 6164) has no anycast address: both.
+    assert_eq!(
+        got,
+        [
+            ip("2001:db8::1"),
+            ip("2001:db8::2"),
+            ip("2001:db8::3"),
+            ip("2001:db8:1::"),
+            ip("2001:db8:1::1"),
+        ]
+    );
+    s.key.name = "s5".into();
+    assert_eq!(reason(&a.ensure(&s)), Some(PoolExhausted));
+    let r = a.report("v6").unwrap().v6.unwrap();
+    assert_eq!((r.total, r.used), (Count::from_u128(5), 5));
+
+    // Asked for by name it is refused too, and the message says why.
+    let mut req = svc("req");
+    req.families = vec![Family::V6];
+    req.requested = vec![ip("2001:db8::")];
+    let o = a.ensure(&req);
+    assert_eq!(reason(&o), Some(RequestedIPUnavailable));
+    let msg = &o.failure.unwrap().message;
+    assert!(
+        msg.contains("anycast") && msg.contains("2001:db8::/126"),
+        "{msg}"
+    );
+
+    // A range that starts at the same address is a range: it hands it out.
+    let mut b = Allocator::new();
+    b.set_pool(pool("r", 1, &["2001:db8::-2001:db8::3"]));
+    assert_eq!(b.ensure(&s).addresses(), [ip("2001:db8::")]);
+}
+
+#[test]
+fn a_service_already_holding_an_anycast_address_keeps_it() {
+    let mut a = Allocator::new();
+    a.set_pool(pool("v6", 1, &["2001:db8::/126"]));
+    let mut old = shared("old", "k", &[80]);
+    old.families = vec![Family::V6];
+    // Held before a restart (from its status): restored and kept by ensure.
+    assert!(a.restore(&old, &[ip("2001:db8::")]).is_empty());
+    assert_eq!(a.ensure(&old).addresses(), [ip("2001:db8::")]);
+    assert!(a.ensure(&old).released.is_empty());
+    // It is in use, so the pool's total counts it: 3 to hand out, plus the kept one.
+    let r = a.report("v6").unwrap().v6.unwrap();
+    assert_eq!((r.total, r.used), (Count::from_u128(4), 1));
+    // Valid sharing joins it, by request or by key.
+    let mut join = shared("join", "k", &[443]);
+    join.families = vec![Family::V6];
+    join.requested = vec![ip("2001:db8::")];
+    assert_eq!(a.ensure(&join).addresses(), [ip("2001:db8::")]);
+    // Once nobody holds it, it is not handed out again.
+    a.release(&old.key);
+    a.release(&join.key);
+    let mut next = svc("next");
+    next.families = vec![Family::V6];
+    assert_eq!(a.ensure(&next).addresses(), [ip("2001:db8::1")]);
+    let r = a.report("v6").unwrap().v6.unwrap();
+    assert_eq!((r.total, r.used), (Count::from_u128(3), 1));
+}
+
+#[test]
+fn require_dual_stack_keeps_the_address_it_holds_while_the_other_family_is_unavailable() {
+    let mut a = Allocator::new();
+    a.set_pool(pool("v4", 1, &["10.0.0.1"]));
+    a.set_pool(pool("v6", 2, &["2001:db8::1"]));
+    let mut req = svc("require");
+    req.families = vec![Family::V4, Family::V6];
+    req.policy = FamilyPolicy::RequireDualStack;
+    assert_eq!(
+        a.ensure(&req).addresses(),
+        [ip("10.0.0.1"), ip("2001:db8::1")]
+    );
+    // The IPv6 pool goes away: the IPv6 address is released, the IPv4 one kept.
+    a.remove_pool("v6");
+    let o = a.ensure(&req);
+    assert_eq!(o.addresses(), [ip("10.0.0.1")]);
+    assert_eq!(reason(&o), Some(FamilyUnavailable));
+    assert!(o.incomplete, "kept, but not served as asked");
+    assert_eq!(o.released.len(), 1);
+    assert_eq!(o.released[0].0, ip("2001:db8::1"));
+    // Still kept on the next look, and not free for anybody else.
+    assert_eq!(a.ensure(&req).addresses(), [ip("10.0.0.1")]);
+    assert_eq!(reason(&a.ensure(&svc("other"))), Some(PoolExhausted));
+    // IPv6 back: both again.
+    a.set_pool(pool("v6", 3, &["2001:db8::2"]));
+    let o = a.ensure(&req);
+    assert_eq!(o.addresses(), [ip("10.0.0.1"), ip("2001:db8::2")]);
+    assert!(o.failure.is_none() && !o.incomplete);
+    // A Service that holds nothing still gets nothing alone.
+    let mut fresh = req.clone();
+    fresh.key = ServiceKey::new("default", "fresh");
+    a.set_pool(pool("v4b", 4, &["10.0.0.9"]));
+    let o = a.ensure(&fresh);
+    assert!(o.ips.is_empty());
+    assert_eq!(reason(&o), Some(PoolExhausted));
 }
 
 // ----- properties -----
@@ -521,10 +632,7 @@ fn apply(a: &mut Allocator, reqs: &mut BTreeMap<usize, ServiceRequest>, op: &Op)
     }
 }
 
-fn check_invariants(
-    a: &Allocator,
-    reqs: &BTreeMap<usize, ServiceRequest>,
-) -> Result<(), TestCaseError> {
+fn check_invariants(a: &Allocator) -> Result<(), TestCaseError> {
     // Held and holders agree.
     for (key, fams) in &a.held {
         for (f, h) in fams.iter() {
@@ -577,11 +685,29 @@ fn check_invariants(
             prop_assert_eq!(st.used(f).count(), n, "pool {} {}", &st.pool.name, f);
         }
     }
-    // RequireDualStack Services hold both families or nothing.
+    Ok(())
+}
+
+/// RequireDualStack Services get both families or nothing new: one holding a single address
+/// held that address before the operation (it was kept, never given alone).
+fn check_require_dual_stack(
+    before: &Allocator,
+    after: &Allocator,
+    reqs: &BTreeMap<usize, ServiceRequest>,
+) -> Result<(), TestCaseError> {
     for s in reqs.values() {
         if s.policy == FamilyPolicy::RequireDualStack {
-            let n = a.held(&s.key).len();
-            prop_assert!(n == 0 || n == 2);
+            let now = after.held(&s.key);
+            prop_assert!(now.len() <= 2);
+            if now.len() == 1 {
+                let had = before.held(&s.key);
+                prop_assert!(
+                    had.iter().any(|h| h.ip == now[0].ip),
+                    "{} was given {} alone",
+                    &s.key,
+                    now[0].ip
+                );
+            }
         }
     }
     Ok(())
@@ -602,8 +728,10 @@ proptest! {
         let mut a = Allocator::new();
         let mut reqs = BTreeMap::new();
         for op in &ops {
+            let before = a.clone();
             apply(&mut a, &mut reqs, op);
-            check_invariants(&a, &reqs)?;
+            check_invariants(&a)?;
+            check_require_dual_stack(&before, &a, &reqs)?;
         }
 
         // Same inputs, same result.
