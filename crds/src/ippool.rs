@@ -66,7 +66,9 @@ pub struct IPPoolSpec {
     #[serde(default = "default_true")]
     pub auto_assign: bool,
 
-    /// Skip IPv4 addresses ending in .0 and .255, which some clients mishandle.
+    /// Skip IPv4 addresses ending in .0 and .255, which some clients mishandle. (IPv6 CIDR
+    /// entries up to /126 never hand out their all-zero host, the Subnet-Router anycast
+    /// address, whatever this says.)
     #[serde(default, rename = "avoidBuggyIPs")]
     pub avoid_buggy_ips: bool,
 
@@ -80,10 +82,12 @@ pub struct IPPoolSpec {
 
     /// Services this pool serves; unset or empty selects every Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::label_selector")]
     pub service_selector: Option<LabelSelector>,
 
     /// Namespaces whose Services this pool serves; unset or empty selects every Namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::label_selector")]
     pub namespace_selector: Option<LabelSelector>,
 
     /// Who carries traffic for the address once it reaches a node.
@@ -125,6 +129,7 @@ impl Forwarding {
 pub struct L2Config {
     /// Nodes allowed to announce; unset or empty allows every node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::label_selector")]
     pub node_selector: Option<LabelSelector>,
 
     /// Regular expressions for interface names. Empty: the interface whose subnet holds the

@@ -27,10 +27,16 @@ impl Selector {
             return Ok(Selector { reqs });
         };
         for (k, v) in sel.match_labels.iter().flatten() {
+            check_key(k)?;
+            check_value(k, v)?;
             reqs.push((k.clone(), Op::In(BTreeSet::from([v.clone()]))));
         }
         for e in sel.match_expressions.iter().flatten() {
+            check_key(&e.key)?;
             let values: BTreeSet<String> = e.values.iter().flatten().cloned().collect();
+            for v in &values {
+                check_value(&e.key, v)?;
+            }
             let op = match e.operator.as_str() {
                 "In" | "NotIn" if values.is_empty() => {
                     return Err(format!(
@@ -71,6 +77,64 @@ impl Selector {
             Op::Exists => labels.contains_key(k),
             Op::DoesNotExist => !labels.contains_key(k),
         })
+    }
+}
+
+/// A label name (a key's part after the prefix, or a non-empty value): 1 to 63 characters,
+/// letters, digits, `-`, `_` and `.`, with a letter or digit at both ends.
+fn is_label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    let edge = |c: &u8| c.is_ascii_alphanumeric();
+    (1..=63).contains(&b.len())
+        && b.first().is_some_and(edge)
+        && b.last().is_some_and(edge)
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// A DNS subdomain as a key prefix: at most 253 characters, dot-separated labels of lower
+/// case letters, digits and `-`, each starting and ending with a letter or digit.
+fn is_dns_subdomain(s: &str) -> bool {
+    let edge = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    s.len() <= 253
+        && s.split('.').all(|l| {
+            let b = l.as_bytes();
+            b.first().is_some_and(edge)
+                && b.last().is_some_and(edge)
+                && b.iter().all(|c| edge(c) || *c == b'-')
+        })
+}
+
+/// Is `key` a valid label key (`[prefix/]name`)?
+pub fn is_label_key(key: &str) -> bool {
+    match key.split_once('/') {
+        Some((prefix, name)) => is_dns_subdomain(prefix) && is_label_name(name),
+        None => is_label_name(key),
+    }
+}
+
+/// Is `value` a valid label value (empty, or a label name)?
+pub fn is_label_value(value: &str) -> bool {
+    value.is_empty() || is_label_name(value)
+}
+
+fn check_key(key: &str) -> Result<(), String> {
+    if is_label_key(key) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key:?} is not a valid label key (an optional DNS subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+        ))
+    }
+}
+
+fn check_value(key: &str, value: &str) -> Result<(), String> {
+    if is_label_value(value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "selector on {key:?}: {value:?} is not a valid label value (empty, or at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+        ))
     }
 }
 
@@ -145,12 +209,75 @@ mod tests {
             expr("k", "Equals", &["v"]),
             expr("k", "In", &[]),
             expr("k", "Exists", &["v"]),
+            expr("-k", "Exists", &[]),
+            expr("Example.com/k", "Exists", &[]),
+            expr("k", "In", &["no spaces"]),
         ] {
             let sel = LabelSelector {
                 match_labels: None,
                 match_expressions: Some(vec![e]),
             };
             assert!(Selector::parse(Some(&sel)).is_err());
+        }
+    }
+
+    #[test]
+    fn malformed_match_labels_are_errors() {
+        for (k, v) in [("bad key", "v"), ("k", "-v"), ("", "v"), ("a/b/c", "v")] {
+            let sel = LabelSelector {
+                match_labels: Some(labels(&[(k, v)])),
+                match_expressions: None,
+            };
+            let err = Selector::parse(Some(&sel)).unwrap_err();
+            assert!(err.contains("not a valid label"), "{k}={v}: {err}");
+        }
+    }
+
+    /// The keys and values the parser accepts are exactly those the CRD schema's patterns
+    /// (run by the API server's CEL, RE2 syntax) accept.
+    #[test]
+    fn the_parser_and_the_schema_agree_on_keys_and_values() {
+        let key_re = regex::Regex::new(crate::schema::LABEL_KEY_RE).unwrap();
+        let value_re = regex::Regex::new(crate::schema::LABEL_VALUE_RE).unwrap();
+        let long = |n: usize| "a".repeat(n);
+        let keys = [
+            "app".to_string(),
+            "app.kubernetes.io/name".into(),
+            "ferrolb.io/ip-pool".into(),
+            "A_b.c-D".into(),
+            "a".into(),
+            long(63),
+            long(64),
+            format!("{}/x", long(253)),
+            format!("{}.{}.{}.{}/x", long(63), long(63), long(63), long(61)),
+            "".into(),
+            "-a".into(),
+            "a-".into(),
+            "a b".into(),
+            "/a".into(),
+            "a/".into(),
+            "Example.com/a".into(),
+            "ex_ample.com/a".into(),
+            "ex..com/a".into(),
+            "a/b/c".into(),
+            "ä".into(),
+        ];
+        for k in &keys {
+            let schema = key_re.is_match(k) && !(k.contains('/') && k.find('/') > Some(253));
+            assert_eq!(is_label_key(k), schema, "key {k:?}");
+        }
+        for v in [
+            "",
+            "v",
+            "V1.2_3-x",
+            &long(63),
+            &long(64),
+            "-v",
+            "v.",
+            "a b",
+            "a/b",
+        ] {
+            assert_eq!(is_label_value(v), value_re.is_match(v), "value {v:?}");
         }
     }
 }

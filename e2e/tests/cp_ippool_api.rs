@@ -171,6 +171,71 @@ async fn ippool_api_accepts_valid_pools_and_rejects_malformed_ones() {
                 "error parsing regexp: missing closing )",
             ],
         ),
+        (
+            "selector-operator",
+            json!({"addresses": ["10.0.0.1"], "serviceSelector": {"matchExpressions": [{"key": "a", "operator": "Equals", "values": ["b"]}]}}),
+            &[
+                "spec.serviceSelector.matchExpressions[0].operator",
+                "Unsupported value: \"Equals\"",
+                "\"DoesNotExist\"",
+            ],
+        ),
+        (
+            "selector-in-without-values",
+            json!({"addresses": ["10.0.0.1"], "namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "In"}]}}),
+            &[
+                "spec.namespaceSelector.matchExpressions[0].values",
+                "operator In on key \"team\" needs at least one value",
+            ],
+        ),
+        (
+            "selector-notin-empty-values",
+            json!({"addresses": ["10.0.0.1"], "namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "NotIn", "values": []}]}}),
+            &[
+                "spec.namespaceSelector.matchExpressions[0].values",
+                "operator NotIn on key \"team\" needs at least one value",
+            ],
+        ),
+        (
+            "selector-exists-with-values",
+            json!({"addresses": ["10.0.0.1"], "l2": {"nodeSelector": {"matchExpressions": [{"key": "lb", "operator": "Exists", "values": ["yes"]}]}}}),
+            &[
+                "spec.l2.nodeSelector.matchExpressions[0].values",
+                "operator Exists on key \"lb\" takes no values",
+            ],
+        ),
+        (
+            "selector-bad-key",
+            json!({"addresses": ["10.0.0.1"], "serviceSelector": {"matchExpressions": [{"key": "-tier", "operator": "Exists"}]}}),
+            &[
+                "spec.serviceSelector.matchExpressions[0].key",
+                "\"-tier\" is not a valid label key",
+            ],
+        ),
+        (
+            "selector-bad-value",
+            json!({"addresses": ["10.0.0.1"], "serviceSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["edge", "no spaces"]}]}}),
+            &[
+                "spec.serviceSelector.matchExpressions[0].values[1]",
+                "\"no spaces\" is not a valid label value",
+            ],
+        ),
+        (
+            "selector-bad-label-key",
+            json!({"addresses": ["10.0.0.1"], "serviceSelector": {"matchLabels": {"Example.com/tier": "edge"}}}),
+            &[
+                "spec.serviceSelector.matchLabels",
+                "\"Example.com/tier\" is not a valid label key",
+            ],
+        ),
+        (
+            "selector-bad-label-value",
+            json!({"addresses": ["10.0.0.1"], "l2": {"nodeSelector": {"matchLabels": {"lb": "yes!"}}}}),
+            &[
+                "spec.l2.nodeSelector.matchLabels[lb]",
+                "\"yes!\" is not a valid label value",
+            ],
+        ),
     ];
     let mut failures = Vec::new();
     for (name, spec, expected) in &cases {
@@ -204,6 +269,19 @@ async fn ippool_api_accepts_valid_pools_and_rejects_malformed_ones() {
             .await
             .unwrap_or_else(|e| panic!("{addr} refused: {}", e.message));
     }
+
+    // Selectors at the edges of what labels allow are accepted.
+    create_raw(
+        &client,
+        "selector-edges",
+        json!({"addresses": ["10.9.1.0/24"],
+               "serviceSelector": {"matchLabels": {"app.kubernetes.io/name": "", "a": "A_b.c-9"},
+                                   "matchExpressions": [{"key": "ferrolb.io/x", "operator": "DoesNotExist"},
+                                                        {"key": "t", "operator": "NotIn", "values": ["x", ""]}]},
+               "l2": {"nodeSelector": {"matchExpressions": [{"key": "node-role.kubernetes.io/edge", "operator": "Exists", "values": []}]}}}),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("valid selectors refused: {}", e.message));
 }
 
 #[tokio::test]

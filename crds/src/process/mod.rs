@@ -14,6 +14,16 @@ pub mod signals;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// Delay before retry number `attempt` (0-based) of something that failed: `first`,
+/// doubling each time, never more than `cap`.
+pub fn retry_delay(attempt: u32, first: Duration, cap: Duration) -> Duration {
+    first
+        .checked_mul(1u32 << attempt.min(20))
+        .unwrap_or(cap)
+        .min(cap)
+}
 
 /// Errors of the process plumbing, each naming what the user can fix.
 #[derive(Debug, thiserror::Error)]
@@ -44,4 +54,27 @@ pub enum ProcessError {
     },
     #[error("admin server: cannot read the address it listens on")]
     LocalAddr(#[source] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_from_the_first_and_stop_at_the_cap() {
+        let ms =
+            |a| retry_delay(a, Duration::from_millis(200), Duration::from_secs(30)).as_millis();
+        let got: Vec<u128> = (0..10).map(ms).collect();
+        assert_eq!(
+            got,
+            [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]
+        );
+        assert_eq!(ms(u32::MAX), 30000);
+        let big = retry_delay(
+            40,
+            Duration::from_secs(u64::MAX / 2),
+            Duration::from_secs(60),
+        );
+        assert_eq!(big, Duration::from_secs(60));
+    }
 }
