@@ -75,7 +75,8 @@ pub struct Args {
     #[arg(long, env = "POD_NAMESPACE", default_value = "ferrolb-system")]
     pub lease_namespace: String,
 
-    /// This replica's identity in the Lease (the pod name).
+    /// This replica's name in the Lease (the pod name); the process adds a random suffix
+    /// of its own, so that no two processes share an identity.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
 
@@ -119,12 +120,14 @@ pub async fn run(args: Args) -> Result<(), Error> {
         "ferrolb-controller starting"
     );
     let client = client::client(args.kubeconfig.as_deref()).await?;
-    let identity = match args.identity.clone() {
+    let base = match args.identity.clone() {
         Some(id) => id,
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .map_err(Error::Hostname)?,
     };
+    let identity = process_identity(&base);
+    info!(%identity, "identity in the leader Lease");
     let owner = match args
         .owner_service_account
         .as_deref()
@@ -274,5 +277,53 @@ async fn lead(
         .await;
         lost.abort();
         info!("controller loop stopped");
+    }
+}
+
+/// This process's identity in the Lease: `base` (the pod name) and a random suffix, so that
+/// no two processes ever share one - not two replicas given the same name by mistake, not a
+/// container restarted in place while its predecessor's record is still in the Lease.
+/// (Sharing an identity would let both believe they lead; the elector also refuses to lead
+/// on a record it did not write, see `leader::Decision::Clash`.)
+pub fn process_identity(base: &str) -> String {
+    format!("{base}_{}", random_suffix())
+}
+
+/// Eight hex digits from the kernel's random UUIDs; the process id and the clock if those
+/// cannot be read.
+fn random_suffix() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .ok()
+        .map(|u| {
+            u.chars()
+                .filter(char::is_ascii_hexdigit)
+                .take(8)
+                .collect::<String>()
+        })
+        .filter(|s| s.len() == 8)
+        .unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            format!("{:08x}", std::process::id().rotate_left(16) ^ nanos)
+        })
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    #[test]
+    fn every_process_identity_is_the_base_and_its_own_suffix() {
+        let a = process_identity("ferrolb-controller-7d9f-abcde");
+        let b = process_identity("ferrolb-controller-7d9f-abcde");
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            let (base, suffix) = id.rsplit_once('_').unwrap();
+            assert_eq!(base, "ferrolb-controller-7d9f-abcde");
+            assert_eq!(suffix.len(), 8);
+            assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()));
+        }
     }
 }

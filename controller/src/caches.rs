@@ -251,7 +251,7 @@ impl NamespaceLabels {
 /// Delay before the watch starts over after its `failures`-th failure in a row: 1 s
 /// doubling up to 30 s (the watcher's own default backoff has the same ceiling).
 fn restart_delay(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.min(5)).min(Duration::from_secs(30))
+    ferrolb_crds::process::retry_delay(failures, Duration::from_secs(1), Duration::from_secs(30))
 }
 
 /// Runs one watch for as long as the process needs it. Every event lands in `writer`'s

@@ -107,7 +107,7 @@ pub async fn ensure(
 
 /// Delay before retry number `attempt` (0-based): 1 s doubling up to a minute.
 pub fn backoff(attempt: u32) -> Duration {
-    Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60))
+    ferrolb_crds::process::retry_delay(attempt, Duration::from_secs(1), Duration::from_secs(60))
 }
 
 /// Ensures the Secret, retrying with backoff until it exists or `cancel` fires. Meant to be

@@ -23,13 +23,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrolb_crds::health::Reporter;
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::Error;
 
@@ -153,6 +156,10 @@ pub enum Decision {
     Renew,
     /// Someone else holds a lease that has not expired: wait.
     StandBy { holder: String },
+    /// The Lease names our identity, but the record is not one this process wrote:
+    /// another process uses the same identity. Never lead on it (and stop, if leading):
+    /// two processes that both believe the record is theirs would both write.
+    Clash,
     /// We led, but no longer: the Lease names someone else, or we could not renew within
     /// the renew deadline. Stop writing at once.
     Lost { holder: Option<String> },
@@ -168,6 +175,23 @@ pub struct Election {
     last_renew: Option<Instant>,
     /// The other holder's record as last seen, and when it was first seen like that.
     observed: Option<(LeaseSpec, Instant)>,
+    /// The records this process sent last (confirmed or not: a write that timed out may
+    /// have landed), newest last: a record naming us that is none of these was written by
+    /// someone else under our identity.
+    sent: std::collections::VecDeque<LeaseSpec>,
+}
+
+/// How many of our own last records are remembered (see [`Election::sent`]).
+const SENT_KEPT: usize = 3;
+
+/// The same record, with times compared at the microsecond precision the API server keeps.
+fn same_record(a: &LeaseSpec, b: &LeaseSpec) -> bool {
+    let micros = |t: &Option<MicroTime>| t.as_ref().map(|t| t.0.as_microsecond());
+    a.holder_identity == b.holder_identity
+        && a.lease_duration_seconds == b.lease_duration_seconds
+        && a.lease_transitions == b.lease_transitions
+        && micros(&a.renew_time) == micros(&b.renew_time)
+        && micros(&a.acquire_time) == micros(&b.acquire_time)
 }
 
 impl Election {
@@ -182,6 +206,7 @@ impl Election {
             renew_deadline,
             last_renew: None,
             observed: None,
+            sent: std::collections::VecDeque::new(),
         }
     }
 
@@ -217,14 +242,37 @@ impl Election {
             .and_then(|s| s.holder_identity.as_deref())
             .filter(|h| !h.is_empty());
         match (holder, spec) {
-            (Some(holder), _) if holder == self.identity => {
-                self.observed = None;
+            (Some(holder), Some(spec)) if holder == self.identity => {
+                if self.is_ours(spec) {
+                    self.observed = None;
+                    return if self.is_leading() {
+                        Decision::Renew
+                    } else {
+                        // Our own last write (after a loss by deadline): take it back.
+                        Decision::Acquire
+                    };
+                }
+                // Our identity, not our record: another process writes under it, or one
+                // that used it before us (a restart under the same name) left it.
                 if self.is_leading() {
-                    Decision::Renew
-                } else {
-                    // Our own record (say, from before a restart under the same pod name):
-                    // nobody else can hold it, so take it back without waiting.
+                    self.last_renew = None;
+                    self.observe(spec, now);
+                    return Decision::Clash;
+                }
+                let changed = self.observed.as_ref().is_some_and(|(seen, _)| {
+                    seen.holder_identity == spec.holder_identity && seen != spec
+                });
+                let first_seen = self.observe(spec, now);
+                if changed {
+                    // Renewed meanwhile: a live process holds it under our name.
+                    Decision::Clash
+                } else if now.saturating_duration_since(first_seen) >= self.valid_for(spec) {
+                    // Left unrenewed for its duration: whoever wrote it is gone.
                     Decision::Acquire
+                } else {
+                    Decision::StandBy {
+                        holder: holder.to_string(),
+                    }
                 }
             }
             (Some(holder), Some(spec)) => {
@@ -269,6 +317,20 @@ impl Election {
             .and_then(|s| u64::try_from(s).ok())
             .filter(|s| *s > 0)
             .map_or(self.lease_duration, Duration::from_secs)
+    }
+
+    /// Is `spec` one of the records this process sent?
+    pub fn is_ours(&self, spec: &LeaseSpec) -> bool {
+        self.sent.iter().any(|s| same_record(s, spec))
+    }
+
+    /// Remembers a record about to be written (acquire or renew), before the write: should
+    /// the write land without our hearing of it, the next read still knows it as ours.
+    pub fn sending(&mut self, spec: &LeaseSpec) {
+        if self.sent.len() == SENT_KEPT {
+            self.sent.pop_front();
+        }
+        self.sent.push_back(spec.clone());
     }
 
     /// Our acquire or renew write, sent in the round that started at `round_started`,
@@ -516,6 +578,8 @@ pub struct LeaderElector {
     handle: LeaderHandle,
     /// Told after every round: it turned, and whether the API answered.
     health: Option<Reporter>,
+    /// An identity clash was logged and has not ended (logged once per clash).
+    clash_reported: bool,
 }
 
 /// Why a write did not go through.
@@ -546,6 +610,7 @@ impl LeaderElector {
             state,
             handle,
             health: None,
+            clash_reported: false,
         })
     }
 
@@ -577,6 +642,12 @@ impl LeaderElector {
             lease = %self.config.lease_ref(),
             "leader election started"
         );
+        // Between rounds the Lease is watched, so a leader whose Lease is deleted or
+        // taken stops writing at once, not at its next round.
+        let watch_config =
+            watcher::Config::default().fields(&format!("metadata.name={}", self.config.lease_name));
+        let mut lease_events =
+            std::pin::pin!(watcher::watcher(self.api.clone(), watch_config).default_backoff());
         loop {
             let round_started = Instant::now();
             tokio::select! {
@@ -599,13 +670,65 @@ impl LeaderElector {
                     }
                 }
             }
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => break,
-                () = tokio::time::sleep(self.config.retry_period) => {}
+            let next_round = tokio::time::Instant::now() + self.config.retry_period;
+            loop {
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => return self.release().await,
+                    () = tokio::time::sleep_until(next_round) => break,
+                    event = lease_events.next() => match event {
+                        Some(Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease))) => {
+                            self.seen_between_rounds(Some(&lease));
+                        }
+                        Some(Ok(watcher::Event::Delete(_))) => self.seen_between_rounds(None),
+                        Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
+                        // The watch retries on its own (with backoff); rounds go on regardless.
+                        Some(Err(e)) => debug!(error = %e, "lease watch failed; it retries"),
+                        None => tokio::time::sleep_until(next_round).await,
+                    },
+                }
             }
         }
         self.release().await
+    }
+
+    /// The Lease as the watch shows it between rounds (`None`: deleted). A leader that
+    /// sees it gone, or naming another holder, or holding a record it did not write,
+    /// stops leading now; the next round decides what comes after (a deleted Lease is
+    /// created again). Nothing is written here.
+    fn seen_between_rounds(&mut self, lease: Option<&Lease>) {
+        if !self.election.is_leading() {
+            return;
+        }
+        let decision = match lease {
+            None => {
+                self.election.step_down();
+                Decision::Lost { holder: None }
+            }
+            Some(l) => self.election.decide(Some(l), Instant::now()),
+        };
+        match decision {
+            Decision::Lost { holder } => {
+                warn!(
+                    identity = %self.config.identity,
+                    lease = %self.config.lease_ref(),
+                    holder = holder.as_deref().unwrap_or(""),
+                    deleted = lease.is_none(),
+                    "lost leadership: the lease was deleted or changed hands"
+                );
+                self.publish(false, holder, None);
+            }
+            Decision::Clash => {
+                error!(
+                    identity = %self.config.identity,
+                    lease = %self.config.lease_ref(),
+                    "another process renewed the lease under this replica's identity: stopped leading; give every replica its own --identity"
+                );
+                self.clash_reported = true;
+                self.publish(false, Some(self.config.identity.clone()), None);
+            }
+            Decision::Renew | Decision::Acquire | Decision::StandBy { .. } => {}
+        }
     }
 
     /// One read, decide, write. Failures are logged and fed to the election here.
@@ -638,20 +761,37 @@ impl LeaderElector {
                 self.publish(false, holder.clone(), None);
                 return;
             }
+            (Decision::Clash, _) => {
+                if !self.clash_reported {
+                    error!(
+                        identity = %self.config.identity,
+                        lease = %self.config.lease_ref(),
+                        "another process holds the lease under this replica's identity: not leading while it does; give every replica its own --identity"
+                    );
+                    self.clash_reported = true;
+                }
+                self.turned(Ok(()));
+                self.publish(false, Some(self.config.identity.clone()), None);
+                return;
+            }
             (Decision::Renew, Some(current)) => {
                 let lease = renewed_lease(&current, &self.config, Timestamp::now());
+                self.remember(&lease);
                 self.replace(&lease).await
             }
             (Decision::Acquire, Some(current)) => {
                 let lease = acquired_lease(Some(&current), &self.config, Timestamp::now());
+                self.remember(&lease);
                 self.replace(&lease).await
             }
             // `Renew` only comes with a Lease naming us; absent, it is created anew.
             (Decision::Acquire | Decision::Renew, None) => {
                 let lease = acquired_lease(None, &self.config, Timestamp::now());
+                self.remember(&lease);
                 self.create(&lease).await
             }
         };
+        self.clash_reported = false;
         // A conflict is an answer too: the API works, someone else wrote first.
         match &written {
             Ok(()) | Err(WriteFailure::Conflict) => self.turned(Ok(())),
@@ -685,6 +825,12 @@ impl LeaderElector {
                 self.log_error(&e);
                 self.round_failed();
             }
+        }
+    }
+
+    fn remember(&mut self, lease: &Lease) {
+        if let Some(spec) = &lease.spec {
+            self.election.sending(spec);
         }
     }
 
@@ -743,11 +889,12 @@ impl LeaderElector {
             let Some(current) = current else {
                 return Ok(false);
             };
-            let ours = current
-                .spec
-                .as_ref()
-                .and_then(|s| s.holder_identity.as_deref())
-                == Some(self.config.identity.as_str());
+            // Ours only if this process wrote it: a record another process wrote under
+            // our identity is not ours to give away.
+            let ours = current.spec.as_ref().is_some_and(|s| {
+                s.holder_identity.as_deref() == Some(self.config.identity.as_str())
+                    && self.election.is_ours(s)
+            });
             if !ours {
                 return Ok(false);
             }
@@ -953,16 +1100,81 @@ mod tests {
         assert!(e.is_leading());
         assert_eq!(e.leading_until(), Some(t0 + RENEW));
         let ours = lease(Some("a"), 0, 15);
+        e.sending(ours.spec.as_ref().unwrap());
         assert_eq!(e.decide(Some(&ours), t0 + secs(2)), Decision::Renew);
         assert!(!e.renewed(t0 + secs(2)), "a renewal is not a transition");
         assert_eq!(e.leading_until(), Some(t0 + secs(2) + RENEW));
     }
 
     #[test]
-    fn our_own_record_is_taken_back_without_waiting_after_a_restart() {
+    fn a_record_naming_us_that_we_did_not_write_is_waited_out_like_anyone_elses() {
+        // Left by an earlier process under the same identity: taken once it stays
+        // unrenewed for its duration, not at once.
+        let t0 = Instant::now();
         let mut e = Election::new("a", LEASE, RENEW);
-        let ours = lease(Some("a"), 0, 15);
-        assert_eq!(e.decide(Some(&ours), Instant::now()), Decision::Acquire);
+        let left = lease(Some("a"), 0, 15);
+        let standby = Decision::StandBy { holder: "a".into() };
+        assert_eq!(e.decide(Some(&left), t0), standby);
+        assert_eq!(e.decide(Some(&left), t0 + secs(14)), standby);
+        assert_eq!(e.decide(Some(&left), t0 + secs(15)), Decision::Acquire);
+    }
+
+    #[test]
+    fn a_record_naming_us_that_someone_else_renews_is_a_clash_and_never_acquired() {
+        let t0 = Instant::now();
+        let mut e = Election::new("a", LEASE, RENEW);
+        assert!(matches!(
+            e.decide(Some(&lease(Some("a"), 0, 15)), t0),
+            Decision::StandBy { .. }
+        ));
+        for i in 1..20u64 {
+            let renewed = lease(Some("a"), i64::try_from(i).unwrap(), 15);
+            assert_eq!(e.decide(Some(&renewed), t0 + secs(i * 2)), Decision::Clash);
+            assert!(!e.is_leading());
+        }
+    }
+
+    #[test]
+    fn a_leader_that_reads_a_record_it_did_not_write_under_its_name_steps_down() {
+        let t0 = Instant::now();
+        let mut e = Election::new("a", LEASE, RENEW);
+        let mine = lease(Some("a"), 0, 15);
+        e.sending(mine.spec.as_ref().unwrap());
+        e.renewed(t0);
+        assert_eq!(e.decide(Some(&mine), t0 + secs(1)), Decision::Renew);
+        // Another process with our identity renewed it in between.
+        let theirs = lease(Some("a"), 1, 15);
+        assert_eq!(e.decide(Some(&theirs), t0 + secs(2)), Decision::Clash);
+        assert!(!e.is_leading());
+        assert_eq!(e.leading_until(), None);
+    }
+
+    #[test]
+    fn a_write_that_timed_out_but_landed_is_still_known_as_ours() {
+        let t0 = Instant::now();
+        let mut e = Election::new("a", LEASE, RENEW);
+        let first = lease(Some("a"), 0, 15);
+        e.sending(first.spec.as_ref().unwrap());
+        e.renewed(t0);
+        // The next renewal was sent, its answer lost; the read shows it landed.
+        let second = lease(Some("a"), 2, 15);
+        e.sending(second.spec.as_ref().unwrap());
+        assert_eq!(e.round_failed(t0 + secs(2)), None);
+        assert_eq!(e.decide(Some(&second), t0 + secs(3)), Decision::Renew);
+    }
+
+    #[test]
+    fn records_compare_at_the_api_servers_microsecond_precision() {
+        let at = Timestamp::from_second(1_800_000_000).unwrap();
+        let spec = |t: Timestamp| LeaseSpec {
+            holder_identity: Some("a".into()),
+            renew_time: Some(MicroTime(t)),
+            ..LeaseSpec::default()
+        };
+        let nanos = at + std::time::Duration::from_nanos(1_234_567);
+        let micros = at + std::time::Duration::from_micros(1_234);
+        assert!(same_record(&spec(nanos), &spec(micros)));
+        assert!(!same_record(&spec(nanos), &spec(at)));
     }
 
     #[test]
@@ -1008,8 +1220,9 @@ mod tests {
         let t0 = Instant::now();
         let mut e = Election::new("a", LEASE, RENEW);
         e.decide(None, t0);
-        e.renewed(t0);
         let ours = lease(Some("a"), 0, 15);
+        e.sending(ours.spec.as_ref().unwrap());
+        e.renewed(t0);
         assert_eq!(
             e.decide(Some(&ours), t0 + secs(11)),
             Decision::Lost { holder: None }

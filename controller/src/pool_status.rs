@@ -19,13 +19,23 @@ use tracing::warn;
 
 use crate::reconcile::Context;
 
-/// Writes pool status (usage, Ready, Conflict) for pools marked dirty.
+/// First wait before a failed pool-status write is tried again; it doubles per failure in a
+/// row up to [`RETRY_CAP`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_CAP: Duration = Duration::from_secs(30);
+
+/// Writes pool status (usage, Ready, Conflict) for pools marked dirty. A write that fails
+/// is tried again after a backoff, not only when some other change happens to come.
 pub async fn pool_status_loop(ctx: Arc<Context>, cancel: CancellationToken) {
     let api: Api<IPPool> = Api::all(ctx.client.clone());
+    let mut failures: u32 = 0;
+    let mut retry: Option<tokio::time::Instant> = None;
     loop {
+        let retry_at = retry.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = ctx.pools_changed.notified() => {}
+            _ = tokio::time::sleep_until(retry_at), if retry.is_some() => {}
         }
         // Let a burst of changes settle into one write per pool.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -34,6 +44,7 @@ pub async fn pool_status_loop(ctx: Arc<Context>, cancel: CancellationToken) {
             .lock()
             .map(|mut d| std::mem::take(&mut *d).into_iter().collect())
             .unwrap_or_default();
+        let mut failed = false;
         for name in dirty {
             let Some(status) = pool_status(&ctx, &name) else {
                 continue;
@@ -56,12 +67,21 @@ pub async fn pool_status_loop(ctx: Arc<Context>, cancel: CancellationToken) {
                 )
                 .await
             {
-                warn!(pool = %name, %err, "cannot write pool status");
+                warn!(pool = %name, %err, "cannot write pool status; trying again");
+                failed = true;
                 if let Ok(mut d) = ctx.dirty_pools.lock() {
                     d.insert(name);
                 }
             }
         }
+        retry = if failed {
+            let wait = ferrolb_crds::process::retry_delay(failures, RETRY_FIRST, RETRY_CAP);
+            failures = failures.saturating_add(1);
+            Some(tokio::time::Instant::now() + wait)
+        } else {
+            failures = 0;
+            None
+        };
     }
 }
 

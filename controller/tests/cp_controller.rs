@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use common::{Cluster, condition, condition_types, ips};
 use ferrolb_crds::IPPool;
 use k8s_openapi::api::core::v1::{Secret, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams,
+};
 use serde_json::json;
 
 #[tokio::test]
@@ -292,6 +295,36 @@ async fn the_samples_apply_and_get_their_addresses() {
         })
         .await;
     }
+}
+
+/// RequireDualStack keeps the address it holds while the other family is unavailable
+/// (before: both were dropped), and an IPv6 CIDR hands out ::1 first, never its anycast ::.
+#[tokio::test]
+async fn require_dual_stack_keeps_its_address_when_the_other_family_goes() {
+    let c = Cluster::start(1).await;
+    c.pool("v4", json!({"addresses": ["10.0.0.1-10.0.0.2"]}))
+        .await;
+    c.pool("v6", json!({"addresses": ["2001:db8::/126"]})).await;
+    c.service(
+        "default",
+        "require",
+        json!({"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}),
+        json!({}),
+    )
+    .await;
+    c.wait_ips("default", "require", &["10.0.0.1", "2001:db8::1"])
+        .await;
+    Api::<IPPool>::all(c.client())
+        .delete("v6", &DeleteParams::default())
+        .await
+        .unwrap();
+    let kept = c
+        .wait_reason("default", "require", "FamilyUnavailable")
+        .await;
+    assert_eq!(kept, ["10.0.0.1"]);
+    c.pool("v6", json!({"addresses": ["2001:db8::/126"]})).await;
+    c.wait_ips("default", "require", &["10.0.0.1", "2001:db8::1"])
+        .await;
 }
 
 #[tokio::test]
@@ -675,7 +708,7 @@ async fn two_replicas_one_writer_and_failover() {
     let leader_idx = c
         .controllers
         .iter()
-        .position(|p| p.name() == holder)
+        .position(|p| holder.starts_with(&format!("{}_", p.name())))
         .unwrap();
     let other_idx = 1 - leader_idx;
     let other_log = std::fs::read_to_string(c.controllers[other_idx].log_path()).unwrap();
@@ -936,4 +969,115 @@ async fn what_the_controller_creates_is_owned_by_its_service_account() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(lease.metadata.owner_references, want);
+}
+
+/// The API server's admission refuses every write of IPPool status while this
+/// ValidatingAdmissionPolicy is bound.
+async fn block_pool_status(client: &kube::Client) {
+    let gvk = |kind: &str| GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
+    let policies: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk(&gvk("ValidatingAdmissionPolicy")),
+    );
+    let bindings: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk(&gvk("ValidatingAdmissionPolicyBinding")),
+    );
+    let policy: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": "block-pool-status"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": ["ferrolb.io"], "apiVersions": ["*"],
+                "operations": ["CREATE", "UPDATE"], "resources": ["ippools/status"]}]},
+            "validations": [{"expression": "false", "message": "pool status is blocked by the test"}]
+        }
+    }))
+    .unwrap();
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let binding: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": "block-pool-status"},
+        "spec": {"policyName": "block-pool-status", "validationActions": ["Deny"]}
+    }))
+    .unwrap();
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+}
+
+async fn unblock_pool_status(client: &kube::Client) {
+    let gvk = GroupVersionKind::gvk(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingAdmissionPolicyBinding",
+    );
+    let bindings: Api<DynamicObject> = Api::all_with(client.clone(), &ApiResource::from_gvk(&gvk));
+    bindings
+        .delete("block-pool-status", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+/// A pool-status write the API server refuses is tried again on its own (with backoff):
+/// once writes are allowed again the status appears, with nothing else changing in the
+/// cluster to prompt it.
+#[tokio::test]
+async fn a_refused_pool_status_write_is_retried_without_another_change() {
+    let c = Cluster::start(1).await;
+    let client = c.client();
+    let pools: Api<IPPool> = Api::all(client.clone());
+    // A pool of our own to probe with: the policy is in force once our own status write
+    // is refused.
+    c.pool("probe", json!({"addresses": ["10.61.0.0/30"]}))
+        .await;
+    block_pool_status(&client).await;
+    let probe = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool",
+        "status": {"usage": "probe"}});
+    c.wait_for("the admission policy never refused a status write", || {
+        let pools = pools.clone();
+        let probe = probe.clone();
+        async move {
+            match pools
+                .patch_status(
+                    "probe",
+                    &PatchParams::apply("probe-test").force(),
+                    &Patch::Apply(&probe),
+                )
+                .await
+            {
+                Err(kube::Error::Api(e)) if e.message.contains("blocked by the test") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+
+    c.pool("blocked", json!({"addresses": ["10.62.0.0/30"]}))
+        .await;
+    c.wait_log(0, &["cannot write pool status"]).await;
+    let p = pools.get("blocked").await.unwrap();
+    assert!(
+        p.status.is_none(),
+        "written despite the policy: {:?}",
+        p.status
+    );
+
+    unblock_pool_status(&client).await;
+    c.wait_for("the refused pool status was never written", || {
+        let pools = pools.clone();
+        async move {
+            let p = pools.get("blocked").await.map_err(|e| e.to_string())?;
+            match p.status.as_ref().and_then(|s| s.ipv4.as_ref()) {
+                Some(u) if u.total == "4" => Ok(()),
+                _ => Err(format!("{:?}", p.status)),
+            }
+        }
+    })
+    .await;
 }

@@ -301,3 +301,78 @@ async fn a_leader_that_loses_its_lease_stops_claiming_it() {
         "a replica that does not hold the lease does not release it"
     );
 }
+
+/// A leader whose Lease is deleted stops counting itself leader at once, before its next
+/// round (which would have written the Lease anew and carried on as if nothing happened).
+/// Rounds here are 10 s apart, so "before the next round" is told apart by the Lease being
+/// still absent when the handle turns.
+#[tokio::test]
+async fn a_leader_whose_lease_is_deleted_stops_before_its_next_round() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cp = TestControlPlane::start().await.unwrap();
+    let client = cp.client();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    let config = LeaderConfig::new("deleted", NAMESPACE, "replica-a").with_timings(
+        Duration::from_secs(30),
+        Duration::from_secs(20),
+        Duration::from_secs(10),
+    );
+    let a = start(&client, config);
+    tokio::time::timeout(PATIENCE, a.handle.wait_until_leading())
+        .await
+        .expect("replica-a leads")
+        .unwrap();
+    // Give the watch a moment to be in place after the first round.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    leases
+        .delete("deleted", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(PATIENCE, a.handle.wait_until_not_leading())
+        .await
+        .expect("replica-a notices its lease is gone");
+    assert!(!a.handle.still_leading());
+    assert_eq!(
+        leases.get_opt("deleted").await.unwrap().map(|l| l.spec),
+        None,
+        "the handle turned only after a new round wrote the lease again"
+    );
+    // The next round takes it anew.
+    tokio::time::timeout(PATIENCE, a.handle.wait_until_leading())
+        .await
+        .expect("replica-a leads again")
+        .unwrap();
+    a.cancel.cancel();
+    a.task.await.unwrap().unwrap();
+}
+
+/// Two processes given the same identity (a configuration mistake): the second never
+/// takes the first's record for its own, so they never both lead, and the second says why.
+#[tokio::test]
+async fn two_processes_with_one_identity_never_both_lead() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cp = TestControlPlane::start().await.unwrap();
+    let client = cp.client();
+    let first = start(&client, short("clash", "same"));
+    tokio::time::timeout(PATIENCE, first.handle.wait_until_leading())
+        .await
+        .expect("the first leads")
+        .unwrap();
+    let second = start(&client, short("clash", "same"));
+    // For several lease durations (2 s each), the second never counts as leader, and
+    // the first keeps leading.
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        assert!(
+            !second.handle.still_leading(),
+            "the second process leads on the first's record: {:?}",
+            second.handle.state()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(first.handle.still_leading());
+    for r in [first, second] {
+        r.cancel.cancel();
+        r.task.await.unwrap().unwrap();
+    }
+}

@@ -84,7 +84,7 @@ async fn a_standby_that_takes_over_lists_nothing_again() {
     let leader_idx = c
         .controllers
         .iter()
-        .position(|p| p.name() == leader)
+        .position(|p| leader.starts_with(&format!("{}_", p.name())))
         .unwrap();
     c.wait_log(1 - leader_idx, &["standing by"]).await;
 

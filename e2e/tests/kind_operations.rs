@@ -265,15 +265,22 @@ async fn a_rolling_update_of_the_speakers_keeps_new_connections_flowing() {
     }
 }
 
-/// The holder of the controller's Lease.
+/// The pod that holds the controller's Lease: its holder identity is the pod name and the
+/// process's own suffix (`<pod>_<8 hex digits>`).
 async fn leader(c: &Cluster, k: &KindState) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(c.client(), &k.namespace);
-    leases
+    let holder = leases
         .get_opt("ferrolb-controller")
         .await
         .ok()??
         .spec?
-        .holder_identity
+        .holder_identity?;
+    Some(
+        holder
+            .rsplit_once('_')
+            .map_or(holder.as_str(), |(pod, _)| pod)
+            .to_string(),
+    )
 }
 
 async fn controllers_ready(c: &Cluster, k: &KindState) -> bool {
