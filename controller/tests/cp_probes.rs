@@ -182,10 +182,7 @@ async fn leader_and_standby_are_both_ready_and_a_takeover_makes_the_new_leader_r
             s == 200 && b.starts_with("ready: standing by")
         })
         .await;
-    assert_eq!(
-        body,
-        format!("ready: standing by; {} leads", standby.process.name())
-    );
+    assert_eq!(body, format!("ready: standing by; {new_holder} leads"));
 }
 
 /// A ServiceAccount that may read the Lease but never write it: a replica running as it
