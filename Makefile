@@ -4,10 +4,14 @@ SHELL := /bin/bash
 export CARGO_TERM_COLOR ?= never
 # Cargo's intermediate artifacts live in one build directory per machine, shared by every
 # checkout (a fresh clone compiles only ferrolb's own crates, not its dependencies again);
-# target/ keeps the final binaries, so two checkouts never run each other's. Builds of two
-# checkouts wait for each other (cargo locks the directory). The directory is emptied when
+# target/ keeps each checkout's final binaries. Builds of two checkouts wait for each other
+# (cargo locks the directory). The directory is emptied when
 # it outgrows FERROLB_BUILD_DIR_MAX_GIB (default 40) - see e2e/scripts/install-deps.sh.
 export CARGO_BUILD_BUILD_DIR ?= $(HOME)/.cache/ferrolb/cargo-build
+# Cargo names a workspace crate's artifacts by its path inside the workspace, so checkouts
+# share them too; each crate's build script reruns when this changes (build/checkout.rs),
+# so switching checkouts recompiles our crates instead of taking another checkout's.
+export FERROLB_CHECKOUT := $(CURDIR)
 
 # Tests against a real control plane (etcd + kube-apiserver): <crate>/tests/cp_*.rs
 CP_TESTS_E2E := $(patsubst e2e/tests/%.rs,--test %,$(wildcard e2e/tests/cp_*.rs))

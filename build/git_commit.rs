@@ -13,9 +13,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+include!("checkout.rs");
+
 const FALLBACK_ENV: &str = "FERROLB_GIT_COMMIT";
 
 fn main() {
+    // Also the git paths watched below are this checkout's.
+    track_checkout();
     println!("cargo::rerun-if-env-changed={FALLBACK_ENV}");
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let commit = from_git(&manifest_dir)
