@@ -220,12 +220,74 @@ fn reject_mapped(ip: IpAddr) -> Option<()> {
     }
 }
 
-impl fmt::Display for AddressBlock {
+/// An address as an entry writes it: IPv6 always in hexadecimal groups (RFC 5952: lower
+/// case, the longest run of two or more zero groups shortened to `::`), never in the
+/// `::ffff:10.0.0.1` form `Ipv6Addr` prints for IPv4-mapped addresses, which entries refuse
+/// (a block printed that way could not be written back into a pool).
+struct EntryAddr(IpAddr);
+
+impl fmt::Display for EntryAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v6 = match self.0 {
+            IpAddr::V4(v4) => return write!(f, "{v4}"),
+            IpAddr::V6(v6) => v6,
+        };
+        let groups = v6.segments();
+        // The longest run of zero groups (the first of equal ones), if two or more long.
+        let (mut best, mut run) = ((0, 0), (0, 0));
+        for (i, g) in groups.iter().enumerate() {
+            if *g == 0 {
+                run = if run.1 == 0 {
+                    (i, 1)
+                } else {
+                    (run.0, run.1 + 1)
+                };
+                if run.1 > best.1 {
+                    best = run;
+                }
+            } else {
+                run = (0, 0);
+            }
+        }
+        let hex = |gs: &[u16]| {
+            gs.iter()
+                .map(|g| format!("{g:x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        if best.1 < 2 {
+            return f.write_str(&hex(&groups));
+        }
+        let (start, end) = (best.0, best.0 + best.1);
+        write!(f, "{}::{}", hex(&groups[..start]), hex(&groups[end..]))
+    }
+}
+
+impl AddressBlock {
+    /// The prefix length, when the block is exactly one CIDR.
+    pub fn prefix_len(&self) -> Option<u32> {
+        let span = self.last - self.first;
+        let aligned = span & span.wrapping_add(1) == 0 && self.first & span == 0;
+        aligned.then(|| self.family.bits() - (128 - span.leading_zeros()))
+    }
+}
+
+impl fmt::Display for AddressBlock {
+    /// `first-last` (one address alone), as an entry would be written. A block with an
+    /// IPv4-mapped end (`::/80` ends at `::ffff:ffff:ffff`) cannot be written as a range,
+    /// since entries refuse mapped addresses; such a block is one CIDR, and prints as it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (first, last) = (EntryAddr(self.first()), EntryAddr(self.last()));
+        let mapped = [self.first(), self.last()]
+            .into_iter()
+            .any(|a| reject_mapped(a).is_none());
+        if mapped && let Some(len) = self.prefix_len() {
+            return write!(f, "{first}/{len}");
+        }
         if self.first == self.last {
-            write!(f, "{}", self.first())
+            write!(f, "{first}")
         } else {
-            write!(f, "{}-{}", self.first(), self.last())
+            write!(f, "{first}-{last}")
         }
     }
 }
@@ -344,6 +406,38 @@ mod tests {
             "not an entry/64",
         ] {
             assert_eq!(any(none), None, "{none}");
+        }
+    }
+
+    /// Found by the fuzzer (speaker/fuzz, target `address`): `::/80` printed as
+    /// `::-::ffff:255.255.255.255`, which no entry may say (mapped addresses are refused).
+    #[test]
+    fn blocks_print_ipv6_in_groups_that_parse_back() {
+        for (entry, shown) in [
+            ("::/80", "::/80"),
+            ("::/0", "::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+            ("::/81", "::-::7fff:ffff:ffff"),
+            ("2001:db8::/64", "2001:db8::-2001:db8::ffff:ffff:ffff:ffff"),
+            ("2001:db8:0:1:0:0:0:1", "2001:db8:0:1::1"),
+            ("2001:0:0:1:0:0:0:1", "2001:0:0:1::1"),
+            ("1:0:2:0:3:0:4:0", "1:0:2:0:3:0:4:0"),
+            ("::", "::"),
+            ("::1", "::1"),
+            ("1::", "1::"),
+            ("10.0.0.0/31", "10.0.0.0-10.0.0.1"),
+        ] {
+            let b = AddressBlock::parse(entry).unwrap();
+            assert_eq!(b.to_string(), shown, "{entry}");
+            assert_eq!(
+                b.prefix_len().is_some(),
+                entry.contains('/') || !shown.contains('-'),
+                "{entry}"
+            );
+            assert_eq!(AddressBlock::parse(shown), Ok(b), "{entry}");
+            if !shown.contains('-') && !shown.contains('/') && shown.contains(':') {
+                let std: Ipv6Addr = shown.parse().unwrap();
+                assert_eq!(std.to_string(), shown, "RFC 5952 form, as std writes it");
+            }
         }
     }
 }

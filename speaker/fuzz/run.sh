@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
-# Fuzzes the speaker's packet codecs (target `wire`) for SECONDS (default 20), starting from
-# the golden frames in seeds/. Safe to call from `make test`: installs cargo-fuzz into
-# ~/.cargo/bin once, prefers an installed nightly toolchain, else stable with RUSTC_BOOTSTRAP=1,
-# and falls back to `--sanitizer none` if the AddressSanitizer runtime is unavailable.
-# Build output, corpus and crash artifacts stay in this directory (target/, corpus/,
-# artifacts/, all git-ignored). Exits non-zero on a crash, leaving the input in artifacts/wire/.
+# Fuzzes, for SECONDS each (default 20), the targets named (default: all of them):
+#   wire     the speaker's packet codecs, from the golden frames in seeds/wire/
+#   address  the IPPool address-entry parser (crds/src/address.rs), from seeds/address/
+# Safe to call from `make test`: installs cargo-fuzz into ~/.cargo/bin once, prefers an
+# installed nightly toolchain, else stable with RUSTC_BOOTSTRAP=1, and falls back to
+# `--sanitizer none` if the AddressSanitizer runtime is unavailable. Build output, corpus
+# and crash artifacts stay in this directory (target/, corpus/<target>/,
+# artifacts/<target>/, all git-ignored). Exits non-zero on a crash, leaving the input in
+# artifacts/<target>/. Extra libFuzzer flags go in FUZZ_FLAGS (say -runs=10000000).
 set -euo pipefail
 
+all_targets=(wire address)
 seconds="${1:-20}"
 if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -lt 1 ]; then
-    echo "usage: $0 SECONDS" >&2
+    echo "usage: $0 SECONDS [TARGET...]   (targets: ${all_targets[*]})" >&2
     exit 2
 fi
+shift || true
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=("${all_targets[@]}")
+for t in "${targets[@]}"; do
+    [[ " ${all_targets[*]} " == *" $t "* ]] || { echo "fuzz: no target $t (${all_targets[*]})" >&2; exit 2; }
+done
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -43,7 +53,7 @@ chosen=""
 for attempt in "${attempts[@]}"; do
     read -r toolchain sanitizer <<<"$attempt"
     echo "fuzz: building with toolchain ${toolchain/#-/default + RUSTC_BOOTSTRAP=1}, sanitizer $sanitizer" >&2
-    if (cd "$here" && fuzz "$toolchain" "$sanitizer" build wire); then
+    if (cd "$here" && fuzz "$toolchain" "$sanitizer" build); then
         chosen="$attempt"
         break
     fi
@@ -54,7 +64,11 @@ if [ -z "$chosen" ]; then
 fi
 
 read -r toolchain sanitizer <<<"$chosen"
-mkdir -p "$here/corpus/wire" "$here/artifacts/wire"
 cd "$here"
-fuzz "$toolchain" "$sanitizer" run wire corpus/wire seeds -- \
-    -max_total_time="$seconds" -print_final_stats=1
+for t in "${targets[@]}"; do
+    mkdir -p "corpus/$t" "artifacts/$t"
+    echo "fuzz: $t for ${seconds} s" >&2
+    # shellcheck disable=SC2086 # FUZZ_FLAGS is a list of flags
+    fuzz "$toolchain" "$sanitizer" run "$t" "corpus/$t" "seeds/$t" -- \
+        -max_total_time="$seconds" -print_final_stats=1 ${FUZZ_FLAGS:-}
+done
