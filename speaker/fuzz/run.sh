@@ -2,6 +2,7 @@
 # Fuzzes, for SECONDS each (default 20), the targets named (default: all of them):
 #   wire     the speaker's packet codecs, from the golden frames in seeds/wire/
 #   address  the IPPool address-entry parser (crds/src/address.rs), from seeds/address/
+#   gossip   the gossip envelope, wire versions and checks (src/membership), from seeds/gossip/
 # Safe to call from `make test`: installs cargo-fuzz into ~/.cargo/bin once, prefers an
 # installed nightly toolchain, else stable with RUSTC_BOOTSTRAP=1, and falls back to
 # `--sanitizer none` if the AddressSanitizer runtime is unavailable. Build output, corpus
@@ -10,7 +11,7 @@
 # artifacts/<target>/. Extra libFuzzer flags go in FUZZ_FLAGS (say -runs=10000000).
 set -euo pipefail
 
-all_targets=(wire address)
+all_targets=(wire address gossip)
 seconds="${1:-20}"
 if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -lt 1 ]; then
     echo "usage: $0 SECONDS [TARGET...]   (targets: ${all_targets[*]})" >&2

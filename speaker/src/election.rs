@@ -90,36 +90,7 @@ pub struct Node {
     pub interfaces: Vec<Interface>,
 }
 
-/// One network interface of a node (speakers gossip these to each other).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Interface {
-    pub name: String,
-    pub up: bool,
-    /// Addresses with their prefix length (`10.0.0.5/24` as `(10.0.0.5, 24)`); host bits may
-    /// be set.
-    pub subnets: Vec<(IpAddr, u8)>,
-    /// The interface carries the node's IPv4 default route.
-    pub default_route_v4: bool,
-    /// The interface carries the node's IPv6 default route.
-    pub default_route_v6: bool,
-}
-
-impl Interface {
-    /// The interface carries the default route of `ip`'s family: a node whose IPv4 default
-    /// leaves through one NIC and IPv6 through another announces each family's IPs on its
-    /// own family's.
-    pub fn default_route_for(&self, ip: IpAddr) -> bool {
-        match ip {
-            IpAddr::V4(_) => self.default_route_v4,
-            IpAddr::V6(_) => self.default_route_v6,
-        }
-    }
-
-    /// The interface carries a default route of either family.
-    pub fn has_default_route(&self) -> bool {
-        self.default_route_v4 || self.default_route_v6
-    }
-}
+pub use crate::membership::identity::Interface;
 
 /// A pool as the speaker needs it: its addresses and its `l2` settings.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let anycast = subnet_router_anycast(entry);
     let Ok(block) = AddressBlock::parse(entry) else {
-        assert_eq!(anycast, None, "{entry:?} is refused but has an anycast address");
+        assert_eq!(
+            anycast, None,
+            "{entry:?} is refused but has an anycast address"
+        );
         return;
     };
     assert!(block.first_u128() <= block.last_u128(), "{entry:?}");
@@ -32,10 +35,22 @@ fuzz_target!(|data: &[u8]| {
     }
     assert!(block.contains(block.first()) && block.contains(block.last()));
     let shown = block.to_string();
-    assert_eq!(AddressBlock::parse(&shown), Ok(block), "{entry:?} shown as {shown:?}");
+    assert_eq!(
+        AddressBlock::parse(&shown),
+        Ok(block),
+        "{entry:?} shown as {shown:?}"
+    );
     if let Some(a) = anycast {
         let n = ip_to_u128(std::net::IpAddr::V6(a));
-        assert_eq!(n, block.first_u128(), "{entry:?}: anycast {a} is not its first address");
-        assert!(block.span() >= 3, "{entry:?}: anycast in a block of {} addresses", block.span() + 1);
+        assert_eq!(
+            n,
+            block.first_u128(),
+            "{entry:?}: anycast {a} is not its first address"
+        );
+        assert!(
+            block.span() >= 3,
+            "{entry:?}: anycast in a block of {} addresses",
+            block.span() + 1
+        );
     }
 });

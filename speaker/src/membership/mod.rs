@@ -15,6 +15,7 @@
 //! (a higher generation), which replaces the old one on every peer.
 
 pub mod auth;
+pub mod identity;
 pub mod keys;
 pub mod replay;
 pub mod suspicion;
@@ -31,7 +32,6 @@ use foca::{AccumulatingRuntime, Config, Foca, PostcardCodec, Timer};
 
 use auth::{Kind, Opened};
 use replay::{ReplayGuard, Verdict};
-use serde::{Deserialize, Serialize};
 use suspicion::Suspicions;
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc, watch};
@@ -44,37 +44,7 @@ use keys::KeyChain;
 pub use keys::Keyring;
 
 use crate::election::Interface;
-
-/// Where a speaker stands, as its identity says: whether its peers may give it IPs.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
-pub enum Standing {
-    /// Started, but its caches have not synced or its first election is not applied yet:
-    /// it cannot answer for anything, so it is given nothing.
-    #[default]
-    Starting,
-    /// Its view of the cluster may be stale (its watches fail, or the API server cannot be
-    /// reached): it is given only IPs that no Ready speaker can take.
-    Stale,
-    Ready,
-}
-
-/// A speaker as gossip knows it: its node, where it listens, a generation that grows with
-/// every start and every change of its identity (so that the newer identity supersedes
-/// the older), its standing, and its node's announcing interfaces.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Speaker {
-    pub node: String,
-    pub addr: SocketAddr,
-    pub generation: u64,
-    pub standing: Standing,
-    /// This identity reached us through a speaker that speaks only the v1 wire format
-    /// ([`wire`]), which loses its standing and per-family default routes: it yields to the
-    /// same identity heard in full.
-    pub learnt_from_v1: bool,
-    pub interfaces: Vec<Interface>,
-}
+pub use identity::{Speaker, Standing};
 
 /// A live member as the rest of the speaker sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,25 +75,6 @@ pub fn fit_interfaces(interfaces: &[Interface]) -> (Vec<Interface>, usize) {
     let dropped = interfaces.len() - kept.len();
     kept.sort_by(|a, b| a.name.cmp(&b.name));
     (kept, dropped)
-}
-
-impl foca::Identity for Speaker {
-    type Addr = String;
-
-    fn renew(&self) -> Option<Self> {
-        Some(Speaker {
-            generation: self.generation.saturating_add(1),
-            ..self.clone()
-        })
-    }
-
-    fn addr(&self) -> String {
-        self.node.clone()
-    }
-
-    fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        (self.generation, !self.learnt_from_v1) > (adversary.generation, !adversary.learnt_from_v1)
-    }
 }
 
 /// Timings and identity of one speaker's membership.

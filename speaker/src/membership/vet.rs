@@ -357,4 +357,82 @@ mod tests {
             );
         }
     }
+
+    /// Writes well-formed messages, as the gossip fuzz target's receiver would get them
+    /// (from node2 at 10.0.0.2 to node1 at 10.0.0.1), into `$FERROLB_FUZZ_SEEDS`:
+    /// `FERROLB_FUZZ_SEEDS=speaker/fuzz/seeds/gossip cargo test -p ferrolb-speaker --lib
+    /// write_gossip_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore = "writes files; run by hand to refresh speaker/fuzz/seeds/gossip"]
+    fn write_gossip_fuzz_seeds() {
+        let Some(dir) = std::env::var_os("FERROLB_FUZZ_SEEDS") else {
+            panic!("set FERROLB_FUZZ_SEEDS to the directory to write");
+        };
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let now = 1_800_000_000_000;
+        let me = speaker("node1", "10.0.0.1:7946", now - 5_000);
+        let b = speaker("node2", "10.0.0.2:7946", now - 9_000);
+        let c = speaker("node3", "10.0.0.3:7946", now - 7_000);
+        let mut with_ifaces = b.clone();
+        with_ifaces.interfaces = vec![super::super::identity::Interface {
+            name: "eth0".into(),
+            up: true,
+            subnets: vec![
+                ("10.0.0.2".parse().unwrap(), 24),
+                ("fd00::2".parse().unwrap(), 64),
+            ],
+            default_route_v4: true,
+            default_route_v6: true,
+        }];
+        let seeds = [
+            (
+                "ping",
+                message(b.clone(), me.clone(), Message::Ping(1), &[]),
+            ),
+            (
+                "announce",
+                message(with_ifaces.clone(), me.clone(), Message::Announce, &[]),
+            ),
+            (
+                "gossip",
+                message(
+                    b.clone(),
+                    me.clone(),
+                    Message::Gossip,
+                    &[Member::alive(c.clone()), Member::alive(with_ifaces)],
+                ),
+            ),
+            (
+                "ping_req",
+                message(
+                    b.clone(),
+                    me.clone(),
+                    Message::PingReq {
+                        target: c.clone(),
+                        probe_number: 3,
+                    },
+                    &[],
+                ),
+            ),
+            (
+                "forwarded_ack",
+                message(
+                    b.clone(),
+                    me.clone(),
+                    Message::ForwardedAck {
+                        origin: c,
+                        probe_number: 4,
+                    },
+                    &[],
+                ),
+            ),
+        ];
+        for (name, bytes) in seeds {
+            std::fs::write(dir.join(name), &bytes).unwrap();
+            if let Some(v1) = super::super::wire::downgrade(&bytes) {
+                std::fs::write(dir.join(format!("{name}_v1")), v1).unwrap();
+            }
+        }
+    }
 }

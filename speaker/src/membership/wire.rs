@@ -22,9 +22,9 @@ use std::net::{IpAddr, SocketAddr};
 use foca::{Header, Member, Message};
 use serde::{Deserialize, Serialize};
 
+use super::identity::Interface;
 use super::vet::{decode, encode};
 use super::{Speaker, Standing};
-use crate::election::Interface;
 
 /// A speaker's identity as v1 writes it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
