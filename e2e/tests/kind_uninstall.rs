@@ -87,8 +87,21 @@ async fn leftovers(
 /// left; the leftovers otherwise.
 async fn wait_gone(client: &kube::Client, namespace: &str, keep_crd: bool) -> Vec<String> {
     // What the server serves, and its nodes, once: a resource gone meanwhile (the CRD) is
-    // skipped by its failing list.
-    let discovery = Discovery::new(client.clone()).run().await.unwrap();
+    // skipped by its failing list. Discovery itself fails (404) when a group vanishes
+    // between its listing and its fetch - the CRD being deleted right then, as it is when
+    // the uninstall removes it: asked again, it no longer lists that group.
+    let mut tries = 0;
+    let discovery = loop {
+        match Discovery::new(client.clone()).run().await {
+            Ok(d) => break d,
+            Err(e) if tries < 20 => {
+                tries += 1;
+                eprintln!("discovery failed ({e}); asking again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("discovery keeps failing: {e}"),
+        }
+    };
     let nodes: Vec<String> = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
         .await
