@@ -709,24 +709,9 @@ impl LeaderElector {
         };
         match decision {
             Decision::Lost { holder } => {
-                warn!(
-                    identity = %self.config.identity,
-                    lease = %self.config.lease_ref(),
-                    holder = holder.as_deref().unwrap_or(""),
-                    deleted = lease.is_none(),
-                    "lost leadership: the lease was deleted or changed hands"
-                );
-                self.publish(false, holder, None);
+                self.lost(holder, "the lease was deleted or changed hands");
             }
-            Decision::Clash => {
-                error!(
-                    identity = %self.config.identity,
-                    lease = %self.config.lease_ref(),
-                    "another process renewed the lease under this replica's identity: stopped leading; give every replica its own --identity"
-                );
-                self.clash_reported = true;
-                self.publish(false, Some(self.config.identity.clone()), None);
-            }
+            Decision::Clash => self.clashed(),
             Decision::Renew | Decision::Acquire | Decision::StandBy { .. } => {}
         }
     }
@@ -751,27 +736,13 @@ impl LeaderElector {
                 return;
             }
             (Decision::Lost { holder }, _) => {
-                warn!(
-                    identity = %self.config.identity,
-                    lease = %self.config.lease_ref(),
-                    holder = holder.as_deref().unwrap_or(""),
-                    "lost leadership"
-                );
                 self.turned(Ok(()));
-                self.publish(false, holder.clone(), None);
+                self.lost(holder.clone(), "the lease names another holder");
                 return;
             }
             (Decision::Clash, _) => {
-                if !self.clash_reported {
-                    error!(
-                        identity = %self.config.identity,
-                        lease = %self.config.lease_ref(),
-                        "another process holds the lease under this replica's identity: not leading while it does; give every replica its own --identity"
-                    );
-                    self.clash_reported = true;
-                }
                 self.turned(Ok(()));
-                self.publish(false, Some(self.config.identity.clone()), None);
+                self.clashed();
                 return;
             }
             (Decision::Renew, Some(current)) => {
@@ -826,6 +797,31 @@ impl LeaderElector {
                 self.round_failed();
             }
         }
+    }
+
+    /// Stops leading because another holder (or none) was seen, and says why.
+    fn lost(&self, holder: Option<String>, why: &str) {
+        warn!(
+            identity = %self.config.identity,
+            lease = %self.config.lease_ref(),
+            holder = holder.as_deref().unwrap_or(""),
+            "lost leadership: {why}"
+        );
+        self.publish(false, holder, None);
+    }
+
+    /// Another process writes the Lease under this replica's identity: not leading while
+    /// it does (logged once per clash).
+    fn clashed(&mut self) {
+        if !self.clash_reported {
+            error!(
+                identity = %self.config.identity,
+                lease = %self.config.lease_ref(),
+                "another process writes the lease under this replica's identity: not leading while it does; give every replica its own --identity"
+            );
+            self.clash_reported = true;
+        }
+        self.publish(false, Some(self.config.identity.clone()), None);
     }
 
     fn remember(&mut self, lease: &Lease) {

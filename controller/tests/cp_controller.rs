@@ -314,10 +314,7 @@ async fn require_dual_stack_keeps_its_address_when_the_other_family_goes() {
     .await;
     c.wait_ips("default", "require", &["10.0.0.1", "2001:db8::1"])
         .await;
-    Api::<IPPool>::all(c.client())
-        .delete("v6", &DeleteParams::default())
-        .await
-        .unwrap();
+    c.delete_pool("v6").await;
     let kept = c
         .wait_reason("default", "require", "FamilyUnavailable")
         .await;
@@ -470,10 +467,7 @@ async fn release_on_delete_and_type_change_and_pool_changes_move_services() {
 
     // A deleted pool moves its Services to another pool, saying why.
     c.pool("new", json!({"addresses": ["10.1.0.0/30"]})).await;
-    Api::<IPPool>::all(c.client())
-        .delete("old", &DeleteParams::default())
-        .await
-        .unwrap();
+    c.delete_pool("old").await;
     // Both move into the new pool; which of them is re-examined first is not fixed.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -540,10 +534,7 @@ async fn a_service_left_without_an_address_loses_its_announced_condition() {
         ferrolb_crds::names::CONDITION_ANNOUNCED,
     )
     .await;
-    Api::<IPPool>::all(c.client())
-        .delete("only", &DeleteParams::default())
-        .await
-        .unwrap();
+    c.delete_pool("only").await;
     c.wait_ips("default", "web", &[]).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -220,46 +220,20 @@ fn reject_mapped(ip: IpAddr) -> Option<()> {
     }
 }
 
-/// An address as an entry writes it: IPv6 always in hexadecimal groups (RFC 5952: lower
-/// case, the longest run of two or more zero groups shortened to `::`), never in the
-/// `::ffff:10.0.0.1` form `Ipv6Addr` prints for IPv4-mapped addresses, which entries refuse
-/// (a block printed that way could not be written back into a pool).
+/// An address as an entry writes it: as `Ipv6Addr` prints it, except that an IPv4-mapped
+/// address keeps hexadecimal groups (`::ffff:a00:1`, not `::ffff:10.0.0.1`, a form entries
+/// refuse).
 struct EntryAddr(IpAddr);
 
 impl fmt::Display for EntryAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let v6 = match self.0 {
-            IpAddr::V4(v4) => return write!(f, "{v4}"),
-            IpAddr::V6(v6) => v6,
-        };
-        let groups = v6.segments();
-        // The longest run of zero groups (the first of equal ones), if two or more long.
-        let (mut best, mut run) = ((0, 0), (0, 0));
-        for (i, g) in groups.iter().enumerate() {
-            if *g == 0 {
-                run = if run.1 == 0 {
-                    (i, 1)
-                } else {
-                    (run.0, run.1 + 1)
-                };
-                if run.1 > best.1 {
-                    best = run;
-                }
-            } else {
-                run = (0, 0);
+        match self.0 {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+                let g = v6.segments();
+                write!(f, "::ffff:{:x}:{:x}", g[6], g[7])
             }
+            ip => write!(f, "{ip}"),
         }
-        let hex = |gs: &[u16]| {
-            gs.iter()
-                .map(|g| format!("{g:x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        };
-        if best.1 < 2 {
-            return f.write_str(&hex(&groups));
-        }
-        let (start, end) = (best.0, best.0 + best.1);
-        write!(f, "{}::{}", hex(&groups[..start]), hex(&groups[end..]))
     }
 }
 

@@ -133,15 +133,26 @@ const MAX_SELECTOR_VALUES: u64 = 64;
 const KEY_HELP: &str = "an optional DNS subdomain prefix and a slash, then at most 63 letters, digits, dashes, underscores or dots, beginning and ending with a letter or digit";
 const VALUE_HELP: &str = "empty, or at most 63 letters, digits, dashes, underscores or dots, beginning and ending with a letter or digit";
 
-/// The CEL rules for a label key held in `self`, as `(rule, messageExpression)` pairs.
-pub fn label_key_rules() -> Vec<(String, String)> {
+/// CEL: the label key in `var` has the shape of [`LABEL_KEY_RE`].
+fn key_shape(var: &str) -> String {
+    format!("{var}.matches('{LABEL_KEY_RE}')")
+}
+
+/// CEL: the label key in `var` has no prefix, or one of at most 253 characters.
+fn key_prefix_fits(var: &str) -> String {
+    format!("(!{var}.contains('/') || {var}.indexOf('/') <= 253)")
+}
+
+/// The CEL rules for a label key held in `self`, as `(rule, messageExpression)` pairs (its
+/// length is the schema's `maxLength`).
+fn label_key_rules() -> Vec<(String, String)> {
     vec![
         (
-            format!("self.matches('{LABEL_KEY_RE}')"),
+            key_shape("self"),
             format!("'\"' + self + '\" is not a valid label key: {KEY_HELP}'"),
         ),
         (
-            "!self.contains('/') || self.indexOf('/') <= 253".to_string(),
+            key_prefix_fits("self"),
             "'\"' + self + '\" is not a valid label key: its prefix is longer than 253 characters'"
                 .to_string(),
         ),
@@ -163,10 +174,13 @@ fn label_value_schema() -> serde_json::Value {
 /// the API server checks, so a selector that could never match as meant is refused on
 /// apply, naming the field, instead of silently selecting nothing.
 pub fn label_selector(_: &mut SchemaGenerator) -> Schema {
-    let key_rules = label_key_rules();
-    // matchLabels' keys have no schema of their own: one rule on the map names the first bad one.
-    let (key_re_rule, _) = &key_rules[0];
-    let map_key_rule = key_re_rule.replace("self.", "k.");
+    // matchLabels' keys have no schema of their own: one rule on the map checks them all
+    // (shape, length, prefix) and names the first bad one.
+    let map_key_ok = format!(
+        "{} && k.size() <= {MAX_LABEL_KEY_LEN} && {}",
+        key_shape("k"),
+        key_prefix_fits("k")
+    );
     json_schema!({
         "type": "object",
         "nullable": true,
@@ -179,8 +193,8 @@ pub fn label_selector(_: &mut SchemaGenerator) -> Schema {
                 "additionalProperties": label_value_schema(),
                 "x-kubernetes-validations": [
                     {
-                        "rule": format!("self.all(k, {map_key_rule} && k.size() <= {MAX_LABEL_KEY_LEN} && (!k.contains('/') || k.indexOf('/') <= 253))"),
-                        "messageExpression": format!("'\"' + self.filter(k, !({map_key_rule} && k.size() <= {MAX_LABEL_KEY_LEN} && (!k.contains('/') || k.indexOf('/') <= 253)))[0] + '\" is not a valid label key: {KEY_HELP}'"),
+                        "rule": format!("self.all(k, {map_key_ok})"),
+                        "messageExpression": format!("'\"' + self.filter(k, !({map_key_ok}))[0] + '\" is not a valid label key: {KEY_HELP}'"),
                     }
                 ],
             },
@@ -196,7 +210,7 @@ pub fn label_selector(_: &mut SchemaGenerator) -> Schema {
                             "type": "string",
                             "minLength": 1,
                             "maxLength": MAX_LABEL_KEY_LEN,
-                            "x-kubernetes-validations": rules_json(key_rules.clone()),
+                            "x-kubernetes-validations": rules_json(label_key_rules()),
                         },
                         "operator": {
                             "type": "string",

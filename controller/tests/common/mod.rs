@@ -133,6 +133,13 @@ impl Cluster {
         .unwrap();
     }
 
+    pub async fn delete_pool(&self, name: &str) {
+        Api::<IPPool>::all(self.client())
+            .delete(name, &kube::api::DeleteParams::default())
+            .await
+            .unwrap();
+    }
+
     pub async fn service(&self, ns: &str, name: &str, spec: Value, annotations: Value) {
         let api: Api<Service> = Api::namespaced(self.client(), ns);
         let mut full = json!({"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}], "selector": {"app": name}});

@@ -411,23 +411,22 @@ fn speaker_kubeconfig(plan: &LabPlan) -> Result<PathBuf> {
 }
 
 /// The directory holding ferrolb's binaries for `plan`: the one `up` recorded, else the
-/// running executable's own (target/<profile>), else its parent (a test binary in
-/// target/<profile>/deps without a separate build directory).
+/// running executable's own (target/<profile>), or its parent when `name` is there (a test
+/// binary in target/<profile>/deps, built without a separate build directory).
 fn own_binary_dir(plan: &LabPlan, name: &str) -> Result<PathBuf> {
     if let Some(dir) = &plan.bin_dir {
         return Ok(dir.clone());
     }
     let me = std::env::current_exe().map_err(io_err("/proc/self/exe"))?;
     let dir = me.parent().map(Path::to_path_buf).unwrap_or_default();
-    for d in [dir.clone(), dir.join("..")] {
-        if d.join(name).is_file() {
-            return Ok(d);
-        }
-    }
-    Err(Error::MissingOwnBinary {
-        name: name.into(),
-        dir: dir.display().to_string(),
-    })
+    let parent = dir.join("..");
+    Ok(
+        if !dir.join(name).is_file() && parent.join(name).is_file() {
+            parent
+        } else {
+            dir
+        },
+    )
 }
 
 /// Path of one of ferrolb's binaries (see [`own_binary_dir`]); an error names the
