@@ -16,6 +16,7 @@ pub mod events;
 pub mod gossip_secret;
 pub mod leader;
 pub mod owner;
+pub mod pending;
 pub mod plan;
 pub mod pool_status;
 pub mod pool_sync;

@@ -24,6 +24,7 @@ use crate::Error;
 use crate::admin::Metrics;
 use crate::allocator::{Allocator, Failure, Outcome, ServiceKey};
 use crate::leader::LeaderHandle;
+use crate::pending::Pending;
 use crate::plan::{self, Plan};
 use crate::service::{self, Handling};
 
@@ -49,9 +50,9 @@ pub struct Context {
     pub(crate) metrics: Arc<Metrics>,
     /// Set once allocations are rebuilt from Service status.
     pub(crate) restored: watch::Sender<bool>,
-    /// Services that lack an address they asked for: a freed address or a new pool
-    /// may help them.
-    pub(crate) pending: Mutex<BTreeSet<ServiceKey>>,
+    /// Services that lack an address they asked for, by what they wait for (locked only
+    /// while holding the allocator's lock, after it).
+    pub(crate) pending: Mutex<Pending>,
     pub(crate) dirty_pools: Mutex<BTreeSet<String>>,
     pub(crate) pools_changed: Notify,
     pub(crate) trigger: mpsc::UnboundedSender<ObjectRef<Service>>,
@@ -115,15 +116,10 @@ impl Context {
             .collect()
     }
 
-    /// Re-examines every Service that was waiting for an address.
-    pub(crate) fn wake_pending(&self) {
-        let pending: Vec<ServiceKey> = self
-            .pending
-            .lock()
-            .map(|p| p.iter().cloned().collect())
-            .unwrap_or_default();
-        for k in pending {
-            let _ = self.trigger.send(svc_ref(&k));
+    /// Reconciles these Services (waiting ones a change may help).
+    pub(crate) fn wake<'a>(&self, keys: impl IntoIterator<Item = &'a ServiceKey>) {
+        for k in keys {
+            let _ = self.trigger.send(svc_ref(k));
         }
     }
 
@@ -137,7 +133,8 @@ struct Decision {
     svc: Arc<Service>,
     plan: Plan,
     pools: Vec<String>,
-    freed: bool,
+    /// Waiting Services this decision may help (it let go of an address).
+    wake: BTreeSet<ServiceKey>,
     /// The Service holds no address after this decision.
     holds_nothing: bool,
 }
@@ -160,38 +157,42 @@ fn decide(snapshot: &Service, ctx: &Context) -> Result<Option<Decision>, Error> 
         return Ok(None);
     }
     let svc: &Service = &current;
-    let held_before: Vec<IpAddr> = alloc.held(&key).iter().map(|h| h.ip).collect();
+    let before = alloc.held(&key);
+    let held_before: Vec<IpAddr> = before.iter().map(|h| h.ip).collect();
     let handling = service::handling(svc, ctx.settings.default_class);
-    let (plan, pending) = match handling {
+    let mut request = None;
+    let plan = match handling {
         Handling::OtherClass if held_before.is_empty() => {
+            let wake = lock(&ctx.pending)?.decided(&alloc, &key, None, &[], &[]);
             return Ok(Some(Decision {
                 svc: current.clone(),
                 plan: Plan::Nothing,
                 pools: vec![],
-                freed: false,
+                wake,
                 holds_nothing: true,
             }));
         }
         Handling::OtherClass => {
             let released = alloc.release(&key);
-            (
-                plan::plan_release(
-                    svc,
-                    &released,
-                    "the Service moved to another loadBalancerClass",
-                ),
-                false,
+            plan::plan_release(
+                svc,
+                &released,
+                "the Service moved to another loadBalancerClass",
             )
         }
         Handling::NotOurs(why) => {
             let released = alloc.release(&key);
-            (plan::plan_release(svc, &released, &why), false)
+            plan::plan_release(svc, &released, &why)
         }
         Handling::Ours => {
             let ns_labels = ctx.namespace_labels(&key.namespace);
             let started = Instant::now();
             let outcome = match service::request(svc, &ns_labels) {
-                Ok(req) => alloc.ensure(&req),
+                Ok(req) => {
+                    let outcome = alloc.ensure(&req);
+                    request = Some(req);
+                    outcome
+                }
                 Err(invalid) => {
                     let message = invalid.to_string();
                     let why = message.clone();
@@ -235,28 +236,21 @@ fn decide(snapshot: &Service, ctx: &Context) -> Result<Option<Decision>, Error> 
                         .map_or(AllocationReason::Allocated, |f| f.reason),
                 );
             }
-            (plan, outcome.failure.is_some())
+            plan
         }
     };
-    let held_after: Vec<IpAddr> = alloc.held(&key).iter().map(|h| h.ip).collect();
-    let mut touched = held_before.clone();
-    touched.extend(held_after.iter().copied());
+    let after = alloc.held(&key);
+    let mut touched = held_before;
+    touched.extend(after.iter().map(|h| h.ip));
     let pools = Context::pools_holding(&alloc, &touched);
-    let freed = held_before.iter().any(|ip| !held_after.contains(ip));
+    let wake = lock(&ctx.pending)?.decided(&alloc, &key, request.as_ref(), &before, &after);
     drop(alloc);
-    if let Ok(mut p) = ctx.pending.lock() {
-        if pending {
-            p.insert(key);
-        } else {
-            p.remove(&key);
-        }
-    }
     Ok(Some(Decision {
         svc: current.clone(),
         plan,
         pools,
-        freed,
-        holds_nothing: held_after.is_empty(),
+        wake,
+        holds_nothing: after.is_empty(),
     }))
 }
 
@@ -270,7 +264,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
         svc,
         plan,
         pools,
-        freed,
+        wake,
         holds_nothing,
     }) = decide(&svc, &ctx)?
     else {
@@ -305,9 +299,9 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
         remove_announced(&ctx, &svc).await?;
     }
     ctx.mark_pools_dirty(pools.iter().map(String::as_str));
-    if freed {
-        ctx.wake_pending();
-    }
+    // After the write: an address this Service let go of leaves its status before another
+    // Service's status shows it.
+    ctx.wake(&wake);
     Ok(Action::await_change())
 }
 

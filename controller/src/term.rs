@@ -28,6 +28,7 @@ use crate::admin::{Metrics, Readiness};
 use crate::allocator::{Allocator, ServiceKey};
 use crate::caches::{Caches, Change};
 use crate::leader::LeaderHandle;
+use crate::pending::Pending;
 use crate::pool_status::pool_status_loop;
 use crate::pool_sync::{PoolChanges, PoolSync};
 use crate::reconcile::{Context, Settings, error_policy, key_of, reconcile, svc_ref};
@@ -108,7 +109,7 @@ async fn run_term(
         leader,
         metrics,
         restored: restored_tx,
-        pending: Mutex::new(BTreeSet::new()),
+        pending: Mutex::new(Pending::new()),
         dirty_pools: Mutex::new(BTreeSet::new()),
         pools_changed: Notify::new(),
         trigger: trigger_tx,
@@ -215,17 +216,19 @@ async fn run_term(
 fn released(ctx: &Context, key: &ServiceKey) {
     let released = ctx.allocator.lock().map(|mut a| {
         let ips = a.release(key);
-        (Context::pools_holding(&a, &ips), ips)
+        let wake = ctx
+            .pending
+            .lock()
+            .map(|mut p| p.deleted(&a, key, &ips))
+            .unwrap_or_default();
+        (Context::pools_holding(&a, &ips), ips, wake)
     });
-    if let Ok((pools, ips)) = released
-        && !ips.is_empty()
-    {
-        info!(service = %key, ?ips, "Service deleted; addresses released");
-        ctx.mark_pools_dirty(pools.iter().map(String::as_str));
-        ctx.wake_pending();
-    }
-    if let Ok(mut p) = ctx.pending.lock() {
-        p.remove(key);
+    if let Ok((pools, ips, wake)) = released {
+        if !ips.is_empty() {
+            info!(service = %key, ?ips, "Service deleted; addresses released");
+            ctx.mark_pools_dirty(pools.iter().map(String::as_str));
+        }
+        ctx.wake(&wake);
     }
 }
 
@@ -238,7 +241,19 @@ fn pools_changed(ctx: &Context, changes: &PoolChanges) {
         let _ = ctx.trigger.send(svc_ref(k));
     }
     if !changes.statuses.is_empty() {
-        ctx.wake_pending();
+        let wake = ctx.allocator.lock().map(|a| {
+            ctx.pending
+                .lock()
+                .map(|mut p| p.pools_changed(&a))
+                .unwrap_or_default()
+        });
+        if let Ok(wake) = wake {
+            debug!(
+                waking = wake.len(),
+                "pool change: waiting Services it may help"
+            );
+            ctx.wake(&wake);
+        }
     }
     ctx.mark_pools_dirty(changes.statuses.iter().map(String::as_str));
 }

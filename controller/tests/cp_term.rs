@@ -212,3 +212,88 @@ async fn pool_edits_while_the_controller_starts_and_restores_are_applied() {
         api.delete(&name, &Default::default()).await.unwrap();
     }
 }
+
+/// Waiting Services are woken by what can help them, not all at once: a freed address
+/// wakes the one waiting longest, a pool for one namespace wakes that namespace's waiters,
+/// and a Service whose request is invalid is not looked at again for either.
+#[tokio::test]
+async fn a_freed_address_or_a_new_pool_wakes_only_the_services_it_can_help() {
+    let c = Cluster::start(1).await;
+    c.namespace("wa", json!({"team": "a"})).await;
+    c.namespace("wb", json!({"team": "b"})).await;
+    c.pool("tiny", json!({"addresses": ["10.63.0.1/32"]})).await;
+    c.service("wa", "holder", json!({}), json!({})).await;
+    c.wait_ips("wa", "holder", &["10.63.0.1"]).await;
+    // Created one after the other, so they start waiting in this order.
+    let waiters: Vec<(&str, String)> = (0..12)
+        .map(|i| (if i % 2 == 0 { "wa" } else { "wb" }, format!("w{i:02}")))
+        .collect();
+    for (ns, name) in &waiters {
+        c.service(ns, name, json!({}), json!({})).await;
+        c.wait_reason(ns, name, "PoolExhausted").await;
+    }
+    // IPv6 asked for on an IPv4 Service: invalid until the Service changes.
+    c.service(
+        "wa",
+        "invalid",
+        json!({}),
+        json!({"ferrolb.io/loadBalancerIPs": "2001:db8::1"}),
+    )
+    .await;
+    c.wait_reason("wa", "invalid", "InvalidRequest").await;
+    let log_path = c.controllers[0].log_path().to_path_buf();
+    let counts = |log: &str| -> Vec<usize> {
+        waiters
+            .iter()
+            .map(|(ns, n)| reconciles(log, ns, n))
+            .chain([reconciles(log, "wa", "invalid")])
+            .collect()
+    };
+    let before = counts(&std::fs::read_to_string(&log_path).unwrap());
+
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(c.client(), "wa")
+        .delete("holder", &Default::default())
+        .await
+        .unwrap();
+    c.wait_ips("wa", "w00", &["10.63.0.1"]).await;
+    // A pool for namespace b: its waiters get addresses, a's keep waiting untouched.
+    c.pool(
+        "for-b",
+        json!({"addresses": ["10.63.1.0/28"],
+            "namespaceSelector": {"matchLabels": {"team": "b"}}}),
+    )
+    .await;
+    for (ns, name) in waiters.iter().filter(|(ns, _)| *ns == "wb") {
+        c.wait_reason(ns, name, "Allocated").await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let after = counts(&log);
+    for (i, (ns, name)) in waiters.iter().enumerate() {
+        let extra = after[i] - before[i];
+        if name == "w00" {
+            // Woken, allocated, and once more for its own status write.
+            assert!(
+                extra >= 1,
+                "w00 was not reconciled; log {}",
+                log_path.display()
+            );
+        } else if *ns == "wa" {
+            assert_eq!(
+                extra,
+                0,
+                "{ns}/{name} was woken though nothing it waits for changed; log {}",
+                log_path.display()
+            );
+        }
+    }
+    assert_eq!(
+        after[waiters.len()],
+        before[waiters.len()],
+        "the invalid Service was looked at again; log {}",
+        log_path.display()
+    );
+    for (ns, name) in waiters.iter().filter(|(ns, n)| *ns == "wa" && n != "w00") {
+        assert!(ips(&c.get(ns, name).await).is_empty(), "{ns}/{name}");
+    }
+}

@@ -306,6 +306,42 @@ impl PoolState {
     fn allocates(&self) -> bool {
         self.pool.allocates() && self.conflict.is_none()
     }
+
+    /// The lowest address of family `f` this pool can hand out now.
+    fn first_free(&self, f: Family) -> Option<IpAddr> {
+        let used = self.used(f);
+        for b in self.pool.blocks_of(f) {
+            // Anycast addresses are few (one per IPv6 CIDR entry): step over them.
+            let mut from = b.first_u128();
+            while let Some(n) = used.lowest_free(from, b.last_u128()) {
+                if !self.pool.is_anycast(f, n) {
+                    if let Some(ip) = u128_to_ip(f, n) {
+                        return Some(ip);
+                    }
+                    break;
+                }
+                match n.checked_add(1) {
+                    Some(next) if next <= b.last_u128() => from = next,
+                    _ => break,
+                }
+            }
+        }
+        None
+    }
+}
+
+/// What a Service that lacks an address for some family is waiting for: only these
+/// changes can let it make progress (see [`Allocator::waits`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Wait {
+    /// A free address of this family in this pool (every pool it may use is full).
+    Free(String, Family),
+    /// The address it asked for, held by another Service (or shared on other terms),
+    /// to change hands.
+    Address(IpAddr),
+    /// A pool to appear or change (no pool may give it this family, or the address it
+    /// asked for lies in none it may use).
+    Pools,
 }
 
 /// Per-family use of one pool.
@@ -738,6 +774,68 @@ impl Allocator {
         None
     }
 
+    /// What `svc` is waiting for, read after [`Allocator::ensure`]: for every family it
+    /// asks for and does not hold, the changes that could give it one. Empty when it holds
+    /// all it can (a family that could be had now is no wait; RequireDualStack may leave
+    /// one unheld because the other is missing) and when only a change to the Service
+    /// itself can help (its request is invalid).
+    ///
+    /// Any pool change may also help a Service with a non-empty list (a pool grew, or a
+    /// conflict ended); the caller compares the list before and after one.
+    pub fn waits(&self, svc: &ServiceRequest) -> BTreeSet<Wait> {
+        let wanted = svc.wanted_families();
+        let mut out = BTreeSet::new();
+        if let Some(f) = self.invalid_request(svc, &wanted) {
+            if f.reason != AllocationReason::InvalidRequest {
+                out.insert(Wait::Pools);
+            }
+            return out;
+        }
+        let held = self.held.get(&svc.key);
+        for f in wanted {
+            if held.is_some_and(|h| h.get(&f).is_some()) || self.pick(svc, f).is_ok() {
+                continue;
+            }
+            if let Some(ip) = svc.requested_for(f) {
+                if self.ips.contains_key(&ip) {
+                    out.insert(Wait::Address(ip));
+                } else {
+                    out.insert(Wait::Pools);
+                }
+                continue;
+            }
+            let with_family: Vec<&PoolState> = self
+                .candidate_pools(svc, false)
+                .into_iter()
+                .filter(|s| s.pool.has_family(f))
+                .collect();
+            if with_family.is_empty() {
+                out.insert(Wait::Pools);
+            }
+            for s in with_family {
+                out.insert(Wait::Free(s.pool.name.clone(), f));
+            }
+        }
+        out
+    }
+
+    /// Does `pool` have an address of family `f` to hand out now?
+    pub fn has_free(&self, pool: &str, f: Family) -> bool {
+        self.pools
+            .get(pool)
+            .is_some_and(|s| s.allocates() && s.first_free(f).is_some())
+    }
+
+    /// The pools that would hand out `ip` (allocating and containing it); a freed address
+    /// is news for the Services waiting on them.
+    pub fn pools_allocating(&self, ip: IpAddr) -> Vec<String> {
+        self.pools
+            .values()
+            .filter(|s| s.allocates() && s.pool.contains(ip))
+            .map(|s| s.pool.name.clone())
+            .collect()
+    }
+
     /// Pools that may give `svc` a new address, best first (priority, then name).
     fn candidate_pools(&self, svc: &ServiceRequest, requested: bool) -> Vec<&PoolState> {
         let mut v: Vec<&PoolState> = self
@@ -834,25 +932,11 @@ impl Allocator {
         }
 
         for s in &with_family {
-            let used = s.used(f);
-            for b in s.pool.blocks_of(f) {
-                // Anycast addresses are few (one per IPv6 CIDR entry): step over them.
-                let mut from = b.first_u128();
-                while let Some(n) = used.lowest_free(from, b.last_u128()) {
-                    if !s.pool.is_anycast(f, n) {
-                        if let Some(ip) = u128_to_ip(f, n) {
-                            return Ok(HeldIp {
-                                ip,
-                                pool: s.pool.name.clone(),
-                            });
-                        }
-                        break;
-                    }
-                    match n.checked_add(1) {
-                        Some(next) if next <= b.last_u128() => from = next,
-                        _ => break,
-                    }
-                }
+            if let Some(ip) = s.first_free(f) {
+                return Ok(HeldIp {
+                    ip,
+                    pool: s.pool.name.clone(),
+                });
             }
         }
         let names: Vec<&str> = with_family.iter().map(|s| s.pool.name.as_str()).collect();

@@ -1,0 +1,444 @@
+use std::collections::BTreeMap;
+
+use ferrolb_crds::IPPoolSpec;
+
+use super::*;
+use crate::allocator::{FamilyPolicy, Pool};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn pool(name: &str, created: i64, spec: serde_json::Value) -> Pool {
+    let spec: IPPoolSpec = serde_json::from_value(spec).unwrap();
+    Pool::from_spec(name, Some(created), &spec)
+}
+
+fn req(ns: &str, name: &str) -> ServiceRequest {
+    ServiceRequest {
+        key: ServiceKey::new(ns, name),
+        labels: BTreeMap::new(),
+        namespace_labels: BTreeMap::from([("team".to_string(), ns.to_string())]),
+        families: vec![Family::V4],
+        policy: FamilyPolicy::SingleStack,
+        requested: Vec::new(),
+        pool: None,
+        sharing: None,
+    }
+}
+
+fn keys(names: &[(&str, &str)]) -> BTreeSet<ServiceKey> {
+    names.iter().map(|(ns, n)| ServiceKey::new(ns, n)).collect()
+}
+
+/// The allocator and the index as a term keeps them: every decision goes through both.
+struct World {
+    alloc: Allocator,
+    pending: Pending,
+}
+
+impl World {
+    fn new(pools: Vec<Pool>) -> World {
+        let mut alloc = Allocator::new();
+        for p in pools {
+            alloc.set_pool(p);
+        }
+        World {
+            alloc,
+            pending: Pending::new(),
+        }
+    }
+
+    /// One reconcile of `r`: ensure, then record; returns whom to wake.
+    fn reconcile(&mut self, r: &ServiceRequest) -> BTreeSet<ServiceKey> {
+        let before = self.alloc.held(&r.key);
+        self.alloc.ensure(r);
+        let after = self.alloc.held(&r.key);
+        self.pending
+            .decided(&self.alloc, &r.key, Some(r), &before, &after)
+    }
+
+    fn delete(&mut self, key: &ServiceKey) -> BTreeSet<ServiceKey> {
+        let ips = self.alloc.release(key);
+        self.pending.deleted(&self.alloc, key, &ips)
+    }
+
+    fn holds(&self, key: &ServiceKey) -> bool {
+        !self.alloc.held(key).is_empty()
+    }
+}
+
+fn one_address() -> World {
+    World::new(vec![pool(
+        "tiny",
+        1,
+        serde_json::json!({"addresses": ["10.0.0.1/32"]}),
+    )])
+}
+
+#[test]
+fn a_freed_address_wakes_only_the_longest_waiter() {
+    let mut w = one_address();
+    let holder = req("a", "holder");
+    assert!(w.reconcile(&holder).is_empty());
+    let waiters: Vec<ServiceRequest> = (0..5).map(|i| req("a", &format!("w{i}"))).collect();
+    for r in &waiters {
+        assert!(w.reconcile(r).is_empty(), "waiting wakes nobody");
+    }
+    assert_eq!(w.pending.len(), 5);
+
+    let wake = w.delete(&holder.key);
+    assert_eq!(wake, keys(&[("a", "w0")]));
+    // The woken one takes it: its token is spent, nobody else wakes.
+    assert!(w.reconcile(&waiters[0]).is_empty());
+    assert!(w.holds(&waiters[0].key));
+    assert!(!w.pending.contains(&waiters[0].key));
+    assert_eq!(w.pending.len(), 4);
+}
+
+#[test]
+fn an_unused_token_passes_to_the_next_waiter_while_the_pool_has_room() {
+    let mut w = one_address();
+    let holder = req("a", "holder");
+    w.reconcile(&holder);
+    let w0 = req("a", "w0");
+    let w1 = req("a", "w1");
+    w.reconcile(&w0);
+    w.reconcile(&w1);
+    assert_eq!(w.delete(&holder.key), keys(&[("a", "w0")]));
+    // Meanwhile w0 asked for a pool that does not exist: it takes nothing here.
+    let mut w0_elsewhere = w0.clone();
+    w0_elsewhere.pool = Some("other".into());
+    assert_eq!(w.reconcile(&w0_elsewhere), keys(&[("a", "w1")]));
+    assert!(w.reconcile(&w1).is_empty());
+    assert!(w.holds(&w1.key));
+    // w0 still waits (for a pool to appear), w1 no more.
+    assert!(w.pending.contains(&w0.key));
+    assert!(!w.pending.contains(&w1.key));
+}
+
+#[test]
+fn a_token_whose_address_was_taken_meanwhile_stops_and_the_waiter_keeps_its_place() {
+    let mut w = one_address();
+    let holder = req("a", "holder");
+    w.reconcile(&holder);
+    let w0 = req("a", "w0");
+    let w1 = req("a", "w1");
+    w.reconcile(&w0);
+    w.reconcile(&w1);
+    assert_eq!(w.delete(&holder.key), keys(&[("a", "w0")]));
+    // A Service created now reconciles first and takes the address.
+    let newcomer = req("a", "new");
+    assert!(w.reconcile(&newcomer).is_empty());
+    assert!(w.holds(&newcomer.key));
+    // w0 finds the pool full: no token goes on (nothing is free), and w0 stays first.
+    assert!(w.reconcile(&w0).is_empty());
+    assert!(!w.holds(&w0.key));
+    assert_eq!(w.delete(&newcomer.key), keys(&[("a", "w0")]));
+}
+
+#[test]
+fn two_freed_addresses_wake_two_waiters() {
+    let mut w = World::new(vec![pool(
+        "two",
+        1,
+        serde_json::json!({"addresses": ["10.0.0.1-10.0.0.2"]}),
+    )]);
+    let h0 = req("a", "h0");
+    let h1 = req("a", "h1");
+    w.reconcile(&h0);
+    w.reconcile(&h1);
+    let waiters: Vec<ServiceRequest> = (0..4).map(|i| req("a", &format!("w{i}"))).collect();
+    for r in &waiters {
+        w.reconcile(r);
+    }
+    assert_eq!(w.delete(&h0.key), keys(&[("a", "w0")]));
+    assert_eq!(w.delete(&h1.key), keys(&[("a", "w1")]));
+    assert!(w.reconcile(&waiters[1]).is_empty());
+    assert!(w.reconcile(&waiters[0]).is_empty());
+    assert!(w.holds(&waiters[0].key) && w.holds(&waiters[1].key));
+    assert_eq!(w.pending.len(), 2);
+}
+
+#[test]
+fn a_releasing_reconcile_wakes_a_waiter_and_a_deleted_token_holder_passes_it_on() {
+    let mut w = one_address();
+    let holder = req("a", "holder");
+    w.reconcile(&holder);
+    let w0 = req("a", "w0");
+    let w1 = req("a", "w1");
+    w.reconcile(&w0);
+    w.reconcile(&w1);
+    // The holder moves to a pool that does not exist: it lets go of its address.
+    let mut moved = holder.clone();
+    moved.pool = Some("other".into());
+    assert_eq!(w.reconcile(&moved), keys(&[("a", "w0")]));
+    // w0 is deleted before its reconcile: its token goes to w1.
+    assert_eq!(w.delete(&w0.key), keys(&[("a", "w1")]));
+}
+
+#[test]
+fn invalid_requests_are_not_kept_and_never_woken() {
+    let mut w = one_address();
+    let holder = req("a", "holder");
+    w.reconcile(&holder);
+    let mut invalid = req("a", "invalid");
+    invalid.requested = vec![ip("10.0.0.1"), ip("10.0.0.2")];
+    assert!(w.reconcile(&invalid).is_empty());
+    assert!(!w.pending.contains(&invalid.key));
+    assert!(w.delete(&holder.key).is_empty());
+    // Not ours any more (or deleted): dropped too.
+    let other = req("a", "other");
+    w.reconcile(&req("a", "taker"));
+    w.reconcile(&other);
+    assert!(w.pending.contains(&other.key));
+    let wake = w.pending.decided(&w.alloc, &other.key, None, &[], &[]);
+    assert!(wake.is_empty());
+    assert!(w.pending.is_empty());
+}
+
+#[test]
+fn an_address_asked_for_by_name_wakes_its_askers_when_it_changes_hands() {
+    let mut w = World::new(vec![pool(
+        "lan",
+        1,
+        serde_json::json!({"addresses": ["10.0.0.1-10.0.0.3"]}),
+    )]);
+    let holder = req("a", "holder");
+    w.reconcile(&holder);
+    let mut asker = req("a", "asker");
+    asker.requested = vec![ip("10.0.0.1")];
+    w.reconcile(&asker);
+    assert!(w.pending.contains(&asker.key));
+    // Another address coming free is no news for it.
+    let other = req("a", "other");
+    w.reconcile(&other);
+    assert!(w.delete(&other.key).is_empty());
+    assert_eq!(w.delete(&holder.key), keys(&[("a", "asker")]));
+    assert!(w.reconcile(&asker).is_empty());
+    assert!(w.holds(&asker.key));
+}
+
+#[test]
+fn a_pool_change_wakes_only_the_waiters_it_can_help() {
+    let mut w = one_address();
+    w.reconcile(&req("a", "holder"));
+    let a = req("a", "wa");
+    let b = req("b", "wb");
+    w.reconcile(&a);
+    w.reconcile(&b);
+    // A pool for namespace b only.
+    w.alloc.set_pool(pool(
+        "for-b",
+        2,
+        serde_json::json!({"addresses": ["10.0.1.0/30"],
+            "namespaceSelector": {"matchLabels": {"team": "b"}}}),
+    ));
+    assert_eq!(w.pending.pools_changed(&w.alloc), keys(&[("b", "wb")]));
+    // A pool nobody can use (disabled) wakes nobody.
+    w.alloc.set_pool(pool(
+        "off",
+        3,
+        serde_json::json!({"addresses": ["10.0.2.0/30"], "disabled": true}),
+    ));
+    assert!(w.reconcile(&b).is_empty());
+    assert!(w.pending.pools_changed(&w.alloc).is_empty());
+    // Growing the full pool helps a.
+    w.alloc.set_pool(pool(
+        "tiny",
+        1,
+        serde_json::json!({"addresses": ["10.0.0.1-10.0.0.2"]}),
+    ));
+    assert_eq!(w.pending.pools_changed(&w.alloc), keys(&[("a", "wa")]));
+}
+
+#[test]
+fn require_dual_stack_waits_only_on_the_missing_family() {
+    let mut w = World::new(vec![pool(
+        "dual",
+        1,
+        serde_json::json!({"addresses": ["10.0.0.1-10.0.0.2", "fd00::1/128"]}),
+    )]);
+    let mut v6 = req("a", "v6");
+    v6.families = vec![Family::V6];
+    w.reconcile(&v6);
+    let mut dual = req("a", "dual");
+    dual.families = vec![Family::V4, Family::V6];
+    dual.policy = FamilyPolicy::RequireDualStack;
+    w.reconcile(&dual);
+    assert!(w.pending.contains(&dual.key));
+    assert!(!w.holds(&dual.key));
+    // An IPv4 address coming free does not help it.
+    let v4 = req("a", "v4");
+    w.reconcile(&v4);
+    assert!(w.delete(&v4.key).is_empty());
+    // The IPv6 one does.
+    assert_eq!(w.delete(&v6.key), keys(&[("a", "dual")]));
+    assert!(w.reconcile(&dual).is_empty());
+    assert_eq!(w.alloc.held(&dual.key).len(), 2);
+}
+
+#[test]
+fn waiting_on_two_pools_a_free_address_in_either_wakes_it() {
+    let mut w = World::new(vec![
+        pool("p1", 1, serde_json::json!({"addresses": ["10.0.0.1/32"]})),
+        pool("p2", 2, serde_json::json!({"addresses": ["10.0.1.1/32"]})),
+    ]);
+    let h1 = req("a", "h1");
+    let h2 = req("a", "h2");
+    w.reconcile(&h1);
+    w.reconcile(&h2);
+    let w0 = req("a", "w0");
+    w.reconcile(&w0);
+    assert_eq!(w.delete(&h2.key), keys(&[("a", "w0")]));
+    assert!(w.reconcile(&w0).is_empty());
+    assert_eq!(w.alloc.held(&w0.key)[0].ip, ip("10.0.1.1"));
+    // Its token for p2 is spent, and it waits nowhere: a free p1 wakes nobody.
+    assert!(w.delete(&h1.key).is_empty());
+}
+
+mod liveness {
+    //! Whatever the order of events and reconciles, once every woken Service has been
+    //! reconciled no waiter sleeps while a pool it waits on has room, and nobody holds an
+    //! address twice.
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Create or change Service `i`: which pool it names (None: any), which family.
+        Upsert(usize, Option<usize>, bool),
+        Delete(usize),
+        /// Pool `p` now holds `n` addresses.
+        Resize(usize, u8),
+        /// Reconcile the woken Service at this position of the queue (modulo its length).
+        Reconcile(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..8usize, prop::option::of(0..2usize), prop::bool::weighted(0.2))
+                .prop_map(|(i, p, v6)| Op::Upsert(i, p, v6)),
+            2 => (0..8usize).prop_map(Op::Delete),
+            1 => (0..2usize, 0..4u8).prop_map(|(p, n)| Op::Resize(p, n)),
+            4 => any::<usize>().prop_map(Op::Reconcile),
+        ]
+    }
+
+    fn sized(p: usize, n: u8) -> Pool {
+        let mut addresses = Vec::new();
+        if n > 0 {
+            addresses.push(format!("10.0.{p}.1-10.0.{p}.{n}"));
+            addresses.push(format!("fd00:{p}::1-fd00:{p}::{n}"));
+        } else {
+            // An empty pool is not valid; one address of the other family's block.
+            addresses.push(format!("192.0.2.{}/32", p + 1));
+        }
+        pool(
+            &format!("p{p}"),
+            i64::try_from(p).unwrap_or(0),
+            serde_json::json!({ "addresses": addresses }),
+        )
+    }
+
+    fn request(i: usize, p: Option<usize>, v6: bool) -> ServiceRequest {
+        let mut r = req("a", &format!("s{i}"));
+        r.pool = p.map(|p| format!("p{p}"));
+        if v6 {
+            r.families = vec![Family::V6];
+        }
+        r
+    }
+
+    /// With no reconcile outstanding: every Service holding nothing waits, none while a
+    /// pool it waits on has room, and no address has two holders.
+    fn check(w: &World, live: &BTreeMap<usize, ServiceRequest>) -> Result<(), TestCaseError> {
+        for r in live.values() {
+            if w.alloc.held(&r.key).is_empty() {
+                prop_assert!(
+                    w.pending.contains(&r.key),
+                    "{} holds nothing and waits for nothing",
+                    r.key
+                );
+                // Nothing it waits for is there: were a pool it may use to have room, its
+                // waits would be empty (it could be served now).
+                let waits = w.alloc.waits(r);
+                prop_assert!(
+                    !waits.is_empty(),
+                    "{} sleeps but could be served now",
+                    r.key
+                );
+                for wait in waits {
+                    if let Wait::Free(p, f) = wait {
+                        prop_assert!(
+                            !w.alloc.has_free(&p, f),
+                            "{} sleeps while {p} has a free {f} address",
+                            r.key
+                        );
+                    }
+                }
+            }
+            for h in w.alloc.held(&r.key) {
+                prop_assert_eq!(w.alloc.holders(h.ip).len(), 1, "{} held twice", h.ip);
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn no_waiter_sleeps_while_its_pool_has_room(ops in prop::collection::vec(op(), 1..80)) {
+            let mut w = World::new(vec![sized(0, 1), sized(1, 2)]);
+            let mut live: BTreeMap<usize, ServiceRequest> = BTreeMap::new();
+            let mut queue: VecDeque<ServiceKey> = VecDeque::new();
+            let index = |k: &ServiceKey| k.name[1..].parse::<usize>().ok();
+            let step = |w: &mut World, live: &BTreeMap<usize, ServiceRequest>,
+                            queue: &mut VecDeque<ServiceKey>, at: usize| {
+                if queue.is_empty() {
+                    return;
+                }
+                let at = at % queue.len();
+                let Some(k) = queue.remove(at) else { return };
+                if let Some(r) = index(&k).and_then(|i| live.get(&i)) {
+                    queue.extend(w.reconcile(r));
+                }
+            };
+            for op in ops {
+                let reconciled = matches!(op, Op::Reconcile(_));
+                match op {
+                    Op::Upsert(i, p, v6) => {
+                        let r = request(i, p, v6);
+                        live.insert(i, r.clone());
+                        // The Service's own change reconciles it.
+                        queue.push_back(r.key);
+                    }
+                    Op::Delete(i) => {
+                        if let Some(r) = live.remove(&i) {
+                            queue.extend(w.delete(&r.key));
+                        }
+                    }
+                    Op::Resize(p, n) => {
+                        let affected = w.alloc.set_pool(sized(p, n));
+                        queue.extend(affected);
+                        queue.extend(w.pending.pools_changed(&w.alloc));
+                    }
+                    Op::Reconcile(at) => step(&mut w, &live, &mut queue, at),
+                }
+                if reconciled && queue.is_empty() {
+                    check(&w, &live)?;
+                }
+            }
+            let mut guard = 0;
+            while !queue.is_empty() {
+                step(&mut w, &live, &mut queue, 0);
+                guard += 1;
+                prop_assert!(guard < 10_000, "waking never settles");
+            }
+            check(&w, &live)?;
+        }
+    }
+}
