@@ -74,27 +74,25 @@ impl Pending {
         before: &[HeldIp],
         after: &[HeldIp],
     ) -> BTreeSet<ServiceKey> {
-        let tokens = self.remove_entry(key);
+        let removed = self.remove_entry(key);
         let waits = request.map(|r| alloc.waits(r)).unwrap_or_default();
         if let Some(req) = request.filter(|_| !waits.is_empty()) {
-            self.insert(key, req.clone(), waits, tokens.seq);
+            self.insert(key, req.clone(), waits, removed.seq);
         }
-        let mut wake = BTreeSet::new();
         // Tokens it used are spent; the others go on to the next waiter.
         let mut took: Vec<Queue> = after
             .iter()
             .filter(|h| !before.iter().any(|b| b.ip == h.ip))
             .map(|h| (h.pool.clone(), Family::of(h.ip)))
             .collect();
-        for q in tokens.tokens {
-            if let Some(i) = took.iter().position(|t| *t == q) {
-                took.swap_remove(i);
-                continue;
-            }
-            if alloc.has_free(&q.0, q.1) {
-                wake.extend(self.give_token(&q, Some(key)));
+        let mut unused = Vec::new();
+        for q in removed.tokens {
+            match took.iter().position(|t| *t == q) {
+                Some(i) => drop(took.swap_remove(i)),
+                None => unused.push(q),
             }
         }
+        let mut wake = self.pass_on(alloc, key, unused);
         // What it let go of.
         for h in before {
             if after.iter().any(|a| a.ip == h.ip) {
@@ -113,13 +111,8 @@ impl Pending {
         key: &ServiceKey,
         released: &[IpAddr],
     ) -> BTreeSet<ServiceKey> {
-        let tokens = self.remove_entry(key);
-        let mut wake = BTreeSet::new();
-        for q in tokens.tokens {
-            if alloc.has_free(&q.0, q.1) {
-                wake.extend(self.give_token(&q, Some(key)));
-            }
-        }
+        let removed = self.remove_entry(key);
+        let mut wake = self.pass_on(alloc, key, removed.tokens);
         for ip in released {
             wake.extend(self.address_changed(alloc, *ip));
         }
@@ -145,6 +138,21 @@ impl Pending {
             }
         }
         wake
+    }
+
+    /// Tokens `from` did not use go to the next waiter of each (pool, family) that still
+    /// has room.
+    fn pass_on(
+        &mut self,
+        alloc: &Allocator,
+        from: &ServiceKey,
+        tokens: Vec<Queue>,
+    ) -> BTreeSet<ServiceKey> {
+        tokens
+            .into_iter()
+            .filter(|q| alloc.has_free(&q.0, q.1))
+            .filter_map(|q| self.give_token(&q, Some(from)))
+            .collect()
     }
 
     /// Gives a token for `q` to its longest waiter without one (other than `not`).

@@ -76,6 +76,18 @@ fn one_address() -> World {
     )])
 }
 
+/// One address, held; two Services waiting for it, `w0` first.
+fn full_with_two_waiters() -> (World, ServiceRequest, ServiceRequest, ServiceRequest) {
+    let mut w = one_address();
+    let holder = req("a", "holder");
+    w.reconcile(&holder);
+    let w0 = req("a", "w0");
+    let w1 = req("a", "w1");
+    w.reconcile(&w0);
+    w.reconcile(&w1);
+    (w, holder, w0, w1)
+}
+
 #[test]
 fn a_freed_address_wakes_only_the_longest_waiter() {
     let mut w = one_address();
@@ -98,13 +110,7 @@ fn a_freed_address_wakes_only_the_longest_waiter() {
 
 #[test]
 fn an_unused_token_passes_to_the_next_waiter_while_the_pool_has_room() {
-    let mut w = one_address();
-    let holder = req("a", "holder");
-    w.reconcile(&holder);
-    let w0 = req("a", "w0");
-    let w1 = req("a", "w1");
-    w.reconcile(&w0);
-    w.reconcile(&w1);
+    let (mut w, holder, w0, w1) = full_with_two_waiters();
     assert_eq!(w.delete(&holder.key), keys(&[("a", "w0")]));
     // Meanwhile w0 asked for a pool that does not exist: it takes nothing here.
     let mut w0_elsewhere = w0.clone();
@@ -119,13 +125,7 @@ fn an_unused_token_passes_to_the_next_waiter_while_the_pool_has_room() {
 
 #[test]
 fn a_token_whose_address_was_taken_meanwhile_stops_and_the_waiter_keeps_its_place() {
-    let mut w = one_address();
-    let holder = req("a", "holder");
-    w.reconcile(&holder);
-    let w0 = req("a", "w0");
-    let w1 = req("a", "w1");
-    w.reconcile(&w0);
-    w.reconcile(&w1);
+    let (mut w, holder, w0, _w1) = full_with_two_waiters();
     assert_eq!(w.delete(&holder.key), keys(&[("a", "w0")]));
     // A Service created now reconciles first and takes the address.
     let newcomer = req("a", "new");
@@ -162,13 +162,7 @@ fn two_freed_addresses_wake_two_waiters() {
 
 #[test]
 fn a_releasing_reconcile_wakes_a_waiter_and_a_deleted_token_holder_passes_it_on() {
-    let mut w = one_address();
-    let holder = req("a", "holder");
-    w.reconcile(&holder);
-    let w0 = req("a", "w0");
-    let w1 = req("a", "w1");
-    w.reconcile(&w0);
-    w.reconcile(&w1);
+    let (mut w, holder, w0, _w1) = full_with_two_waiters();
     // The holder moves to a pool that does not exist: it lets go of its address.
     let mut moved = holder.clone();
     moved.pool = Some("other".into());
