@@ -40,7 +40,6 @@ impl PoolSync {
     /// Brings the allocator's pools in line with the IPPool cache.
     pub fn sync(&mut self, ctx: &Context) -> Result<PoolChanges, Error> {
         let mut alloc = lock(&ctx.allocator)?;
-        let mut affected = BTreeSet::new();
         let mut changed = Vec::new();
         let current: BTreeMap<String, Arc<IPPool>> = ctx
             .pools
@@ -48,12 +47,13 @@ impl PoolSync {
             .into_iter()
             .map(|p| (p.name_any(), p))
             .collect();
+        let mut set = Vec::new();
         for (name, p) in &current {
             let entry = (created(&p.metadata), p.spec.clone());
             if self.known.get(name) == Some(&entry) {
                 continue;
             }
-            affected.extend(alloc.set_pool(Pool::from_spec(name, entry.0, &entry.1)));
+            set.push(Pool::from_spec(name, entry.0, &entry.1));
             self.known.insert(name.clone(), entry);
             changed.push(name.clone());
         }
@@ -63,12 +63,18 @@ impl PoolSync {
             .filter(|n| !current.contains_key(*n))
             .cloned()
             .collect();
-        for name in gone {
-            affected.extend(alloc.remove_pool(&name));
-            self.known.remove(&name);
-            ctx.metrics.forget_pool(&name);
-            changed.push(name);
+        for name in &gone {
+            self.known.remove(name);
+            ctx.metrics.forget_pool(name);
         }
+        // One batch, so the overlaps are judged once however many pools changed (a leader
+        // start gives every pool at once).
+        let affected = if set.is_empty() && gone.is_empty() {
+            BTreeSet::new()
+        } else {
+            alloc.apply_pools(set, &gone)
+        };
+        changed.extend(gone);
         if !changed.is_empty() {
             // A pool change can end a conflict elsewhere: every pool's status may move.
             changed.extend(alloc.pool_names().map(str::to_string));

@@ -19,6 +19,7 @@ use std::net::IpAddr;
 use ferrolb_crds::Family;
 use ferrolb_crds::address::{ip_to_u128, u128_to_ip};
 use ferrolb_crds::names::AllocationReason;
+use ferrolb_crds::overlap::Overlaps;
 
 pub use count::Count;
 pub use pool::{Pool, PoolAge};
@@ -371,6 +372,8 @@ pub struct Allocator {
     /// Sharing key -> addresses held under it, so joining a shared address does not scan
     /// every allocation.
     shared: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// Which pool governs each address: the rule the speaker follows too.
+    overlaps: Overlaps,
 }
 
 impl Allocator {
@@ -380,29 +383,43 @@ impl Allocator {
 
     // ----- pools -----
 
-    /// Adds or replaces a pool. Returns the Services whose addresses lie in its old or new
-    /// range (they may need a second look).
+    /// Adds or replaces a pool. Returns the Services that may need a second look
+    /// ([`Allocator::apply_pools`]).
     pub fn set_pool(&mut self, pool: Pool) -> BTreeSet<ServiceKey> {
-        let name = pool.name.clone();
-        let mut affected = self.holders_in_pool(&name);
-        let state = PoolState {
-            used_v4: UsedRuns::new(pool.skips(Family::V4)),
-            used_v6: UsedRuns::new(false),
-            pool,
-            conflict: None,
-        };
-        self.pools.insert(name.clone(), state);
-        self.rebuild_usage(&name);
-        self.recompute_conflicts();
-        affected.extend(self.holders_in_pool(&name));
-        affected
+        self.apply_pools(vec![pool], &[])
     }
 
-    /// Removes a pool. Returns the Services that held addresses in it.
+    /// Removes a pool. Returns the Services that may need a second look.
     pub fn remove_pool(&mut self, name: &str) -> BTreeSet<ServiceKey> {
-        let affected = self.holders_in_pool(name);
-        self.pools.remove(name);
-        self.recompute_conflicts();
+        self.apply_pools(Vec::new(), &[name.to_string()])
+    }
+
+    /// Adds or replaces the pools `set` and removes those named in `removed`, judging the
+    /// overlaps once for the whole batch. Returns the Services that may need a second
+    /// look: those holding an address in the old or new range of a pool that changed, and
+    /// those holding an address in a pool that entered or left Conflict.
+    pub fn apply_pools(&mut self, set: Vec<Pool>, removed: &[String]) -> BTreeSet<ServiceKey> {
+        let mut affected = BTreeSet::new();
+        for name in removed {
+            affected.extend(self.holders_in_pool(name));
+            self.pools.remove(name);
+        }
+        for pool in set {
+            let name = pool.name.clone();
+            affected.extend(self.holders_in_pool(&name));
+            let state = PoolState {
+                used_v4: UsedRuns::new(pool.skips(Family::V4)),
+                used_v6: UsedRuns::new(false),
+                pool,
+                conflict: None,
+            };
+            self.pools.insert(name.clone(), state);
+            self.rebuild_usage(&name);
+            affected.extend(self.holders_in_pool(&name));
+        }
+        for name in self.recompute_conflicts() {
+            affected.extend(self.holders_in_pool(&name));
+        }
         affected
     }
 
@@ -482,27 +499,24 @@ impl Allocator {
         }
     }
 
-    fn recompute_conflicts(&mut self) {
-        let mut by_age: Vec<(PoolAge, String)> = self
-            .pools
-            .iter()
-            .map(|(n, s)| (s.pool.age.clone(), n.clone()))
-            .collect();
-        by_age.sort();
-        let mut conflicts = BTreeMap::new();
-        for (i, (_, name)) in by_age.iter().enumerate() {
-            let me = &self.pools[name].pool;
-            let older = by_age[..i]
-                .iter()
-                .find(|(_, other)| self.pools[other].pool.overlaps(me))
-                .map(|(_, other)| other.clone());
-            conflicts.insert(name.clone(), older);
-        }
-        for (name, c) in conflicts {
-            if let Some(st) = self.pools.get_mut(&name) {
-                st.conflict = c;
+    /// Judges the overlaps of every pool afresh (a sweep over their blocks: cost grows
+    /// with the number of blocks, not with pairs of pools) and returns the pools whose
+    /// Conflict verdict changed, new pools included.
+    fn recompute_conflicts(&mut self) -> Vec<String> {
+        self.overlaps = Overlaps::new(
+            self.pools
+                .values()
+                .map(|s| (s.pool.name.as_str(), s.pool.age.created, s.pool.blocks())),
+        );
+        let mut changed = Vec::new();
+        for (name, st) in &mut self.pools {
+            let now = self.overlaps.conflict(name).map(str::to_string);
+            if st.conflict != now {
+                st.conflict = now;
+                changed.push(name.clone());
             }
         }
+        changed
     }
 
     // ----- services -----
@@ -528,12 +542,33 @@ impl Allocator {
             .unwrap_or_default()
     }
 
-    /// The oldest existing pool that contains `ip`.
+    /// The pool that governs `ip` and may hand it out: the pool not in Conflict that
+    /// contains it ([`ferrolb_crds::overlap`], the speaker's rule), unless that pool skips it.
     fn owning_pool(&self, ip: IpAddr) -> Option<&PoolState> {
-        self.pools
-            .values()
+        self.overlaps
+            .governing(ip)
+            .and_then(|name| self.pools.get(name))
             .filter(|s| s.pool.can_hold(ip))
-            .min_by(|a, b| a.pool.age.cmp(&b.pool.age))
+    }
+
+    /// Why `ip` has no [`Allocator::owning_pool`], for the message of a released address.
+    fn ungoverned(&self, ip: IpAddr) -> String {
+        if let Some(name) = self.overlaps.governing(ip) {
+            return format!("{ip} is one IPPool {name} never hands out");
+        }
+        let in_conflict = self.pools.values().find_map(|s| {
+            s.conflict
+                .as_ref()
+                .filter(|_| s.pool.contains(ip))
+                .map(|o| (s, o))
+        });
+        match in_conflict {
+            Some((st, older)) => format!(
+                "{ip} is in IPPool {}, which overlaps the older IPPool {older} (Conflict) and so governs nothing",
+                st.pool.name
+            ),
+            None => format!("{ip} is not in any IPPool any more"),
+        }
     }
 
     /// Takes back addresses a Service held before a restart (from its status), before
@@ -575,7 +610,7 @@ impl Allocator {
     fn check_held(&self, svc: &ServiceRequest, ip: IpAddr) -> Result<(), String> {
         let f = Family::of(ip);
         if self.owning_pool(ip).is_none() {
-            return Err(format!("{ip} is not in any IPPool any more"));
+            return Err(self.ungoverned(ip));
         }
         if let Some(req) = svc.requested_for(f)
             && req != ip

@@ -11,13 +11,9 @@ use super::count::Count;
 use super::runs::{buggy_in, is_buggy_v4};
 use crate::selector::Selector;
 
-/// Orders pools by age: the older of two overlapping pools keeps the overlap.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PoolAge {
-    /// `metadata.creationTimestamp` in seconds; absent sorts last.
-    pub created: Option<i64>,
-    pub name: String,
-}
+/// Orders pools by age: the older of two overlapping pools keeps the overlap. The rule is
+/// the one the speaker follows ([`ferrolb_crds::overlap`]).
+pub use ferrolb_crds::overlap::PoolAge;
 
 #[derive(Clone, Debug)]
 pub struct Pool {
@@ -66,10 +62,7 @@ impl Pool {
             .unwrap_or_default();
         Pool {
             name: name.to_string(),
-            age: PoolAge {
-                created,
-                name: name.to_string(),
-            },
+            age: PoolAge::new(name, created),
             blocks: merge(blocks),
             auto_assign: spec.auto_assign,
             avoid_buggy: spec.avoid_buggy_ips,

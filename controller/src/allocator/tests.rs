@@ -311,6 +311,101 @@ fn overlapping_pools_conflict_and_the_newer_allocates_nothing() {
 }
 
 #[test]
+fn a_pool_that_comes_to_overlap_an_older_one_governs_nothing_and_its_holders_move() {
+    let mut a = Allocator::new();
+    a.set_pool(pool("newer", 20, &["10.0.1.0/24"]));
+    a.set_pool(pool("older", 10, &["10.0.0.0/24"]));
+    let mut s = svc("s");
+    s.pool = Some("older".into());
+    assert_eq!(a.ensure(&s).addresses(), [ip("10.0.0.0")]);
+    let mut t = svc("t");
+    t.pool = Some("newer".into());
+    assert_eq!(a.ensure(&t).addresses(), [ip("10.0.1.0")]);
+
+    // "older" grows into one address of "newer": "newer" is in Conflict as a whole, so the
+    // address "t" holds, which no older pool contains, belongs to no pool any more (the
+    // speaker would not announce it). "t" is among the Services to look at again.
+    let affected = a.set_pool(pool("older", 10, &["10.0.0.0/24", "10.0.1.200"]));
+    assert!(affected.contains(&t.key), "{affected:?}");
+    assert_eq!(
+        a.report("newer").unwrap().conflict.as_deref(),
+        Some("older")
+    );
+    let o = a.ensure(&t);
+    assert!(o.ips.is_empty(), "{o:?}");
+    assert_eq!(o.released.len(), 1);
+    assert!(
+        o.released[0]
+            .1
+            .contains("overlaps the older IPPool older (Conflict)"),
+        "{}",
+        o.released[0].1
+    );
+    assert_eq!(reason(&o), Some(NoMatchingPool));
+    // "s" keeps its address, and the pool it holds it from is the one that governs it.
+    assert_eq!(
+        a.ensure(&s).ips,
+        [HeldIp {
+            ip: ip("10.0.0.0"),
+            pool: "older".into()
+        }]
+    );
+
+    // The overlap fixed, "newer" governs again and "t" is served from it.
+    let affected = a.set_pool(pool("older", 10, &["10.0.0.0/24"]));
+    // Only "s", a holder in the pool that changed: nobody holds an address of "newer".
+    assert_eq!(affected, BTreeSet::from([s.key.clone()]));
+    assert_eq!(a.report("newer").unwrap().conflict, None);
+    assert_eq!(a.ensure(&t).addresses(), [ip("10.0.1.0")]);
+}
+
+#[test]
+fn a_pool_without_a_creation_time_is_the_youngest() {
+    let mut a = Allocator::new();
+    a.set_pool(Pool::from_spec("a-untimed", None, &spec(&["10.0.0.0/24"])));
+    a.set_pool(pool("b-timed", 5, &["10.0.0.0/25"]));
+    assert_eq!(
+        a.report("a-untimed").unwrap().conflict.as_deref(),
+        Some("b-timed")
+    );
+    assert_eq!(a.report("b-timed").unwrap().conflict, None);
+}
+
+#[test]
+fn a_batch_of_pool_changes_is_judged_once_and_agrees_with_one_by_one() {
+    let pools = || {
+        vec![
+            pool("p0", 1, &["10.0.0.0/28"]),
+            pool("p1", 2, &["10.0.0.8/29", "fd00::/120"]),
+            pool("p2", 3, &["10.0.1.0/28"]),
+        ]
+    };
+    let mut batch = Allocator::new();
+    batch.apply_pools(pools(), &[]);
+    let mut single = Allocator::new();
+    for p in pools() {
+        single.set_pool(p);
+    }
+    for name in ["p0", "p1", "p2"] {
+        assert_eq!(
+            batch.report(name).unwrap().conflict,
+            single.report(name).unwrap().conflict
+        );
+    }
+    assert_eq!(batch.report("p1").unwrap().conflict.as_deref(), Some("p0"));
+    // Removing p0 and changing p2 in one batch: p1 leaves Conflict.
+    let s = svc("s");
+    batch.ensure(&s);
+    let affected = batch.apply_pools(vec![pool("p2", 3, &["10.0.2.0/28"])], &["p0".to_string()]);
+    assert!(
+        affected.contains(&s.key),
+        "s held an address of the removed p0"
+    );
+    assert_eq!(batch.report("p1").unwrap().conflict, None);
+    assert!(batch.report("p0").is_none());
+}
+
+#[test]
 fn restore_keeps_existing_ips_and_the_older_claim_wins() {
     let mut a = Allocator::new();
     a.set_pool(pool("p", 1, &["10.0.0.0/29"]));
@@ -633,6 +728,11 @@ fn apply(a: &mut Allocator, reqs: &mut BTreeMap<usize, ServiceRequest>, op: &Op)
 }
 
 fn check_invariants(a: &Allocator) -> Result<(), TestCaseError> {
+    let overlaps = Overlaps::new(
+        a.pools
+            .values()
+            .map(|s| (s.pool.name.as_str(), s.pool.age.created, s.pool.blocks())),
+    );
     // Held and holders agree.
     for (key, fams) in &a.held {
         for (f, h) in fams.iter() {
@@ -667,12 +767,23 @@ fn check_invariants(a: &Allocator) -> Result<(), TestCaseError> {
                 prop_assert!(sa.ports.is_disjoint(&sb.ports), "{} ports collide", ipa);
             }
         }
-        // Every held IP lies in an existing pool.
+        // Every held IP lies in the pool that governs it by the rule the speaker follows
+        // (judged here afresh, not from the allocator's own record), and its holders name
+        // that pool.
+        let governing = overlaps.governing(*ipa);
         prop_assert!(
-            a.pools.values().any(|s| s.pool.can_hold(*ipa)),
-            "{} outside every pool",
-            ipa
+            governing.is_some_and(|g| a.pools.get(g).is_some_and(|s| s.pool.can_hold(*ipa))),
+            "{} is held but no pool governs it ({:?})",
+            ipa,
+            governing
         );
+        for k in e.holders.keys() {
+            let named = a.held[k]
+                .values()
+                .find(|h| h.ip == *ipa)
+                .map(|h| h.pool.as_str());
+            prop_assert_eq!(named, governing, "{} names another pool for {}", k, ipa);
+        }
     }
     // Pool usage matches the held addresses.
     for st in a.pools.values() {
