@@ -190,7 +190,7 @@ impl Pending {
                 Wait::Address(ip) => {
                     self.by_address.entry(*ip).or_default().insert(key.clone());
                 }
-                Wait::Pools => {}
+                Wait::Pools(..) => {}
             }
         }
         self.entries.insert(
@@ -228,7 +228,7 @@ impl Pending {
                         }
                     }
                 }
-                Wait::Pools => {}
+                Wait::Pools(..) => {}
             }
         }
         Removed {

@@ -340,9 +340,13 @@ pub enum Wait {
     /// The address it asked for, held by another Service (or shared on other terms),
     /// to change hands.
     Address(IpAddr),
-    /// A pool to appear or change (no pool may give it this family, or the address it
-    /// asked for lies in none it may use).
-    Pools,
+    /// A pool to appear or change so that this family can be served (no pool may give it
+    /// this family, or the address it asked for lies in none it may use), with the reason
+    /// the Service is told. Per family, so that a change serving one family and not the
+    /// other changes the waits; with the reason, so that a change that alters what the
+    /// Service's condition would say (the pool it names was deleted, not just disabled)
+    /// changes them too, and the condition never describes pools that are gone.
+    Pools(Family, String),
 }
 
 /// Per-family use of one pool.
@@ -617,10 +621,18 @@ impl Allocator {
         {
             return Err(format!("{ip} is not the requested {req}"));
         }
-        if let Some(p) = &svc.pool
-            && !self.pools.get(p).is_some_and(|s| s.pool.can_hold(ip))
-        {
-            return Err(format!("{ip} is not in the requested pool {p}"));
+        // The requested pool must be the one that governs the address (the rule the
+        // speaker follows), not merely one that contains it.
+        if let Some(p) = &svc.pool {
+            match self.owning_pool(ip).map(|s| s.pool.name.as_str()) {
+                Some(g) if g == p => {}
+                Some(g) => {
+                    return Err(format!(
+                        "{ip} belongs to IPPool {g}, not to the requested pool {p}"
+                    ));
+                }
+                None => return Err(format!("{ip} is not in the requested pool {p}")),
+            }
         }
         match self
             .ips
@@ -820,22 +832,30 @@ impl Allocator {
     pub fn waits(&self, svc: &ServiceRequest) -> BTreeSet<Wait> {
         let wanted = svc.wanted_families();
         let mut out = BTreeSet::new();
-        if let Some(f) = self.invalid_request(svc, &wanted) {
-            if f.reason != AllocationReason::InvalidRequest {
-                out.insert(Wait::Pools);
+        if let Some(failure) = self.invalid_request(svc, &wanted) {
+            if failure.reason != AllocationReason::InvalidRequest {
+                out.extend(
+                    wanted
+                        .iter()
+                        .map(|f| Wait::Pools(*f, failure.message.clone())),
+                );
             }
             return out;
         }
         let held = self.held.get(&svc.key);
         for f in wanted {
-            if held.is_some_and(|h| h.get(&f).is_some()) || self.pick(svc, f).is_ok() {
+            if held.is_some_and(|h| h.get(&f).is_some()) {
                 continue;
             }
+            let failure = match self.pick(svc, f) {
+                Ok(_) => continue,
+                Err(failure) => failure,
+            };
             if let Some(ip) = svc.requested_for(f) {
                 if self.ips.contains_key(&ip) {
                     out.insert(Wait::Address(ip));
                 } else {
-                    out.insert(Wait::Pools);
+                    out.insert(Wait::Pools(f, failure.message));
                 }
                 continue;
             }
@@ -845,7 +865,7 @@ impl Allocator {
                 .filter(|s| s.pool.has_family(f))
                 .collect();
             if with_family.is_empty() {
-                out.insert(Wait::Pools);
+                out.insert(Wait::Pools(f, failure.message));
             }
             for s in with_family {
                 out.insert(Wait::Free(s.pool.name.clone(), f));

@@ -247,6 +247,67 @@ fn a_pool_change_wakes_only_the_waiters_it_can_help() {
 }
 
 #[test]
+fn a_pool_change_that_serves_one_of_two_waiting_families_wakes_the_service() {
+    // Found by the chaos run (seed 1): a dual-stack Service asking for pool p, which does
+    // not select it, waits for a pool change in both families; p then selects it with
+    // IPv4 only. It can take an IPv4 address now, though it still waits for IPv6.
+    let mut w = World::new(vec![pool(
+        "p",
+        1,
+        serde_json::json!({"addresses": ["10.0.0.6-10.0.0.8"],
+            "namespaceSelector": {"matchLabels": {"team": "elsewhere"}}}),
+    )]);
+    let mut dual = req("a", "dual");
+    dual.families = vec![Family::V6, Family::V4];
+    dual.policy = FamilyPolicy::PreferDualStack;
+    dual.pool = Some("p".into());
+    w.reconcile(&dual);
+    assert!(!w.holds(&dual.key));
+    w.alloc.set_pool(pool(
+        "p",
+        1,
+        serde_json::json!({"addresses": ["10.0.0.6-10.0.0.8"]}),
+    ));
+    assert_eq!(w.pending.pools_changed(&w.alloc), keys(&[("a", "dual")]));
+    w.reconcile(&dual);
+    assert_eq!(w.alloc.held(&dual.key).len(), 1, "its IPv4 address");
+    // Still waiting for IPv6; a change that brings none wakes nobody.
+    assert!(w.pending.contains(&dual.key));
+    w.alloc.set_pool(pool(
+        "p",
+        1,
+        serde_json::json!({"addresses": ["10.0.0.6-10.0.0.9"]}),
+    ));
+    assert!(w.pending.pools_changed(&w.alloc).is_empty());
+}
+
+#[test]
+fn a_pool_change_that_alters_what_a_waiter_is_told_wakes_it() {
+    // Found by the chaos run: a Service naming a disabled pool was told so; the pool was
+    // then deleted, which served it no better, so it slept on, and its condition went on
+    // describing a pool that was gone until a restart re-decided it (with a new event).
+    let mut w = World::new(vec![pool(
+        "p",
+        1,
+        serde_json::json!({"addresses": ["10.0.0.6/32"], "disabled": true}),
+    )]);
+    let mut r = req("a", "named");
+    r.pool = Some("p".into());
+    w.reconcile(&r);
+    assert!(w.pending.contains(&r.key));
+    w.alloc.remove_pool("p");
+    assert_eq!(w.pending.pools_changed(&w.alloc), keys(&[("a", "named")]));
+    w.reconcile(&r);
+    // Another pool, which it does not name, tells it nothing new.
+    w.alloc.set_pool(pool(
+        "q",
+        2,
+        serde_json::json!({"addresses": ["10.0.1.0/30"]}),
+    ));
+    assert!(w.pending.pools_changed(&w.alloc).is_empty());
+}
+
+#[test]
 fn require_dual_stack_waits_only_on_the_missing_family() {
     let mut w = World::new(vec![pool(
         "dual",
@@ -303,30 +364,36 @@ mod liveness {
 
     #[derive(Clone, Debug)]
     enum Op {
-        /// Create or change Service `i`: which pool it names (None: any), which family.
-        Upsert(usize, Option<usize>, bool),
+        /// Create or change Service `i`: which pool it names (None: any), which families
+        /// (0: IPv4, 1: IPv6, 2: both, preferred).
+        Upsert(usize, Option<usize>, u8),
         Delete(usize),
-        /// Pool `p` now holds `n` addresses.
-        Resize(usize, u8),
+        /// Pool `p` now holds `n` addresses of the families `fams` (0: both, 1: IPv4
+        /// only, 2: IPv6 only).
+        Resize(usize, u8, u8),
         /// Reconcile the woken Service at this position of the queue (modulo its length).
         Reconcile(usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => (0..8usize, prop::option::of(0..2usize), prop::bool::weighted(0.2))
-                .prop_map(|(i, p, v6)| Op::Upsert(i, p, v6)),
+            3 => (0..8usize, prop::option::of(0..2usize), 0..3u8)
+                .prop_map(|(i, p, fams)| Op::Upsert(i, p, fams)),
             2 => (0..8usize).prop_map(Op::Delete),
-            1 => (0..2usize, 0..4u8).prop_map(|(p, n)| Op::Resize(p, n)),
+            1 => (0..2usize, 0..4u8, 0..3u8).prop_map(|(p, n, fams)| Op::Resize(p, n, fams)),
             4 => any::<usize>().prop_map(Op::Reconcile),
         ]
     }
 
-    fn sized(p: usize, n: u8) -> Pool {
+    fn sized(p: usize, n: u8, fams: u8) -> Pool {
         let mut addresses = Vec::new();
         if n > 0 {
-            addresses.push(format!("10.0.{p}.1-10.0.{p}.{n}"));
-            addresses.push(format!("fd00:{p}::1-fd00:{p}::{n}"));
+            if fams != 2 {
+                addresses.push(format!("10.0.{p}.1-10.0.{p}.{n}"));
+            }
+            if fams != 1 {
+                addresses.push(format!("fd00:{p}::1-fd00:{p}::{n}"));
+            }
         } else {
             // An empty pool is not valid; one address of the other family's block.
             addresses.push(format!("192.0.2.{}/32", p + 1));
@@ -338,11 +405,16 @@ mod liveness {
         )
     }
 
-    fn request(i: usize, p: Option<usize>, v6: bool) -> ServiceRequest {
+    fn request(i: usize, p: Option<usize>, fams: u8) -> ServiceRequest {
         let mut r = req("a", &format!("s{i}"));
         r.pool = p.map(|p| format!("p{p}"));
-        if v6 {
-            r.families = vec![Family::V6];
+        match fams {
+            0 => {}
+            1 => r.families = vec![Family::V6],
+            _ => {
+                r.families = vec![Family::V4, Family::V6];
+                r.policy = FamilyPolicy::PreferDualStack;
+            }
         }
         r
     }
@@ -378,6 +450,12 @@ mod liveness {
             for h in w.alloc.held(&r.key) {
                 prop_assert_eq!(w.alloc.holders(h.ip).len(), 1, "{} held twice", h.ip);
             }
+            // A fixpoint: reconciling it again would change nothing (in particular, no
+            // family it lacks could be served now).
+            let mut probe = w.alloc.clone();
+            let again: BTreeSet<IpAddr> = probe.ensure(r).addresses().into_iter().collect();
+            let held: BTreeSet<IpAddr> = w.alloc.held(&r.key).iter().map(|h| h.ip).collect();
+            prop_assert_eq!(again, held, "{} would change if reconciled now", &r.key);
         }
         Ok(())
     }
@@ -386,7 +464,7 @@ mod liveness {
         #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]
         fn no_waiter_sleeps_while_its_pool_has_room(ops in prop::collection::vec(op(), 1..80)) {
-            let mut w = World::new(vec![sized(0, 1), sized(1, 2)]);
+            let mut w = World::new(vec![sized(0, 1, 0), sized(1, 2, 0)]);
             let mut live: BTreeMap<usize, ServiceRequest> = BTreeMap::new();
             let mut queue: VecDeque<ServiceKey> = VecDeque::new();
             let index = |k: &ServiceKey| k.name[1..].parse::<usize>().ok();
@@ -404,8 +482,8 @@ mod liveness {
             for op in ops {
                 let reconciled = matches!(op, Op::Reconcile(_));
                 match op {
-                    Op::Upsert(i, p, v6) => {
-                        let r = request(i, p, v6);
+                    Op::Upsert(i, p, fams) => {
+                        let r = request(i, p, fams);
                         live.insert(i, r.clone());
                         // The Service's own change reconciles it.
                         queue.push_back(r.key);
@@ -415,8 +493,8 @@ mod liveness {
                             queue.extend(w.delete(&r.key));
                         }
                     }
-                    Op::Resize(p, n) => {
-                        let affected = w.alloc.set_pool(sized(p, n));
+                    Op::Resize(p, n, fams) => {
+                        let affected = w.alloc.set_pool(sized(p, n, fams));
                         queue.extend(affected);
                         queue.extend(w.pending.pools_changed(&w.alloc));
                     }
