@@ -8,6 +8,10 @@
 //!   Service created meanwhile took the address) passes to the next waiter while the pool
 //!   still has a free address, so no free address is left with waiters asleep.
 //! - An address that changes hands wakes the Services that asked for it by name.
+//! - An address shared under a sharing key whose holders or their terms change (a Service
+//!   of that key took, joined or left it, or holds it on new terms: other ports, or
+//!   sharing where it did not) wakes the Services of that key waiting for a free address
+//!   of its family: they may join it now.
 //! - A pool change wakes the Services whose waits it changed (the allocator is asked
 //!   again for each; no API call for those it does not help).
 //! - Services whose request is invalid wait for nothing but their own change and are not
@@ -18,7 +22,7 @@ use std::net::IpAddr;
 
 use ferrolb_crds::Family;
 
-use crate::allocator::{Allocator, HeldIp, ServiceKey, ServiceRequest, Wait};
+use crate::allocator::{Allocator, HeldIp, ServiceKey, ServiceRequest, Sharing, Wait};
 
 type Queue = (String, Family);
 
@@ -42,6 +46,9 @@ pub struct Pending {
     queues: BTreeMap<Queue, BTreeMap<u64, ServiceKey>>,
     /// Who asked for an address by name.
     by_address: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
+    /// Who may share under a key and waits for a free address of a family: a Service of
+    /// the same key taking, joining or leaving an address of that family may let it join.
+    by_sharing: BTreeMap<(String, Family), BTreeSet<ServiceKey>>,
 }
 
 impl Pending {
@@ -65,19 +72,35 @@ impl Pending {
     ///
     /// `request` is the Service's request when it is ours and valid (`None` when it is
     /// not ours any more, deleted, or invalid); `before` and `after` are what it held
-    /// before and after the decision. Call with the allocator in its post-decision state.
+    /// before and after the decision, and `terms_before` the sharing terms it held them
+    /// under before ([`Allocator::sharing_of`]). Call with the allocator in its
+    /// post-decision state.
     pub fn decided(
         &mut self,
         alloc: &Allocator,
         key: &ServiceKey,
         request: Option<&ServiceRequest>,
-        before: &[HeldIp],
+        (before, terms_before): (&[HeldIp], Option<&Sharing>),
         after: &[HeldIp],
     ) -> BTreeSet<ServiceKey> {
         let removed = self.remove_entry(key);
         let waits = request.map(|r| alloc.waits(r)).unwrap_or_default();
         if let Some(req) = request.filter(|_| !waits.is_empty()) {
             self.insert(key, req.clone(), waits, removed.seq);
+        }
+        let mut wake = BTreeSet::new();
+        // What it took, or now holds on other terms (it came to share, or changed its
+        // ports), under a sharing key: others of that key may join it now.
+        if let Some(sh) = request.and_then(|r| r.sharing.as_ref()) {
+            let same_terms = terms_before == Some(sh);
+            for h in after
+                .iter()
+                .filter(|h| !same_terms || !before.iter().any(|b| b.ip == h.ip))
+            {
+                if let Some(keys) = self.by_sharing.get(&(sh.key.clone(), Family::of(h.ip))) {
+                    wake.extend(keys.iter().cloned());
+                }
+            }
         }
         // Tokens it used are spent; the others go on to the next waiter.
         let mut took: Vec<Queue> = after
@@ -92,7 +115,7 @@ impl Pending {
                 None => unused.push(q),
             }
         }
-        let mut wake = self.pass_on(alloc, key, unused);
+        wake.extend(self.pass_on(alloc, key, unused));
         // What it let go of.
         for h in before {
             if after.iter().any(|a| a.ip == h.ip) {
@@ -128,10 +151,16 @@ impl Pending {
             .collect()
     }
 
-    /// `ip` changed hands: wakes who asked for it, and when it is now free, the longest
+    /// `ip` changed hands: wakes who asked for it; when it is still shared, the waiters of
+    /// its sharing key (a port it used may be free now); when it is now free, the longest
     /// waiter of each pool that hands it out.
     fn address_changed(&mut self, alloc: &Allocator, ip: IpAddr) -> BTreeSet<ServiceKey> {
         let mut wake: BTreeSet<ServiceKey> = self.by_address.get(&ip).cloned().unwrap_or_default();
+        if let Some(k) = alloc.sharing_key(ip)
+            && let Some(keys) = self.by_sharing.get(&(k.to_string(), Family::of(ip)))
+        {
+            wake.extend(keys.iter().cloned());
+        }
         if alloc.holders(ip).is_empty() {
             for pool in alloc.pools_allocating(ip) {
                 wake.extend(self.give_token(&(pool, Family::of(ip)), None));
@@ -186,6 +215,12 @@ impl Pending {
                         .entry((pool.clone(), *f))
                         .or_default()
                         .insert(seq, key.clone());
+                    if let Some(sh) = &request.sharing {
+                        self.by_sharing
+                            .entry((sh.key.clone(), *f))
+                            .or_default()
+                            .insert(key.clone());
+                    }
                 }
                 Wait::Address(ip) => {
                     self.by_address.entry(*ip).or_default().insert(key.clone());
@@ -217,6 +252,15 @@ impl Pending {
                         m.remove(&e.seq);
                         if m.is_empty() {
                             self.queues.remove(&q);
+                        }
+                    }
+                    if let Some(sh) = &e.request.sharing {
+                        let k = (sh.key.clone(), *f);
+                        if let Some(set) = self.by_sharing.get_mut(&k) {
+                            set.remove(key);
+                            if set.is_empty() {
+                                self.by_sharing.remove(&k);
+                            }
                         }
                     }
                 }

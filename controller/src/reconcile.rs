@@ -158,12 +158,13 @@ fn decide(snapshot: &Service, ctx: &Context) -> Result<Option<Decision>, Error> 
     }
     let svc: &Service = &current;
     let before = alloc.held(&key);
+    let terms_before = alloc.sharing_of(&key);
     let held_before: Vec<IpAddr> = before.iter().map(|h| h.ip).collect();
     let handling = service::handling(svc, ctx.settings.default_class);
     let mut request = None;
     let plan = match handling {
         Handling::OtherClass if held_before.is_empty() => {
-            let wake = lock(&ctx.pending)?.decided(&alloc, &key, None, &[], &[]);
+            let wake = lock(&ctx.pending)?.decided(&alloc, &key, None, (&[], None), &[]);
             return Ok(Some(Decision {
                 svc: current.clone(),
                 plan: Plan::Nothing,
@@ -243,7 +244,13 @@ fn decide(snapshot: &Service, ctx: &Context) -> Result<Option<Decision>, Error> 
     let mut touched = held_before;
     touched.extend(after.iter().map(|h| h.ip));
     let pools = Context::pools_holding(&alloc, &touched);
-    let wake = lock(&ctx.pending)?.decided(&alloc, &key, request.as_ref(), &before, &after);
+    let wake = lock(&ctx.pending)?.decided(
+        &alloc,
+        &key,
+        request.as_ref(),
+        (&before, terms_before.as_ref()),
+        &after,
+    );
     drop(alloc);
     Ok(Some(Decision {
         svc: current.clone(),

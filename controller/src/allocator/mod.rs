@@ -874,6 +874,28 @@ impl Allocator {
         out
     }
 
+    /// The sharing terms `key` holds its addresses under (`None`: it holds nothing, or
+    /// holds without sharing).
+    pub fn sharing_of(&self, key: &ServiceKey) -> Option<Sharing> {
+        let h = self.held.get(key)?;
+        let ip = h.v4.as_ref().or(h.v6.as_ref())?.ip;
+        self.ips
+            .get(&ip)?
+            .holders
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, s)| s.clone())
+    }
+
+    /// The sharing key `ip` is held under, when it is held by Services that may share it.
+    pub fn sharing_key(&self, ip: IpAddr) -> Option<&str> {
+        self.ips
+            .get(&ip)?
+            .holders
+            .values()
+            .find_map(|s| s.as_ref().map(|s| s.key.as_str()))
+    }
+
     /// Does `pool` have an address of family `f` to hand out now?
     pub fn has_free(&self, pool: &str, f: Family) -> bool {
         self.pools

@@ -27,6 +27,18 @@ fn req(ns: &str, name: &str) -> ServiceRequest {
     }
 }
 
+fn sharing(key: &str, port: u16) -> crate::allocator::Sharing {
+    crate::allocator::Sharing {
+        key: key.to_string(),
+        ports: BTreeSet::from([crate::allocator::PortKey {
+            protocol: "TCP".to_string(),
+            port,
+        }]),
+        local: false,
+        selector: BTreeMap::new(),
+    }
+}
+
 fn keys(names: &[(&str, &str)]) -> BTreeSet<ServiceKey> {
     names.iter().map(|(ns, n)| ServiceKey::new(ns, n)).collect()
 }
@@ -52,10 +64,16 @@ impl World {
     /// One reconcile of `r`: ensure, then record; returns whom to wake.
     fn reconcile(&mut self, r: &ServiceRequest) -> BTreeSet<ServiceKey> {
         let before = self.alloc.held(&r.key);
+        let terms = self.alloc.sharing_of(&r.key);
         self.alloc.ensure(r);
         let after = self.alloc.held(&r.key);
-        self.pending
-            .decided(&self.alloc, &r.key, Some(r), &before, &after)
+        self.pending.decided(
+            &self.alloc,
+            &r.key,
+            Some(r),
+            (&before, terms.as_ref()),
+            &after,
+        )
     }
 
     fn delete(&mut self, key: &ServiceKey) -> BTreeSet<ServiceKey> {
@@ -186,7 +204,9 @@ fn invalid_requests_are_not_kept_and_never_woken() {
     w.reconcile(&req("a", "taker"));
     w.reconcile(&other);
     assert!(w.pending.contains(&other.key));
-    let wake = w.pending.decided(&w.alloc, &other.key, None, &[], &[]);
+    let wake = w
+        .pending
+        .decided(&w.alloc, &other.key, None, (&[], None), &[]);
     assert!(wake.is_empty());
     assert!(w.pending.is_empty());
 }
@@ -308,6 +328,42 @@ fn a_pool_change_that_alters_what_a_waiter_is_told_wakes_it() {
 }
 
 #[test]
+fn an_address_taken_or_left_under_a_sharing_key_wakes_the_waiters_of_that_key() {
+    // Found by the chaos run (seed 4): the pool was full, a Service that may share waited
+    // for a free address; another Service of its key took one, which it could have
+    // joined, but nothing woke it.
+    let mut w = one_address();
+    w.reconcile(&req("a", "holder"));
+    let mut web = req("a", "web");
+    web.sharing = Some(sharing("k", 80));
+    let mut dns = req("a", "dns");
+    dns.sharing = Some(sharing("k", 443));
+    let mut other = req("a", "other");
+    other.sharing = Some(sharing("elsewhere", 80));
+    w.reconcile(&web);
+    w.reconcile(&dns);
+    w.reconcile(&other);
+    let wake = w.delete(&ServiceKey::new("a", "holder"));
+    assert_eq!(
+        wake,
+        keys(&[("a", "web")]),
+        "the longest waiter gets the address"
+    );
+    // web takes it: dns, of the same key, may join now; "other" may not.
+    assert_eq!(w.reconcile(&web), keys(&[("a", "dns")]));
+    w.reconcile(&dns);
+    assert!(w.holds(&dns.key));
+    // A third of key k on port 80 collides with web and waits; web leaving lets it in.
+    let mut web2 = req("a", "web2");
+    web2.sharing = Some(sharing("k", 80));
+    w.reconcile(&web2);
+    assert!(!w.holds(&web2.key));
+    assert_eq!(w.delete(&web.key), keys(&[("a", "web2")]));
+    w.reconcile(&web2);
+    assert!(w.holds(&web2.key));
+}
+
+#[test]
 fn require_dual_stack_waits_only_on_the_missing_family() {
     let mut w = World::new(vec![pool(
         "dual",
@@ -365,8 +421,9 @@ mod liveness {
     #[derive(Clone, Debug)]
     enum Op {
         /// Create or change Service `i`: which pool it names (None: any), which families
-        /// (0: IPv4, 1: IPv6, 2: both, preferred).
-        Upsert(usize, Option<usize>, u8),
+        /// (0: IPv4, 1: IPv6, 2: both, preferred), whether it may share (under one key, on
+        /// port 80 or 443 by `i`'s parity, so that some join and some collide).
+        Upsert(usize, Option<usize>, u8, bool),
         Delete(usize),
         /// Pool `p` now holds `n` addresses of the families `fams` (0: both, 1: IPv4
         /// only, 2: IPv6 only).
@@ -377,8 +434,8 @@ mod liveness {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => (0..8usize, prop::option::of(0..2usize), 0..3u8)
-                .prop_map(|(i, p, fams)| Op::Upsert(i, p, fams)),
+            3 => (0..8usize, prop::option::of(0..2usize), 0..3u8, prop::bool::weighted(0.4))
+                .prop_map(|(i, p, fams, share)| Op::Upsert(i, p, fams, share)),
             2 => (0..8usize).prop_map(Op::Delete),
             1 => (0..2usize, 0..4u8, 0..3u8).prop_map(|(p, n, fams)| Op::Resize(p, n, fams)),
             4 => any::<usize>().prop_map(Op::Reconcile),
@@ -405,8 +462,11 @@ mod liveness {
         )
     }
 
-    fn request(i: usize, p: Option<usize>, fams: u8) -> ServiceRequest {
+    fn request(i: usize, p: Option<usize>, fams: u8, share: bool) -> ServiceRequest {
         let mut r = req("a", &format!("s{i}"));
+        if share {
+            r.sharing = Some(sharing("k", if i.is_multiple_of(2) { 80 } else { 443 }));
+        }
         r.pool = p.map(|p| format!("p{p}"));
         match fams {
             0 => {}
@@ -448,7 +508,13 @@ mod liveness {
                 }
             }
             for h in w.alloc.held(&r.key) {
-                prop_assert_eq!(w.alloc.holders(h.ip).len(), 1, "{} held twice", h.ip);
+                let holders = w.alloc.holders(h.ip).len();
+                prop_assert!(
+                    holders == 1 || r.sharing.is_some(),
+                    "{} held {} times without sharing",
+                    h.ip,
+                    holders
+                );
             }
             // A fixpoint: reconciling it again would change nothing (in particular, no
             // family it lacks could be served now).
@@ -482,8 +548,8 @@ mod liveness {
             for op in ops {
                 let reconciled = matches!(op, Op::Reconcile(_));
                 match op {
-                    Op::Upsert(i, p, fams) => {
-                        let r = request(i, p, fams);
+                    Op::Upsert(i, p, fams, share) => {
+                        let r = request(i, p, fams, share);
                         live.insert(i, r.clone());
                         // The Service's own change reconciles it.
                         queue.push_back(r.key);
