@@ -1,82 +1,69 @@
-//! Kubernetes label selectors, evaluated without the API server.
+//! Kubernetes label selectors, evaluated without the API server: kube's
+//! [`kube::core::Selector`] does the matching; parsing adds the checks the API server's
+//! own validation makes and kube's conversion does not (label keys and values, `In` and
+//! `NotIn` with at least one value, `Exists` and `DoesNotExist` with none), so a selector
+//! that got past an older schema is refused with a message instead of matching something
+//! else.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Op {
-    In(BTreeSet<String>),
-    NotIn(BTreeSet<String>),
-    Exists,
-    DoesNotExist,
-}
+use kube::core::SelectorExt;
 
 /// A parsed selector. The empty selector matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Selector {
-    reqs: Vec<(String, Op)>,
-}
+pub struct Selector(kube::core::Selector);
 
 impl Selector {
     /// Parses a selector; `None` selects everything. Unknown operators, and `In`/`NotIn`
     /// without values, are errors rather than silently matching nothing.
     pub fn parse(sel: Option<&LabelSelector>) -> Result<Selector, String> {
-        let mut reqs = Vec::new();
         let Some(sel) = sel else {
-            return Ok(Selector { reqs });
+            return Ok(Selector::default());
         };
         for (k, v) in sel.match_labels.iter().flatten() {
             check_key(k)?;
             check_value(k, v)?;
-            reqs.push((k.clone(), Op::In(BTreeSet::from([v.clone()]))));
         }
         for e in sel.match_expressions.iter().flatten() {
             check_key(&e.key)?;
-            let values: BTreeSet<String> = e.values.iter().flatten().cloned().collect();
-            for v in &values {
+            let values = e.values.as_deref().unwrap_or_default();
+            for v in values {
                 check_value(&e.key, v)?;
             }
-            let op = match e.operator.as_str() {
+            match e.operator.as_str() {
                 "In" | "NotIn" if values.is_empty() => {
                     return Err(format!(
                         "selector on {:?}: operator {} needs at least one value",
                         e.key, e.operator
                     ));
                 }
-                "In" => Op::In(values),
-                "NotIn" => Op::NotIn(values),
                 "Exists" | "DoesNotExist" if !values.is_empty() => {
                     return Err(format!(
                         "selector on {:?}: operator {} takes no values",
                         e.key, e.operator
                     ));
                 }
-                "Exists" => Op::Exists,
-                "DoesNotExist" => Op::DoesNotExist,
+                "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
                 other => {
                     return Err(format!(
                         "selector on {:?}: unknown operator {other:?} (In, NotIn, Exists, DoesNotExist)",
                         e.key
                     ));
                 }
-            };
-            reqs.push((e.key.clone(), op));
+            }
         }
-        Ok(Selector { reqs })
+        kube::core::Selector::try_from(sel.clone())
+            .map(Selector)
+            .map_err(|e| format!("selector: {e}"))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.reqs.is_empty()
+        self.0.selects_all()
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.reqs.iter().all(|(k, op)| match op {
-            Op::In(vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-            Op::NotIn(vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
-            Op::Exists => labels.contains_key(k),
-            Op::DoesNotExist => !labels.contains_key(k),
-        })
+        self.0.matches(labels)
     }
 }
 
