@@ -8,42 +8,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
+mod bench;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferrolb_e2e::TestControlPlane;
-use ferrolb_e2e::process::{Supervised, free_port};
+use bench::{controller as spawn_controller, ips};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use serde_json::json;
 
-fn ips(s: &Service) -> Vec<String> {
-    ferrolb_controller::service::status_ips(s)
-        .iter()
-        .map(ToString::to_string)
-        .collect()
+fn service(name: &str) -> Service {
+    bench::service(name, true)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
-}
-
-fn spawn_controller(cp: &TestControlPlane, bin: &PathBuf, name: &str) -> Supervised {
-    let mut cmd = Command::new(bin);
-    cmd.arg(format!("--kubeconfig={}", cp.kubeconfig_path().display()))
-        .arg(format!(
-            "--admin-address=127.0.0.1:{}",
-            free_port().unwrap()
-        ))
-        .arg(format!("--identity={name}"))
-        .env("RUST_LOG", "info");
-    Supervised::spawn(name, cmd, &cp.dir().join(format!("{name}.log"))).unwrap()
 }
 
 fn mib(m: Option<(u64, u64)>) -> String {
@@ -54,14 +37,6 @@ fn mib(m: Option<(u64, u64)>) -> String {
             hwm as f64 / 1024.0
         )
     })
-}
-
-fn service(name: &str) -> Service {
-    serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": "bench"},
-        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}], "selector": {"app": name}}
-    }))
-    .unwrap()
 }
 
 async fn wait_ip(api: &Api<Service>, name: &str) -> Vec<String> {
@@ -77,37 +52,12 @@ async fn wait_ip(api: &Api<Service>, name: &str) -> Vec<String> {
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let n: usize = arg("--services")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let bin = PathBuf::from(
-        arg("--controller").unwrap_or_else(|| "target/release/ferrolb-controller".into()),
-    );
-    assert!(
-        bin.exists(),
-        "{} not built; run `cargo build --release -p ferrolb-controller`",
-        bin.display()
-    );
+    let flags = bench::Flags::from_env();
+    let n = flags.number("--services", 2000);
+    let bin = flags.controller();
+    let cp = bench::control_plane(&["10.128.0.0/16"]).await;
 
-    let cp = TestControlPlane::start().await.unwrap();
-    cp.kubectl(&["create", "namespace", "ferrolb-system"])
-        .unwrap();
-    cp.kubectl(&["create", "namespace", "bench"]).unwrap();
-    let pool = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "bench"},
-        "spec": {"addresses": ["10.128.0.0/16"]}});
-    let pool_file = cp.dir().join("pool.json");
-    std::fs::write(&pool_file, pool.to_string()).unwrap();
-    cp.kubectl(&["apply", "-f", pool_file.to_str().unwrap()])
-        .unwrap();
-
-    let mut controller = spawn_controller(&cp, &bin, "controller-1");
+    let mut controller = spawn_controller(&cp, &bin, "controller-1", None);
     let api: Api<Service> = Api::namespaced(cp.client(), "bench");
     api.create(&PostParams::default(), &service("warmup"))
         .await
@@ -188,7 +138,7 @@ async fn main() {
         .await
         .unwrap();
     let t1 = Instant::now();
-    let controller = spawn_controller(&cp, &bin, "controller-2");
+    let controller = spawn_controller(&cp, &bin, "controller-2", None);
     let probe_ip = wait_ip(&api, "probe").await;
     let probe_secs = t1.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -11,44 +11,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod bench;
+
 use std::time::{Duration, Instant};
 
 use ferrolb_e2e::TestControlPlane;
-use ferrolb_e2e::process::{Supervised, free_port};
+use ferrolb_e2e::process::Supervised;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, PostParams};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::json;
 
 fn service(name: &str) -> Service {
-    serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": "bench"},
-        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}], "selector": {"app": name},
-            // Thousands of Services would fill the NodePort range (2,768 ports).
-            "allocateLoadBalancerNodePorts": false}
-    }))
-    .unwrap()
+    bench::service(name, false)
 }
 
 fn served(s: &Service) -> bool {
     !ferrolb_controller::service::status_ips(s).is_empty()
-}
-
-fn spawn(cp: &TestControlPlane, bin: &Path, identity: &str) -> Supervised {
-    let mut cmd = Command::new(bin);
-    cmd.arg(format!("--kubeconfig={}", cp.kubeconfig_path().display()))
-        .arg(format!(
-            "--admin-address=127.0.0.1:{}",
-            free_port().unwrap()
-        ))
-        .arg(format!("--identity={identity}"))
-        .env("RUST_LOG", "info");
-    Supervised::spawn(identity, cmd, &cp.dir().join(format!("{identity}.log"))).unwrap()
 }
 
 async fn wait_served(api: &Api<Service>, name: &str) {
@@ -79,32 +60,11 @@ fn median_max(v: &mut [f64]) -> (f64, f64) {
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let n: usize = arg("--services")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let rounds: usize = arg("--rounds").and_then(|v| v.parse().ok()).unwrap_or(10);
-    let bin = PathBuf::from(
-        arg("--controller").unwrap_or_else(|| "target/release/ferrolb-controller".into()),
-    );
-    assert!(bin.exists(), "{} not built", bin.display());
-
-    let cp = TestControlPlane::start().await.unwrap();
-    cp.kubectl(&["create", "namespace", "ferrolb-system"])
-        .unwrap();
-    cp.kubectl(&["create", "namespace", "bench"]).unwrap();
-    let pool = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "bench"},
-        "spec": {"addresses": ["10.128.0.0/16"]}});
-    let pool_file = cp.dir().join("pool.json");
-    std::fs::write(&pool_file, pool.to_string()).unwrap();
-    cp.kubectl(&["apply", "-f", pool_file.to_str().unwrap()])
-        .unwrap();
+    let flags = bench::Flags::from_env();
+    let n = flags.number("--services", 2000);
+    let rounds = flags.number("--rounds", 10);
+    let bin = flags.controller();
+    let cp = bench::control_plane(&["10.128.0.0/16"]).await;
 
     let api: Api<Service> = Api::namespaced(cp.client(), "bench");
     let mut generation = 0usize;
@@ -115,7 +75,7 @@ async fn main() {
     let mut replicas: Vec<(String, Supervised)> = Vec::new();
     for _ in 0..2 {
         let id = next_identity();
-        let p = spawn(&cp, &bin, &id);
+        let p = bench::controller(&cp, &bin, &id, None);
         replicas.push((id, p));
     }
     futures::stream::iter(0..n)
@@ -166,7 +126,7 @@ async fn main() {
             times.push(t.elapsed().as_secs_f64());
             replicas[leader].1.stop();
             let id = next_identity();
-            let p = spawn(&cp, &bin, &id);
+            let p = bench::controller(&cp, &bin, &id, None);
             replicas[leader] = (id, p);
         }
         results.push((label, times));

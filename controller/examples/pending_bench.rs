@@ -11,34 +11,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
+mod bench;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferrolb_e2e::TestControlPlane;
 use ferrolb_e2e::cluster::metric;
-use ferrolb_e2e::process::{Supervised, free_port};
+use ferrolb_e2e::process::free_port;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use serde_json::json;
 
 const DECISIONS: &str = "ferrolb_allocation_duration_seconds_count";
 const ADDRESSES: usize = 10;
 
 fn service(name: &str) -> Service {
-    serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": "bench"},
-        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}], "selector": {"app": name},
-            // Thousands of Services would fill the NodePort range (2,768 ports).
-            "allocateLoadBalancerNodePorts": false}
-    }))
-    .unwrap()
+    bench::service(name, false)
 }
 
 fn served(s: &Service) -> bool {
@@ -79,44 +71,13 @@ fn median(v: &mut [f64]) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let waiting: usize = arg("--waiting")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
-    let bin = PathBuf::from(
-        arg("--controller").unwrap_or_else(|| "target/release/ferrolb-controller".into()),
-    );
-    assert!(
-        bin.exists(),
-        "{} not built; run `cargo build --release -p ferrolb-controller`",
-        bin.display()
-    );
-
-    let cp = TestControlPlane::start().await.unwrap();
-    cp.kubectl(&["create", "namespace", "ferrolb-system"])
-        .unwrap();
-    cp.kubectl(&["create", "namespace", "bench"]).unwrap();
-    let pool = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "bench"},
-        "spec": {"addresses": [format!("10.128.0.0-10.128.0.{}", ADDRESSES - 1)]}});
-    let pool_file = cp.dir().join("pool.json");
-    std::fs::write(&pool_file, pool.to_string()).unwrap();
-    cp.kubectl(&["apply", "-f", pool_file.to_str().unwrap()])
-        .unwrap();
-
+    let flags = bench::Flags::from_env();
+    let waiting = flags.number("--waiting", 5000);
+    let bin = flags.controller();
+    let range = format!("10.128.0.0-10.128.0.{}", ADDRESSES - 1);
+    let cp = bench::control_plane(&[range.as_str()]).await;
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-    let mut cmd = Command::new(&bin);
-    cmd.arg(format!("--kubeconfig={}", cp.kubeconfig_path().display()))
-        .arg(format!("--admin-address={admin}"))
-        .arg("--identity=bench-controller")
-        .env("RUST_LOG", "info");
-    let controller =
-        Supervised::spawn("controller", cmd, &cp.dir().join("controller.log")).unwrap();
+    let controller = bench::controller(&cp, &bin, "bench-controller", Some(admin));
 
     let api: Api<Service> = Api::namespaced(cp.client(), "bench");
     // Which waiting Services have an address, as the API server says.

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, condition, controller_binary};
+use common::{Cluster, condition};
 use ferrolb_controller::allocator::{Allocator, Pool};
 use ferrolb_controller::service::{self, Handling, status_ips};
 use ferrolb_crds::address::AddressBlock;
@@ -44,7 +44,7 @@ use ferrolb_crds::names::{
 };
 use ferrolb_crds::overlap::Overlaps;
 use ferrolb_crds::{Family, IPPool};
-use ferrolb_e2e::process::{Supervised, free_port};
+use ferrolb_e2e::process::Supervised;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::events::v1::Event;
@@ -230,33 +230,13 @@ impl Replicas {
     fn spawn(&mut self, slot: usize) -> Supervised {
         self.generation += 1;
         let identity = format!("r{slot}-g{}", self.generation);
-        let mut cmd = std::process::Command::new(controller_binary());
-        cmd.arg(format!(
-            "--kubeconfig={}",
-            self.cluster.cp.kubeconfig_path().display()
-        ))
-        .arg(format!(
-            "--admin-address=127.0.0.1:{}",
-            free_port().unwrap()
-        ))
-        .arg(format!("--identity={identity}"))
-        .args([
-            "--lease-duration=3",
-            "--renew-deadline=2",
-            "--retry-period=0.3",
-        ])
-        .env("RUST_LOG", "info,ferrolb_controller=debug");
-        let log = self
-            .cluster
-            .cp
-            .dir()
-            .join(format!("controller-{identity}.log"));
         if slot < self.identities.len() {
             self.identities[slot] = identity.clone();
         } else {
             self.identities.push(identity.clone());
         }
-        Supervised::spawn(&identity, cmd, &log).unwrap()
+        let kubeconfig = self.cluster.cp.kubeconfig_path().to_path_buf();
+        self.cluster.controller_process(&identity, &kubeconfig, &[])
     }
 
     fn replace(&mut self, slot: usize, signal: Signal) {

@@ -69,6 +69,19 @@ impl Cluster {
         kubeconfig: &std::path::Path,
         extra: &[&str],
     ) {
+        let p = self.controller_process(identity, kubeconfig, extra);
+        self.controllers.push(p);
+    }
+
+    /// A controller process with the tests' short lease timings, logging to
+    /// `controller-<identity>.log` in the control plane's directory; not kept in
+    /// [`Cluster::controllers`].
+    pub fn controller_process(
+        &self,
+        identity: &str,
+        kubeconfig: &std::path::Path,
+        extra: &[&str],
+    ) -> Supervised {
         let mut cmd = Command::new(controller_binary());
         cmd.args(extra);
         cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
@@ -84,8 +97,7 @@ impl Cluster {
             ])
             .env("RUST_LOG", "info,ferrolb_controller=debug");
         let log = self.cp.dir().join(format!("controller-{identity}.log"));
-        self.controllers
-            .push(Supervised::spawn(identity, cmd, &log).unwrap());
+        Supervised::spawn(identity, cmd, &log).unwrap()
     }
 
     pub fn client(&self) -> kube::Client {
