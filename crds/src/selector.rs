@@ -10,6 +10,28 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::SelectorExt;
 
+/// Why a label selector is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    #[error(
+        "{key:?} is not a valid label key (an optional DNS subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+    )]
+    Key { key: String },
+    #[error(
+        "selector on {key:?}: {value:?} is not a valid label value (empty, or at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+    )]
+    Value { key: String, value: String },
+    #[error("selector on {key:?}: operator {operator} needs at least one value")]
+    NoValues { key: String, operator: String },
+    #[error("selector on {key:?}: operator {operator} takes no values")]
+    Values { key: String, operator: String },
+    #[error("selector on {key:?}: unknown operator {operator:?} (In, NotIn, Exists, DoesNotExist)")]
+    Operator { key: String, operator: String },
+    /// kube's own conversion refused it (after the checks above, not expected).
+    #[error("selector: {0}")]
+    Kube(String),
+}
+
 /// A parsed selector. The empty selector matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Selector(kube::core::Selector);
@@ -17,7 +39,7 @@ pub struct Selector(kube::core::Selector);
 impl Selector {
     /// Parses a selector; `None` selects everything. Unknown operators, and `In`/`NotIn`
     /// without values, are errors rather than silently matching nothing.
-    pub fn parse(sel: Option<&LabelSelector>) -> Result<Selector, String> {
+    pub fn parse(sel: Option<&LabelSelector>) -> Result<Selector, SelectorError> {
         let Some(sel) = sel else {
             return Ok(Selector::default());
         };
@@ -31,31 +53,21 @@ impl Selector {
             for v in values {
                 check_value(&e.key, v)?;
             }
+            let (key, operator) = (e.key.clone(), e.operator.clone());
             match e.operator.as_str() {
                 "In" | "NotIn" if values.is_empty() => {
-                    return Err(format!(
-                        "selector on {:?}: operator {} needs at least one value",
-                        e.key, e.operator
-                    ));
+                    return Err(SelectorError::NoValues { key, operator });
                 }
                 "Exists" | "DoesNotExist" if !values.is_empty() => {
-                    return Err(format!(
-                        "selector on {:?}: operator {} takes no values",
-                        e.key, e.operator
-                    ));
+                    return Err(SelectorError::Values { key, operator });
                 }
                 "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
-                other => {
-                    return Err(format!(
-                        "selector on {:?}: unknown operator {other:?} (In, NotIn, Exists, DoesNotExist)",
-                        e.key
-                    ));
-                }
+                _ => return Err(SelectorError::Operator { key, operator }),
             }
         }
         kube::core::Selector::try_from(sel.clone())
             .map(Selector)
-            .map_err(|e| format!("selector: {e}"))
+            .map_err(|e| SelectorError::Kube(e.to_string()))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -105,23 +117,22 @@ pub fn is_label_value(value: &str) -> bool {
     value.is_empty() || is_label_name(value)
 }
 
-fn check_key(key: &str) -> Result<(), String> {
+fn check_key(key: &str) -> Result<(), SelectorError> {
     if is_label_key(key) {
         Ok(())
     } else {
-        Err(format!(
-            "{key:?} is not a valid label key (an optional DNS subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
-        ))
+        Err(SelectorError::Key { key: key.into() })
     }
 }
 
-fn check_value(key: &str, value: &str) -> Result<(), String> {
+fn check_value(key: &str, value: &str) -> Result<(), SelectorError> {
     if is_label_value(value) {
         Ok(())
     } else {
-        Err(format!(
-            "selector on {key:?}: {value:?} is not a valid label value (empty, or at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
-        ))
+        Err(SelectorError::Value {
+            key: key.into(),
+            value: value.into(),
+        })
     }
 }
 
@@ -192,19 +203,35 @@ mod tests {
 
     #[test]
     fn malformed_selectors_are_errors() {
-        for e in [
-            expr("k", "Equals", &["v"]),
-            expr("k", "In", &[]),
-            expr("k", "Exists", &["v"]),
-            expr("-k", "Exists", &[]),
-            expr("Example.com/k", "Exists", &[]),
-            expr("k", "In", &["no spaces"]),
-        ] {
+        type Expected = fn(&SelectorError) -> bool;
+        let cases: [(LabelSelectorRequirement, Expected); 6] = [
+            (expr("k", "Equals", &["v"]), |e| {
+                matches!(e, SelectorError::Operator { .. })
+            }),
+            (expr("k", "In", &[]), |e| {
+                matches!(e, SelectorError::NoValues { .. })
+            }),
+            (expr("k", "Exists", &["v"]), |e| {
+                matches!(e, SelectorError::Values { .. })
+            }),
+            (expr("-k", "Exists", &[]), |e| {
+                matches!(e, SelectorError::Key { .. })
+            }),
+            (expr("Example.com/k", "Exists", &[]), |e| {
+                matches!(e, SelectorError::Key { .. })
+            }),
+            (expr("k", "In", &["no spaces"]), |e| {
+                matches!(e, SelectorError::Value { .. })
+            }),
+        ];
+        for (e, expected) in cases {
+            let what = format!("{e:?}");
             let sel = LabelSelector {
                 match_labels: None,
                 match_expressions: Some(vec![e]),
             };
-            assert!(Selector::parse(Some(&sel)).is_err());
+            let err = Selector::parse(Some(&sel)).unwrap_err();
+            assert!(expected(&err), "{what}: {err}");
         }
     }
 
@@ -215,7 +242,7 @@ mod tests {
                 match_labels: Some(labels(&[(k, v)])),
                 match_expressions: None,
             };
-            let err = Selector::parse(Some(&sel)).unwrap_err();
+            let err = Selector::parse(Some(&sel)).unwrap_err().to_string();
             assert!(err.contains("not a valid label"), "{k}={v}: {err}");
         }
     }

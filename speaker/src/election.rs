@@ -68,7 +68,7 @@ use ferrolb_crds::names::{AnnouncementReason, LABEL_EXCLUDE_FROM_EXTERNAL_LB};
 use ferrolb_crds::overlap::Overlaps;
 
 pub use crate::membership::Standing;
-use ferrolb_crds::selector::Selector;
+use ferrolb_crds::selector::{Selector, SelectorError};
 use ferrolb_crds::{AddressBlock, AddressError, Family, IPPoolSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use regex::Regex;
@@ -484,7 +484,7 @@ fn index_nodes<'a>(
 #[derive(Debug)]
 struct CompiledPool<'a> {
     pool: &'a Pool,
-    selector: Result<Selector, String>,
+    selector: Result<Selector, SelectorError>,
     /// `None`: no `l2.interfaces`, choose by subnet then default route.
     interfaces: Option<Vec<Regex>>,
 }
@@ -510,7 +510,7 @@ fn compile_pools<'a>(
         if let Err(error) = &selector {
             problems.insert(ConfigProblem::InvalidNodeSelector {
                 pool: pool.name.clone(),
-                error: error.clone(),
+                error: error.to_string(),
             });
         }
         let interfaces = (!pool.interfaces.is_empty()).then(|| {
