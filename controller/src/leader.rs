@@ -422,6 +422,14 @@ pub fn renewed_lease(current: &Lease, config: &LeaderConfig, now: Timestamp) -> 
     lease
 }
 
+/// Is the Lease free for the taking: absent, or released (no holder)?
+pub fn is_free(lease: Option<&Lease>) -> bool {
+    lease
+        .and_then(|l| l.spec.as_ref())
+        .and_then(|s| s.holder_identity.as_deref())
+        .is_none_or(str::is_empty)
+}
+
 /// `current` given up at `now`: no holder and a one-second duration, so any other replica
 /// acquires it on its next round.
 pub fn released_lease(current: &Lease, now: Timestamp) -> Lease {
@@ -634,7 +642,8 @@ impl LeaderElector {
     }
 
     /// Contends for the Lease until `cancel` fires, then releases it if this replica holds
-    /// it, so another replica takes over on its next round. Errors talking to the API are
+    /// it, so another replica takes over: a standby watching the Lease contends as soon as
+    /// it sees it released, without waiting for its next round. Errors talking to the API are
     /// logged and retried; only a failed release is returned.
     pub async fn run(mut self, cancel: CancellationToken) -> Result<(), Error> {
         info!(
@@ -678,9 +687,21 @@ impl LeaderElector {
                     () = tokio::time::sleep_until(next_round) => break,
                     event = lease_events.next() => match event {
                         Some(Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease))) => {
+                            let standby = !self.election.is_leading();
                             self.seen_between_rounds(Some(&lease));
+                            // Released by a leader that stopped: contend now, not at the
+                            // next round (a graceful handover in a watch event's time).
+                            if standby && is_free(Some(&lease)) {
+                                break;
+                            }
                         }
-                        Some(Ok(watcher::Event::Delete(_))) => self.seen_between_rounds(None),
+                        Some(Ok(watcher::Event::Delete(_))) => {
+                            let standby = !self.election.is_leading();
+                            self.seen_between_rounds(None);
+                            if standby {
+                                break;
+                            }
+                        }
                         Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
                         // The watch retries on its own (with backoff); rounds go on regardless.
                         Some(Err(e)) => debug!(error = %e, "lease watch failed; it retries"),
@@ -1022,6 +1043,18 @@ mod tests {
             !e.is_leading(),
             "leading starts with a successful write, not a decision"
         );
+    }
+
+    #[test]
+    fn absent_and_released_leases_are_free_and_held_ones_are_not() {
+        assert!(is_free(None));
+        assert!(is_free(Some(&lease(None, 0, 1))));
+        assert!(is_free(Some(&lease(Some(""), 0, 1))));
+        assert!(is_free(Some(&released_lease(
+            &lease(Some("a"), 0, 15),
+            Timestamp::now()
+        ))));
+        assert!(!is_free(Some(&lease(Some("a"), 0, 15))));
     }
 
     #[test]
