@@ -1,0 +1,174 @@
+//! What one change event costs the speaker today, at 5,000 LoadBalancer IPs over 100 nodes:
+//! on every change it gathers the election's inputs from all cached objects and elects
+//! every IP again (`speaker/src/app.rs`). Measured: the whole step for an EndpointSlice
+//! change of one Service, and its two halves (gather, elect).
+//!
+//! `cargo bench -p ferrolb-speaker --bench election`. Report in docs/benchmarks.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use ferrolb_crds::IPPool;
+use ferrolb_speaker::election::{Interface, elect};
+use ferrolb_speaker::inputs::gather;
+use ferrolb_speaker::membership::{Member, Standing};
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::json;
+
+const NODES: usize = 100;
+const IPS: u32 = 5000;
+
+struct Cluster {
+    nodes: Vec<Node>,
+    services: Vec<Service>,
+    slices: Vec<EndpointSlice>,
+    pools: Vec<IPPool>,
+    members: BTreeMap<String, Member>,
+}
+
+fn node_name(i: usize) -> String {
+    format!("node-{i:03}")
+}
+
+fn slice(svc: &str, i: u32, generation: u32) -> EndpointSlice {
+    // Two endpoints on two nodes picked by the Service's number.
+    let on = |k: u32| node_name(((i * 7 + k * 13) as usize) % NODES);
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("{svc}-abc"), "namespace": "bench",
+            "labels": {"kubernetes.io/service-name": svc},
+            "resourceVersion": generation.to_string()},
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": [format!("10.244.{}.{}", i / 250, i % 250)], "nodeName": on(0),
+             "conditions": {"ready": generation.is_multiple_of(2), "serving": true, "terminating": false}},
+            {"addresses": [format!("10.245.{}.{}", i / 250, i % 250)], "nodeName": on(1),
+             "conditions": {"ready": true, "serving": true, "terminating": false}}
+        ],
+        "ports": [{"port": 8080, "protocol": "TCP"}]
+    }))
+    .unwrap()
+}
+
+fn cluster() -> Cluster {
+    let nodes: Vec<Node> = (0..NODES)
+        .map(|i| {
+            serde_json::from_value(json!({"metadata": {"name": node_name(i),
+                    "labels": {"kubernetes.io/hostname": node_name(i)}},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                    "addresses": [{"type": "InternalIP", "address": format!("10.1.{}.{}", i / 200, i % 200 + 1)}]}}))
+            .unwrap()
+        })
+        .collect();
+    let members = (0..NODES)
+        .map(|i| {
+            (
+                node_name(i),
+                Member {
+                    standing: Standing::Ready,
+                    interfaces: vec![Interface {
+                        name: "eth0".into(),
+                        up: true,
+                        subnets: vec![(IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1)), 16)],
+                        default_route_v4: true,
+                        default_route_v6: true,
+                    }],
+                },
+            )
+        })
+        .collect();
+    let first = u32::from(Ipv4Addr::new(10, 200, 0, 0));
+    let mut services = Vec::new();
+    let mut slices = Vec::new();
+    for i in 0..IPS {
+        let name = format!("svc-{i:05}");
+        let local = i.is_multiple_of(2);
+        services.push(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "bench"},
+                "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}],
+                    "selector": {"app": name},
+                    "externalTrafficPolicy": if local { "Local" } else { "Cluster" }},
+                "status": {"loadBalancer": {"ingress": [{"ip": Ipv4Addr::from(first + i).to_string()}]}}
+            }))
+            .unwrap(),
+        );
+        slices.push(slice(&name, i, 0));
+    }
+    let pools = vec![
+        serde_json::from_value(json!({
+            "apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool",
+            "metadata": {"name": "bench", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"addresses": ["10.200.0.0/16"]}
+        }))
+        .unwrap(),
+    ];
+    Cluster {
+        nodes,
+        services,
+        slices,
+        pools,
+        members,
+    }
+}
+
+fn step(c: &Cluster) -> usize {
+    let (inputs, _errors) = gather(
+        c.nodes.iter(),
+        c.services.iter(),
+        c.slices.iter(),
+        c.pools.iter(),
+        &c.members,
+        true,
+    );
+    elect(&inputs).decisions.len()
+}
+
+fn benches(cr: &mut Criterion) {
+    let mut c = cluster();
+    assert_eq!(step(&c), IPS as usize, "every IP gets a decision");
+    let mut group = cr.benchmark_group("one change event, 5,000 IPs, 100 nodes");
+    group.sample_size(20);
+    let mut generation = 0u32;
+    group.bench_function(
+        "EndpointSlice of one Service changed: gather + elect",
+        |b| {
+            b.iter(|| {
+                generation += 1;
+                c.slices[42] = slice("svc-00042", 42, generation);
+                black_box(step(&c))
+            })
+        },
+    );
+    group.bench_function("gather alone", |b| {
+        b.iter(|| {
+            black_box(gather(
+                c.nodes.iter(),
+                c.services.iter(),
+                c.slices.iter(),
+                c.pools.iter(),
+                &c.members,
+                true,
+            ))
+        })
+    });
+    let (inputs, _) = gather(
+        c.nodes.iter(),
+        c.services.iter(),
+        c.slices.iter(),
+        c.pools.iter(),
+        &c.members,
+        true,
+    );
+    group.bench_function("elect alone", |b| {
+        b.iter(|| black_box(elect(&inputs).decisions.len()))
+    });
+    group.finish();
+}
+
+criterion_group!(election, benches);
+criterion_main!(election);
