@@ -48,11 +48,12 @@ lab-tests: lab-bins
 	cargo test -p ferrolb-e2e --test lab_agent --test lab_down -- --test-threads=1
 
 # Benchmarks print Markdown; the committed report is docs/benchmarks.md. `make bench` runs
-# the controller's; `make bench-lab` the speaker's on a 3-node IPv4 lab (failover, CPU under
+# the controller's and the speaker's election benchmark; `make bench-lab` the speaker's on a 3-node IPv4 lab (failover, CPU under
 # a flood, memory with 1,000 IPs; about 8 minutes; needs root and the one lab of the
 # machine, always taken down). Neither is part of `make test`.
 bench: deps
 	cargo bench -p ferrolb-controller --bench allocator
+	cargo bench -p ferrolb-speaker --bench election
 	cargo build --release -p ferrolb-controller --bin ferrolb-controller --example api_bench
 	./target/release/examples/api_bench --services 2000
 

@@ -102,10 +102,12 @@ impl Pending {
                 }
             }
         }
-        // Tokens it used are spent; the others go on to the next waiter.
+        // Tokens it used are spent; the others go on to the next waiter. Joining an address
+        // others hold (sharing) spends none: the free address is still free.
         let mut took: Vec<Queue> = after
             .iter()
             .filter(|h| !before.iter().any(|b| b.ip == h.ip))
+            .filter(|h| alloc.holders(h.ip).len() == 1)
             .map(|h| (h.pool.clone(), Family::of(h.ip)))
             .collect();
         let mut unused = Vec::new();

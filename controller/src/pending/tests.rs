@@ -364,6 +364,48 @@ fn an_address_taken_or_left_under_a_sharing_key_wakes_the_waiters_of_that_key() 
 }
 
 #[test]
+fn a_woken_service_that_joins_a_shared_address_passes_its_token_on() {
+    // Found by the liveness property in CI: the longest waiter, woken by a freed address,
+    // joined an address shared under its key instead; the freed one stayed free while the
+    // next waiter slept.
+    let mut w = one_address();
+    let mut first = req("a", "first");
+    first.sharing = Some(sharing("k", 80));
+    w.reconcile(&first);
+    assert!(w.holds(&first.key));
+    let holder = req("a", "holder");
+    // "holder" cannot share; the pool grows by one address, which it takes.
+    w.alloc.set_pool(pool(
+        "tiny",
+        1,
+        serde_json::json!({"addresses": ["10.0.0.1-10.0.0.2"]}),
+    ));
+    w.reconcile(&holder);
+    assert!(w.holds(&holder.key));
+    // Two waiters: "joiner" (key k, may join "first"'s address, but was decided while the
+    // ports collided) and "plain" after it.
+    let mut joiner = req("a", "joiner");
+    joiner.sharing = Some(sharing("k", 80));
+    w.reconcile(&joiner);
+    let plain = req("a", "plain");
+    w.reconcile(&plain);
+    assert!(!w.holds(&joiner.key) && !w.holds(&plain.key));
+    // "holder" goes: the token goes to "joiner", the longest waiter. Its ports no longer
+    // collide, so it joins "first"'s address and leaves the freed one to "plain".
+    let wake = w.delete(&holder.key);
+    assert_eq!(wake, keys(&[("a", "joiner")]));
+    joiner.sharing = Some(sharing("k", 443));
+    assert_eq!(w.reconcile(&joiner), keys(&[("a", "plain")]));
+    assert_eq!(
+        w.alloc.holders(ip("10.0.0.1")).len(),
+        2,
+        "joiner shares with first"
+    );
+    w.reconcile(&plain);
+    assert!(w.holds(&plain.key));
+}
+
+#[test]
 fn require_dual_stack_waits_only_on_the_missing_family() {
     let mut w = World::new(vec![pool(
         "dual",
@@ -527,7 +569,7 @@ mod liveness {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #![proptest_config(ProptestConfig::with_cases(5000))]
         #[test]
         fn no_waiter_sleeps_while_its_pool_has_room(ops in prop::collection::vec(op(), 1..80)) {
             let mut w = World::new(vec![sized(0, 1, 0), sized(1, 2, 0)]);
