@@ -389,10 +389,16 @@ impl Election {
 /// The rendezvous score of `node` for `ip`: the first 8 bytes, big-endian, of
 /// SHA-256(`node + "#" + ip`). By hand: `printf 'node-1#10.0.0.1' | sha256sum | cut -c1-16`.
 pub fn score(node: &str, ip: IpAddr) -> u64 {
+    score_text(node, &ip.to_string())
+}
+
+/// [`score`] with the IP already in its text form, so that scoring one IP for many nodes
+/// formats it once.
+fn score_text(node: &str, ip: &str) -> u64 {
     let digest = Sha256::new()
         .chain_update(node.as_bytes())
         .chain_update(b"#")
-        .chain_update(ip.to_string().as_bytes())
+        .chain_update(ip.as_bytes())
         .finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
@@ -404,7 +410,8 @@ pub fn rendezvous_winner<'a>(
     ip: IpAddr,
     nodes: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
-    highest(nodes.into_iter().map(|n| (score(n, ip), n)))
+    let text = ip.to_string();
+    highest(nodes.into_iter().map(|n| (score_text(n, &text), n)))
 }
 
 /// Highest score wins; equal scores go to the name that sorts first.
