@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use ferrolb_e2e::TestControlPlane;
 use ferrolb_e2e::process::Supervised;
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, PostParams};
@@ -78,16 +77,7 @@ async fn main() {
         let p = bench::controller(&cp, &bin, &id, None);
         replicas.push((id, p));
     }
-    futures::stream::iter(0..n)
-        .for_each_concurrent(64, |i| {
-            let api = api.clone();
-            async move {
-                api.create(&PostParams::default(), &service(&format!("svc-{i:05}")))
-                    .await
-                    .unwrap();
-            }
-        })
-        .await;
+    bench::create_services(&api, "svc", n, false).await;
     wait_served(&api, &format!("svc-{:05}", n - 1)).await;
 
     let mut results: Vec<(&str, Vec<f64>)> = Vec::new();

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use ferrolb_e2e::cluster::metric;
 use ferrolb_e2e::process::free_port;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -108,16 +108,7 @@ async fn main() {
     }
 
     let t0 = Instant::now();
-    futures::stream::iter(0..waiting)
-        .for_each_concurrent(64, |i| {
-            let api = api.clone();
-            async move {
-                api.create(&PostParams::default(), &service(&format!("wait-{i:05}")))
-                    .await
-                    .unwrap();
-            }
-        })
-        .await;
+    bench::create_services(&api, "wait", waiting, false).await;
     let created_secs = t0.elapsed().as_secs_f64();
     let settled = quiet(admin, Duration::from_secs(3)).await;
     let settle_secs = t0.elapsed().as_secs_f64();

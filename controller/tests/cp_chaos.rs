@@ -730,19 +730,6 @@ async fn apply_pool(client: &kube::Client, name: &str, spec: Value, tally: &mut 
     }
 }
 
-async fn namespace_labels(client: &kube::Client, ns: &str, labels: Value) {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let obj = json!({"apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": ns, "labels": labels}});
-    api.patch(
-        ns,
-        &PatchParams::apply("chaos").force(),
-        &Patch::Apply(&obj),
-    )
-    .await
-    .unwrap();
-}
-
 /// One random operation.
 async fn step(r: &mut Replicas, rng: &mut Rng, tally: &mut Tally) {
     let client = r.cluster.client();
@@ -783,7 +770,7 @@ async fn step(r: &mut Replicas, rng: &mut Rng, tally: &mut Tally) {
                 1 => json!({"team": "red"}),
                 _ => json!({"team": "blue"}),
             };
-            namespace_labels(&client, ns, labels).await;
+            r.cluster.namespace(ns, labels).await;
         }
         89..=91 => {
             tally.restarts += 1;
@@ -835,7 +822,7 @@ async fn chaos_run_keeps_every_invariant() {
     }
     let client = r.cluster.client();
     for ns in NAMESPACES {
-        namespace_labels(&client, ns, json!({})).await;
+        r.cluster.namespace(ns, json!({})).await;
     }
     let mut tally = Tally::default();
     for name in POOLS {

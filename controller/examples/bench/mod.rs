@@ -93,6 +93,21 @@ pub fn service(name: &str, node_ports: bool) -> Service {
     .unwrap()
 }
 
+/// Creates `bench/<prefix>-00000` .. `<prefix>-<n-1>` (64 requests in flight).
+pub async fn create_services(api: &kube::Api<Service>, prefix: &str, n: usize, node_ports: bool) {
+    use futures::StreamExt;
+    futures::stream::iter(0..n)
+        .for_each_concurrent(64, |i| async move {
+            api.create(
+                &kube::api::PostParams::default(),
+                &service(&format!("{prefix}-{i:05}"), node_ports),
+            )
+            .await
+            .unwrap();
+        })
+        .await;
+}
+
 pub fn ips(s: &Service) -> Vec<String> {
     ferrolb_controller::service::status_ips(s)
         .iter()

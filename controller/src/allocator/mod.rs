@@ -613,9 +613,9 @@ impl Allocator {
     /// Can `svc` keep holding `ip`? (It is not attached while this is asked.)
     fn check_held(&self, svc: &ServiceRequest, ip: IpAddr) -> Result<(), String> {
         let f = Family::of(ip);
-        if self.owning_pool(ip).is_none() {
+        let Some(owner) = self.owning_pool(ip) else {
             return Err(self.ungoverned(ip));
-        }
+        };
         if let Some(req) = svc.requested_for(f)
             && req != ip
         {
@@ -623,16 +623,13 @@ impl Allocator {
         }
         // The requested pool must be the one that governs the address (the rule the
         // speaker follows), not merely one that contains it.
-        if let Some(p) = &svc.pool {
-            match self.owning_pool(ip).map(|s| s.pool.name.as_str()) {
-                Some(g) if g == p => {}
-                Some(g) => {
-                    return Err(format!(
-                        "{ip} belongs to IPPool {g}, not to the requested pool {p}"
-                    ));
-                }
-                None => return Err(format!("{ip} is not in the requested pool {p}")),
-            }
+        if let Some(p) = &svc.pool
+            && owner.pool.name != *p
+        {
+            return Err(format!(
+                "{ip} belongs to IPPool {}, not to the requested pool {p}",
+                owner.pool.name
+            ));
         }
         match self
             .ips
