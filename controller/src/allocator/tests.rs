@@ -360,6 +360,25 @@ fn a_pool_that_comes_to_overlap_an_older_one_governs_nothing_and_its_holders_mov
 }
 
 #[test]
+fn a_requested_pool_must_govern_the_address_not_just_contain_it() {
+    let mut a = Allocator::new();
+    a.set_pool(pool("older", 10, &["10.0.0.0/24"]));
+    a.set_pool(pool("newer", 20, &["10.0.0.0/28"]));
+    let mut s = svc("s");
+    s.pool = Some("newer".into());
+    // "newer" contains 10.0.0.5, but it overlaps "older" and so governs nothing.
+    let refused = a.restore(&s, &[ip("10.0.0.5")]);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0]
+            .1
+            .contains("belongs to IPPool older, not to the requested pool newer"),
+        "{}",
+        refused[0].1
+    );
+}
+
+#[test]
 fn a_pool_without_a_creation_time_is_the_youngest() {
     let mut a = Allocator::new();
     a.set_pool(Pool::from_spec("a-untimed", None, &spec(&["10.0.0.0/24"])));
