@@ -1,7 +1,11 @@
-//! What one change event costs the speaker today, at 5,000 LoadBalancer IPs over 100 nodes:
-//! on every change it gathers the election's inputs from all cached objects and elects
-//! every IP again (`speaker/src/app.rs`). Measured: the whole step for an EndpointSlice
-//! change of one Service, and its two halves (gather, elect).
+//! What one change event costs the speaker, at 5,000 LoadBalancer IPs over 100 nodes, side
+//! by side:
+//! - `full`: gathering the election's inputs from every cached object and electing every
+//!   IP again (what the speaker did before `view::View`), and its two halves;
+//! - `incremental`: the speaker's loop today (`View::apply`): the changed object read from
+//!   the caches and converted, and only the IPs it can affect re-decided. Measured for an
+//!   EndpointSlice change of one Service (the common event), a Node label no pool reads,
+//!   and a Node going NotReady (which every IP of its pool must be re-decided for).
 //!
 //! `cargo bench -p ferrolb-speaker --bench election`. Report in docs/benchmarks.md.
 
@@ -16,8 +20,11 @@ use ferrolb_crds::IPPool;
 use ferrolb_speaker::election::{Inputs, Interface, elect};
 use ferrolb_speaker::inputs::gather;
 use ferrolb_speaker::membership::{Member, Standing};
+use ferrolb_speaker::view::{Dirty, Stores, View};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher::Event;
 use serde_json::json;
 
 const NODES: usize = 100;
@@ -54,16 +61,16 @@ fn slice(svc: &str, i: u32, generation: u32) -> EndpointSlice {
     .unwrap()
 }
 
+fn node(i: usize, ready: bool, rack: &str) -> Node {
+    serde_json::from_value(json!({"metadata": {"name": node_name(i),
+            "labels": {"kubernetes.io/hostname": node_name(i), "rack": rack}},
+        "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+            "addresses": [{"type": "InternalIP", "address": format!("10.1.{}.{}", i / 200, i % 200 + 1)}]}}))
+    .unwrap()
+}
+
 fn cluster() -> Cluster {
-    let nodes: Vec<Node> = (0..NODES)
-        .map(|i| {
-            serde_json::from_value(json!({"metadata": {"name": node_name(i),
-                    "labels": {"kubernetes.io/hostname": node_name(i)}},
-                "status": {"conditions": [{"type": "Ready", "status": "True"}],
-                    "addresses": [{"type": "InternalIP", "address": format!("10.1.{}.{}", i / 200, i % 200 + 1)}]}}))
-            .unwrap()
-        })
-        .collect();
+    let nodes: Vec<Node> = (0..NODES).map(|i| node(i, true, "r0")).collect();
     let members = (0..NODES)
         .map(|i| {
             (
@@ -133,14 +140,89 @@ fn step(c: &Cluster) -> usize {
     elect(&gather_all(c)).decisions.len()
 }
 
+/// The speaker's caches and its view, filled with the cluster.
+struct Speaker {
+    stores: Stores,
+    nodes: Writer<Node>,
+    slices: Writer<EndpointSlice>,
+    view: View,
+    members: BTreeMap<String, Member>,
+}
+
+fn writer<K>(objects: &[K]) -> (reflector::Store<K>, Writer<K>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (reader, mut writer) = reflector::store();
+    writer.apply_watcher_event(&Event::Init);
+    for o in objects {
+        writer.apply_watcher_event(&Event::InitApply(o.clone()));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+    (reader, writer)
+}
+
+fn speaker(c: &Cluster) -> Speaker {
+    let (nodes_r, nodes) = writer(&c.nodes);
+    let (services_r, _services) = writer(&c.services);
+    let (slices_r, slices) = writer(&c.slices);
+    let (pools_r, _pools) = writer(&c.pools);
+    let stores = Stores {
+        nodes: nodes_r,
+        services: services_r,
+        slices: slices_r,
+        pools: pools_r,
+    };
+    let mut view = View::new(true);
+    view.apply(Dirty::everything(), &stores, &c.members);
+    Speaker {
+        stores,
+        nodes,
+        slices,
+        view,
+        members: c.members.clone(),
+    }
+}
+
+impl Speaker {
+    /// One watch event reaches the speaker's loop: into the cache, then the view.
+    fn slice_event(&mut self, s: EndpointSlice) -> usize {
+        let ev = Event::Apply(s);
+        self.slices.apply_watcher_event(&ev);
+        let mut dirty = Dirty::default();
+        dirty.slices.mark(&ev);
+        self.view
+            .apply(dirty, &self.stores, &self.members)
+            .ips
+            .len()
+    }
+
+    fn node_event(&mut self, n: Node) -> usize {
+        let ev = Event::Apply(n);
+        self.nodes.apply_watcher_event(&ev);
+        let mut dirty = Dirty::default();
+        dirty.nodes.mark(&ev);
+        self.view
+            .apply(dirty, &self.stores, &self.members)
+            .ips
+            .len()
+    }
+}
+
 fn benches(cr: &mut Criterion) {
     let mut c = cluster();
     assert_eq!(step(&c), IPS as usize, "every IP gets a decision");
+    let mut sp = speaker(&c);
+    assert_eq!(
+        sp.view.elector().election(),
+        &elect(&gather_all(&c)),
+        "the view elects as the full pass does"
+    );
     let mut group = cr.benchmark_group("one change event, 5,000 IPs, 100 nodes");
     group.sample_size(20);
     let mut generation = 0u32;
     group.bench_function(
-        "EndpointSlice of one Service changed: gather + elect",
+        "full: EndpointSlice of one Service changed: gather + elect",
         |b| {
             b.iter(|| {
                 generation += 1;
@@ -149,11 +231,37 @@ fn benches(cr: &mut Criterion) {
             })
         },
     );
-    group.bench_function("gather alone", |b| b.iter(|| black_box(gather_all(&c))));
+    group.bench_function("full: gather alone", |b| {
+        b.iter(|| black_box(gather_all(&c)))
+    });
     let inputs = gather_all(&c);
-    group.bench_function("elect alone", |b| {
+    group.bench_function("full: elect alone", |b| {
         b.iter(|| black_box(elect(&inputs).decisions.len()))
     });
+    // Service 42 is Local: its endpoints' readiness flips, so its IP moves every time.
+    group.bench_function("incremental: EndpointSlice of one Service changed", |b| {
+        b.iter(|| {
+            generation += 1;
+            black_box(sp.slice_event(slice("svc-00042", 42, generation)))
+        })
+    });
+    let mut rack = 0u32;
+    group.bench_function("incremental: Node label no pool reads changed", |b| {
+        b.iter(|| {
+            rack += 1;
+            black_box(sp.node_event(node(7, true, &format!("r{rack}"))))
+        })
+    });
+    let mut ready = true;
+    group.bench_function(
+        "incremental: Node Ready flipped (its pool's 5,000 IPs re-decided)",
+        |b| {
+            b.iter(|| {
+                ready = !ready;
+                black_box(sp.node_event(node(7, ready, "r0")))
+            })
+        },
+    );
     group.finish();
 }
 

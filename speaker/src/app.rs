@@ -1,9 +1,11 @@
 //! The `ferrolb-speaker` process: flags, logging, the watches, gossip, the election loop,
 //! the responders, status and the admin port.
 //!
-//! The loop: any change (objects, gossip members, local interfaces) → gather inputs →
-//! elect → hand this node's share to the responders at once → hand the whole result to the
-//! status writer, which runs beside it so that API latency never delays an announcement.
+//! The loop: any change (objects, gossip members, local interfaces) → the watches have
+//! marked which objects changed → the view reads only those and re-decides only the IPs
+//! they can affect ([`crate::view`]) → this node's share goes to the responders at once →
+//! the Services whose decisions or objects changed go to the status writer, which runs
+//! beside it so that API latency never delays an announcement.
 //!
 //! SIGTERM: leave gossip first (peers take over at once), then stop answering, then exit.
 //!
@@ -43,13 +45,14 @@ use tracing::{debug, error, info, warn};
 
 use crate::admin::{self, Listen, Metrics, Readiness};
 use crate::announcer::Announcer;
-use crate::election::{self, Election, Service};
+use crate::election::{self, Decision, Election, Service};
 use crate::forwarding::kernel::{Forwarder, Kernel};
 use crate::forwarding::{self, Ruleset};
-use crate::inputs::{self, SERVICE_NAME_LABEL};
+use crate::inputs::SERVICE_NAME_LABEL;
 use crate::interfaces;
 use crate::membership::{Keyring, Membership, Settings, Standing};
 use crate::status;
+use crate::view::{Dirty, Stores, View};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -253,14 +256,15 @@ fn seeds(
     out
 }
 
-/// Watches one kind into a store, poking `changed` on every event and reporting to
-/// `health`.
+/// Watches one kind into a store, telling `mark` what each event changed, poking `changed`
+/// on every event and reporting to `health`.
 fn watch_into<K>(
     api: Api<K>,
     config: watcher::Config,
     changed: Arc<Notify>,
     health: Reporter,
     mut restart: watch::Receiver<u64>,
+    mut mark: impl FnMut(&watcher::Event<K>) + Send + 'static,
 ) -> (
     Store<K>,
     impl std::future::Future<Output = ()> + Send + 'static,
@@ -288,6 +292,7 @@ where
                     ev = stream.next() => match ev {
                         Some(Ok(ev)) => {
                             writer.apply_watcher_event(&ev);
+                            mark(&ev);
                             health.progress();
                             changed.notify_one();
                         }
@@ -373,12 +378,43 @@ pub fn connectivity_returned(before: &Links, now: &Links, lost: &mut BTreeSet<Ip
     came_up || !back.is_empty()
 }
 
-/// What the status writer works from: the latest election and the Services it covered.
-#[derive(Clone, Debug, Default)]
-struct StatusInput {
-    election: Arc<Election>,
-    services: Arc<Vec<Service>>,
-    members: Arc<BTreeSet<String>>,
+/// What the status writer is told, per change: a Service with the decisions on its IPs
+/// (`None`: the speaker has nothing to say about it any more), or the live members (who
+/// writes a condition depends on them).
+#[derive(Clone, Debug)]
+enum StatusUpdate {
+    Service(String, Option<Box<ServiceStatus>>),
+    Members(BTreeSet<String>),
+}
+
+#[derive(Clone, Debug)]
+struct ServiceStatus {
+    service: Service,
+    /// The decisions on the Service's IPs only.
+    election: Election,
+}
+
+impl ServiceStatus {
+    fn of(view: &View, key: &str) -> Option<Box<ServiceStatus>> {
+        let elector = view.elector();
+        let service = elector.service(key)?.clone();
+        let decisions = service
+            .ips
+            .iter()
+            .filter_map(|ip| Some((*ip, elector.election().decision(*ip)?.clone())))
+            .collect();
+        Some(Box::new(ServiceStatus {
+            service,
+            election: Election {
+                decisions,
+                problems: Vec::new(),
+            },
+        }))
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs the speaker process until a signal stops it.
@@ -461,8 +497,9 @@ pub async fn run(args: Args) -> Result<(), String> {
     };
     let (keys_tx, keys_rx) = watch::channel(keyring.clone());
 
-    // Watches.
+    // Watches: each event marks what it changed, and the loop reads only that.
     let changed = Arc::new(Notify::new());
+    let dirty = Arc::new(std::sync::Mutex::new(Dirty::everything()));
     let (restart_watches, restart_rx) = watch::channel(0u64);
     let (nodes, nodes_task) = watch_into(
         nodes_api.clone(),
@@ -470,6 +507,10 @@ pub async fn run(args: Args) -> Result<(), String> {
         changed.clone(),
         watch_health("Node"),
         restart_rx.clone(),
+        {
+            let d = dirty.clone();
+            move |ev| lock(&d).nodes.mark(ev)
+        },
     );
     let (services, services_task) = watch_into(
         Api::<K8sService>::all(client.clone()),
@@ -477,6 +518,10 @@ pub async fn run(args: Args) -> Result<(), String> {
         changed.clone(),
         watch_health("Service"),
         restart_rx.clone(),
+        {
+            let d = dirty.clone();
+            move |ev| lock(&d).services.mark(ev)
+        },
     );
     let (slices, slices_task) = watch_into(
         Api::<EndpointSlice>::all(client.clone()),
@@ -484,6 +529,10 @@ pub async fn run(args: Args) -> Result<(), String> {
         changed.clone(),
         watch_health("EndpointSlice"),
         restart_rx.clone(),
+        {
+            let d = dirty.clone();
+            move |ev| lock(&d).slices.mark(ev)
+        },
     );
     let (pools, pools_task) = watch_into(
         Api::<IPPool>::all(client.clone()),
@@ -491,7 +540,17 @@ pub async fn run(args: Args) -> Result<(), String> {
         changed.clone(),
         watch_health("IPPool"),
         restart_rx.clone(),
+        {
+            let d = dirty.clone();
+            move |_: &watcher::Event<IPPool>| lock(&d).pools = true
+        },
     );
+    let stores = Stores {
+        nodes: nodes.clone(),
+        services: services.clone(),
+        slices: slices.clone(),
+        pools: pools.clone(),
+    };
     let watches = tokio::spawn(async move {
         tokio::join!(nodes_task, services_task, slices_task, pools_task);
     });
@@ -538,7 +597,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     );
 
     // Status writer.
-    let (status_tx, status_rx) = watch::channel(StatusInput::default());
+    let (status_tx, status_rx) = tokio::sync::mpsc::unbounded_channel();
     let status_task = tokio::spawn(status_loop(
         client.clone(),
         me.clone(),
@@ -603,7 +662,11 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut last_problems: Vec<String> = Vec::new();
     let mut last_links = links(&locals.borrow());
     let mut lost_addresses: BTreeSet<IpAddr> = BTreeSet::new();
-    let mut owned: Vec<election::Announcement> = Vec::new();
+    let mut view = View::new(args.default_class);
+    // This node's share: IP -> the interface it is announced on.
+    let mut owned: BTreeMap<IpAddr, String> = BTreeMap::new();
+    let mut members_now = BTreeMap::new();
+    let mut members_dirty = true;
     // What this speaker's identity says once it announces (Ready; Stale while its view of
     // the cluster may be old). Its own elections use it at once, while gossip still says
     // Starting, so that it answers for its share before its peers let go of it.
@@ -621,52 +684,65 @@ pub async fn run(args: Args) -> Result<(), String> {
         }
         last_links = now_links;
         if recompute {
-            // Elect and announce.
-            let node_objs = nodes.state();
-            crate::publish(
-                &seeds_tx,
-                seeds(&node_objs, &me, family_v4, args.gossip_port),
-            );
-            let svc_objs = services.state();
-            let slice_objs = slices.state();
-            let pool_objs = pools.state();
-            let (mut inputs, errors) = inputs::gather(
-                node_objs.iter().map(|n| &**n),
-                svc_objs.iter().map(|s| &**s),
-                slice_objs.iter().map(|s| &**s),
-                pool_objs.iter().map(|p| &**p),
-                &members.borrow_and_update(),
-                args.default_class,
-            );
-            match my_standing {
-                Standing::Ready => inputs.standing.remove(&me),
-                other => inputs.standing.insert(me.clone(), other),
-            };
-            let named: Vec<regex::Regex> = inputs
-                .pools
+            // Read what changed, re-decide what it can affect, announce.
+            let mut d = std::mem::take(&mut *lock(&dirty));
+            if std::mem::take(&mut members_dirty) {
+                members_now = members.borrow_and_update().clone();
+                // Our own elections count this speaker as what its identity will say
+                // once it announces, while gossip may still say Starting.
+                if let Some(m) = members_now.get_mut(&me) {
+                    m.standing = my_standing;
+                }
+                d.members = true;
+            }
+            if d.nodes.all || !d.nodes.keys.is_empty() {
+                crate::publish(
+                    &seeds_tx,
+                    seeds(&nodes.state(), &me, family_v4, args.gossip_port),
+                );
+            }
+            let members_changed = d.members;
+            let changed = view.apply(d, &stores, &members_now);
+            metrics.elections.fetch_add(1, Ordering::Relaxed);
+            let elector = view.elector();
+            let named: Vec<regex::Regex> = elector
+                .pools()
                 .iter()
                 .flat_map(|p| p.interfaces.iter())
                 .filter_map(|re| election::interface_regex(re).ok())
                 .collect();
             crate::publish(&advertised_tx, interfaces::announcing(&local_now, &named));
-            let election = election::elect(&inputs);
-            metrics.elections.fetch_add(1, Ordering::Relaxed);
-            owned = election.owned_by(&me);
-            let (node_v4, node_v6) = node_objs
-                .iter()
-                .find(|n| n.metadata.name.as_deref() == Some(me.as_str()))
-                .map(|n| first_per_family(internal_ips(n)))
+            for ip in &changed.ips {
+                match elector.election().decision(*ip) {
+                    Some(Decision::Owner { node, interface }) if *node == me => {
+                        owned.insert(*ip, interface.clone());
+                    }
+                    _ => {
+                        owned.remove(ip);
+                    }
+                }
+            }
+            let (node_v4, node_v6) = nodes
+                .get(&ObjectRef::new(&me))
+                .map(|n| first_per_family(internal_ips(&n)))
                 .unwrap_or_default();
+            let holding: BTreeMap<String, &Service> = owned
+                .keys()
+                .flat_map(|ip| elector.holders(*ip))
+                .map(|s| (s.key(), s))
+                .collect();
             let (rules, forwarding_problems) = forwarding::plan(
-                owned.iter().map(|a| a.ip),
-                &inputs.services,
+                owned.keys().copied(),
+                holding.values().copied(),
                 node_v4,
                 node_v6,
             );
             forwarding = rules;
-            let problems: Vec<String> = errors
-                .into_iter()
-                .chain(election.problems.iter().map(ToString::to_string))
+            let problems: Vec<String> = view
+                .pool_errors()
+                .iter()
+                .cloned()
+                .chain(elector.election().problems.iter().map(ToString::to_string))
                 .chain(
                     forwarder
                         .is_some()
@@ -681,18 +757,27 @@ pub async fn run(args: Args) -> Result<(), String> {
                 }
                 last_problems = problems;
             }
-            let _ = status_tx.send(StatusInput {
-                election: Arc::new(election),
-                services: Arc::new(inputs.services),
-                members: Arc::new(inputs.members),
-            });
+            if members_changed {
+                let _ = status_tx.send(StatusUpdate::Members(elector.members().clone()));
+            }
+            for key in changed.services {
+                let update = ServiceStatus::of(&view, &key);
+                let _ = status_tx.send(StatusUpdate::Service(key, update));
+            }
         }
+        let announcements: Vec<election::Announcement> = owned
+            .iter()
+            .map(|(ip, interface)| election::Announcement {
+                ip: *ip,
+                interface: interface.clone(),
+            })
+            .collect();
         // Rules for an IP are in place before its gratuitous burst, and stay until its
         // responder stopped.
         if let Some(f) = forwarder.as_mut() {
             f.begin(&forwarding).await;
         }
-        announcer.apply(&owned, &local_now);
+        announcer.apply(&announcements, &local_now);
         if let Some(f) = forwarder.as_mut() {
             f.finish(forwarding.clone()).await;
         }
@@ -711,7 +796,12 @@ pub async fn run(args: Args) -> Result<(), String> {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 let _ = changed.notified().now_or_never();
             }
-            r = members.changed() => if r.is_err() { break },
+            r = members.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                members_dirty = true;
+            }
             r = locals.changed() => if r.is_err() { break },
             _ = tick.tick() => recompute = false,
             _ = counters_tick.tick(), if forwarder.is_some() => {
@@ -801,50 +891,95 @@ async fn follow_keys(
     }
 }
 
+/// The status writer's state: the latest word on each Service and who is live; only the
+/// Services named by an update since the last turn (or whose write failed) are looked at.
+#[derive(Default)]
+struct StatusState {
+    views: BTreeMap<String, Box<ServiceStatus>>,
+    members: BTreeSet<String>,
+    dirty: BTreeSet<String>,
+    failed: BTreeSet<String>,
+    /// What we wrote, and the resourceVersion the Service had before: while the store
+    /// still shows that version it has not caught up with our write, and writing again
+    /// would only repeat it. Once the Service moves on, what it says counts again.
+    written: BTreeMap<String, (status::Announced, Option<String>)>,
+}
+
+impl StatusState {
+    fn absorb(&mut self, u: StatusUpdate) {
+        match u {
+            StatusUpdate::Service(key, Some(v)) => {
+                self.views.insert(key.clone(), v);
+                self.dirty.insert(key);
+            }
+            StatusUpdate::Service(key, None) => {
+                // Not ours any more: the controller removes its condition.
+                self.views.remove(&key);
+                self.written.remove(&key);
+                self.failed.remove(&key);
+                self.dirty.remove(&key);
+            }
+            StatusUpdate::Members(m) => {
+                if m != self.members {
+                    self.members = m;
+                    self.dirty.extend(self.views.keys().cloned());
+                }
+            }
+        }
+    }
+}
+
 /// Writes `ferrolb.io/Announced` on the Services this speaker is the writer for, when
 /// it differs from what the Service says, and `Announcing` when the owner changes.
 async fn status_loop(
     client: kube::Client,
     me: String,
     services: Store<K8sService>,
-    mut input: watch::Receiver<StatusInput>,
+    mut input: tokio::sync::mpsc::UnboundedReceiver<StatusUpdate>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
-    // What we wrote, and the resourceVersion the Service had before: while the store still
-    // shows that version it has not caught up with our write, and writing again would only
-    // repeat it. Once the Service moves on, what it says counts again.
-    let mut written: BTreeMap<(String, String), (status::Announced, Option<String>)> =
-        BTreeMap::new();
+    let mut st = StatusState::default();
+    let mut sctp_before = false;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            r = input.changed() => if r.is_err() { return },
-            _ = tick.tick() => {}
+            u = input.recv() => match u {
+                Some(u) => st.absorb(u),
+                None => return,
+            },
+            // Writes that failed are tried again.
+            _ = tick.tick() => {
+                let mut failed = std::mem::take(&mut st.failed);
+                st.dirty.append(&mut failed);
+            }
         }
-        let now = input.borrow_and_update().clone();
-        let live: BTreeSet<(&str, &str)> = now
-            .services
-            .iter()
-            .map(|s| (s.namespace.as_str(), s.name.as_str()))
-            .collect();
-        written.retain(|(ns, name), _| live.contains(&(ns.as_str(), name.as_str())));
-        // Read on every turn (the 5 s tick included), so a refusal found by the
-        // forwarder after this input changed still reaches the conditions.
+        while let Ok(u) = input.try_recv() {
+            st.absorb(u);
+        }
+        // A refusal found by the forwarder after the last update still reaches the
+        // conditions.
         let sctp_refused = metrics
             .forwarding
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .is_some_and(|f| f.sctp_refused);
-        for svc in now.services.iter() {
-            if status::writer(svc, &now.election, now.members.iter().map(String::as_str))
+        if sctp_refused != sctp_before {
+            sctp_before = sctp_refused;
+            st.dirty.extend(st.views.keys().cloned());
+        }
+        for key in std::mem::take(&mut st.dirty) {
+            let Some(v) = st.views.get(&key) else {
+                continue;
+            };
+            let svc = &v.service;
+            if status::writer(svc, &v.election, st.members.iter().map(String::as_str))
                 != Some(me.as_str())
             {
                 continue;
             }
-            let want = status::announced(svc, &now.election, sctp_refused.then_some(me.as_str()));
-            let key = (svc.namespace.clone(), svc.name.clone());
+            let want = status::announced(svc, &v.election, sctp_refused.then_some(me.as_str()));
             let Some(obj) = services.get(&ObjectRef::new(&svc.name).within(&svc.namespace)) else {
                 continue;
             };
@@ -854,7 +989,8 @@ async fn status_loop(
             let same_generation =
                 current.is_some_and(|c| c.observed_generation == obj.metadata.generation);
             if (status::up_to_date(current, &want) && same_generation)
-                || written
+                || st
+                    .written
                     .get(&key)
                     .is_some_and(|(w, before)| *w == want && *before == rv)
             {
@@ -864,15 +1000,16 @@ async fn status_loop(
             match write_condition(&client, &obj, current, &want).await {
                 Ok(()) => {
                     metrics.status_writes.fetch_add(1, Ordering::Relaxed);
-                    info!(service = %svc.key(), status = want.status, reason = %want.reason, message = %want.message, "ferrolb.io/Announced");
+                    info!(service = %key, status = want.status, reason = %want.reason, message = %want.message, "ferrolb.io/Announced");
                     if event {
                         publish_announcing(&client, &obj, &me, &want.message).await;
                     }
-                    written.insert(key, (want, rv));
+                    st.written.insert(key, (want, rv));
                 }
                 Err(e) => {
                     metrics.status_write_errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(service = %svc.key(), error = %e, "cannot write ferrolb.io/Announced");
+                    warn!(service = %key, error = %e, "cannot write ferrolb.io/Announced");
+                    st.failed.insert(key);
                 }
             }
         }

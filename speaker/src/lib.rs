@@ -4,6 +4,7 @@
 //!   nodes);
 //! - [`interfaces`]: the node's interfaces (rescanned), for the election and the responders;
 //! - [`inputs`]: Nodes, Services and EndpointSlices turned into the election's inputs;
+//! - [`view`]: those inputs kept current per watch event, only the changed objects read;
 //! - [`membership`]: which speakers are alive (SWIM gossip, authenticated);
 //! - [`wire`]: Ethernet, ARP and NDP codecs (pure, golden-byte tested, fuzzed).
 //!
@@ -28,6 +29,7 @@ pub mod interfaces;
 pub mod membership;
 pub mod responder;
 pub mod status;
+pub mod view;
 pub mod wire;
 
 /// The git commit this binary was built from: 12 hex digits, `-dirty` when tracked files

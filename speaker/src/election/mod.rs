@@ -74,6 +74,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use regex::Regex;
 use sha2::{Digest, Sha256};
 
+mod incremental;
+pub use incremental::{Changed, Elector};
+
 /// Node names listed per exclusion cause in a message before "(+N more)".
 const NAMES_PER_CAUSE: usize = 5;
 
@@ -422,54 +425,27 @@ fn highest<'a>(scored: impl IntoIterator<Item = (u64, &'a str)>) -> Option<&'a s
         .map(|(_, n)| n)
 }
 
-/// Runs the election on `inputs`. Every IP of every Service gets a decision.
+/// Runs the election on `inputs`. Every IP of every Service gets a decision. The same
+/// decisions as an [`Elector`] fed the same objects one change at a time.
 pub fn elect(inputs: &Inputs) -> Election {
     let mut problems = BTreeSet::new();
     let nodes = index_nodes(&inputs.nodes, &mut problems);
-    let pools = compile_pools(&inputs.pools, &mut problems);
-    let overlaps = Overlaps::new(
-        pools
-            .iter()
-            .map(|p| (p.pool.name.as_str(), p.pool.created, &p.pool.blocks[..])),
+    let elector = Elector::build(
+        nodes,
+        inputs.members.clone(),
+        inputs.standing.clone(),
+        inputs.pools.clone(),
+        inputs.services.iter().cloned(),
     );
-
-    let mut sharing: BTreeMap<IpAddr, Vec<&Service>> = BTreeMap::new();
-    for svc in &inputs.services {
-        for ip in &svc.ips {
-            let list = sharing.entry(*ip).or_default();
-            // A Service listing an IP twice is still one Service.
-            if !list.iter().any(|s| std::ptr::eq(*s, svc)) {
-                list.push(svc);
-            }
-        }
-    }
-
-    let decisions = sharing
-        .into_iter()
-        .map(|(ip, services)| {
-            let decision = decide(
-                ip,
-                &services,
-                &nodes,
-                (&inputs.members, &inputs.standing),
-                &pools,
-                &overlaps,
-            );
-            (ip, decision)
-        })
-        .collect();
-    Election {
-        decisions,
-        problems: problems.into_iter().collect(),
-    }
+    let mut election = elector.into_election();
+    problems.extend(election.problems);
+    election.problems = problems.into_iter().collect();
+    election
 }
 
 /// Nodes by name; duplicated names are dropped and reported (names are unique in a cluster,
 /// and dropping both keeps the result independent of input order).
-fn index_nodes<'a>(
-    nodes: &'a [Node],
-    problems: &mut BTreeSet<ConfigProblem>,
-) -> BTreeMap<&'a str, &'a Node> {
+fn index_nodes(nodes: &[Node], problems: &mut BTreeSet<ConfigProblem>) -> BTreeMap<String, Node> {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for n in nodes {
         *seen.entry(n.name.as_str()).or_default() += 1;
@@ -481,7 +457,7 @@ fn index_nodes<'a>(
                 node: n.name.clone(),
             });
         } else {
-            index.insert(n.name.as_str(), n);
+            index.insert(n.name.clone(), n.clone());
         }
     }
     index
@@ -489,25 +465,25 @@ fn index_nodes<'a>(
 
 /// A pool with its selector parsed and its regexes compiled.
 #[derive(Debug)]
-struct CompiledPool<'a> {
-    pool: &'a Pool,
+struct CompiledPool {
+    pool: Pool,
     selector: Result<Selector, SelectorError>,
     /// `None`: no `l2.interfaces`, choose by subnet then default route.
     interfaces: Option<Vec<Regex>>,
 }
 
-/// Pools sorted by name; duplicated names are dropped.
-fn compile_pools<'a>(
-    pools: &'a [Pool],
+/// Pools by name; duplicated names are dropped.
+fn compile_pools(
+    pools: Vec<Pool>,
     problems: &mut BTreeSet<ConfigProblem>,
-) -> Vec<CompiledPool<'a>> {
-    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    for p in pools {
-        *seen.entry(p.name.as_str()).or_default() += 1;
+) -> BTreeMap<String, CompiledPool> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for p in &pools {
+        *seen.entry(p.name.clone()).or_default() += 1;
     }
-    let mut out = Vec::new();
+    let mut out = BTreeMap::new();
     for pool in pools {
-        if seen.get(pool.name.as_str()).copied().unwrap_or(0) > 1 {
+        if seen.get(&pool.name).copied().unwrap_or(0) > 1 {
             problems.insert(ConfigProblem::DuplicatePool {
                 pool: pool.name.clone(),
             });
@@ -536,13 +512,15 @@ fn compile_pools<'a>(
                 })
                 .collect()
         });
-        out.push(CompiledPool {
-            pool,
-            selector,
-            interfaces,
-        });
+        out.insert(
+            pool.name.clone(),
+            CompiledPool {
+                pool,
+                selector,
+                interfaces,
+            },
+        );
     }
-    out.sort_by(|a, b| a.pool.name.cmp(&b.pool.name));
     out
 }
 
@@ -663,22 +641,31 @@ fn subnet_contains(addr: IpAddr, len: u8, ip: IpAddr) -> bool {
     (a >> host_bits) == (b >> host_bits)
 }
 
-fn decide(
-    ip: IpAddr,
-    services: &[&Service],
-    nodes: &BTreeMap<&str, &Node>,
-    (members, standing): (&BTreeSet<String>, &BTreeMap<String, Standing>),
-    pools: &[CompiledPool<'_>],
-    overlaps: &Overlaps,
-) -> Decision {
-    let standing_of = |node: &str| standing.get(node).copied().unwrap_or(Standing::Ready);
-    let governing = overlaps.governing(ip);
-    let Some(pool) = governing.and_then(|name| pools.iter().find(|p| p.pool.name == name)) else {
+/// What [`decide`] reads besides the IP's Services: the nodes, the pools, and step 4's
+/// verdict per (pool, node), computed once per change of a node, a member or a pool.
+struct World<'a> {
+    nodes: &'a BTreeMap<String, Node>,
+    standing: &'a BTreeMap<String, Standing>,
+    pools: &'a BTreeMap<String, CompiledPool>,
+    overlaps: &'a Overlaps,
+    /// Pool name -> node name -> `None` when the node is a candidate (step 4), else why not.
+    verdicts: &'a BTreeMap<String, Verdicts>,
+}
+
+/// Step 4 for one pool: every node, a candidate (`None`) or why not.
+type Verdicts = BTreeMap<String, Option<Exclusion>>;
+
+fn decide(ip: IpAddr, services: &[&Service], world: &World<'_>) -> Decision {
+    let standing_of = |node: &str| world.standing.get(node).copied().unwrap_or(Standing::Ready);
+    let pools = world.pools;
+    let governing = world.overlaps.governing(ip);
+    let Some(pool) = governing.and_then(|name| pools.get(name)) else {
         let containing = pools
-            .iter()
+            .values()
             .find(|p| p.pool.blocks.iter().any(|b| b.contains(ip)));
         let message = match containing.and_then(|p| {
-            overlaps
+            world
+                .overlaps
                 .conflict(&p.pool.name)
                 .map(|older| (&p.pool.name, older))
         }) {
@@ -730,10 +717,21 @@ fn decide(
 
     let mut excluded: Vec<(&str, Exclusion)> = Vec::new();
     let mut candidates: Vec<&Node> = Vec::new();
-    for (name, node) in nodes {
-        match node_exclusion(node, members, standing_of(name), pool) {
-            Some(why) => excluded.push((name, why)),
-            None => candidates.push(node),
+    // Both maps are keyed by node name and hold the same names: walk them side by side.
+    let mut verdicts = world
+        .verdicts
+        .get(&pool.pool.name)
+        .into_iter()
+        .flatten()
+        .peekable();
+    for (name, node) in world.nodes {
+        while verdicts.peek().is_some_and(|(v, _)| *v < name) {
+            verdicts.next();
+        }
+        match verdicts.peek() {
+            Some((v, Some(why))) if *v == name => excluded.push((name, why.clone())),
+            Some((v, None)) if *v == name => candidates.push(node),
+            _ => {}
         }
     }
     if candidates.is_empty() {
@@ -804,7 +802,7 @@ fn node_exclusion(
     node: &Node,
     members: &BTreeSet<String>,
     standing: Standing,
-    pool: &CompiledPool<'_>,
+    pool: &CompiledPool,
 ) -> Option<Exclusion> {
     if !members.contains(&node.name) {
         return Some(Exclusion::NotMember);
@@ -872,7 +870,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
     use proptest::prelude::*;
 
-    fn ip(s: &str) -> IpAddr {
+    pub(super) fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
@@ -887,7 +885,7 @@ mod tests {
     }
 
     /// A healthy node with eth0 on 10.0.0.0/24 and fd00::/64 carrying the default route.
-    fn node(name: &str) -> Node {
+    pub(super) fn node(name: &str) -> Node {
         Node {
             name: name.into(),
             ready: true,
@@ -901,7 +899,7 @@ mod tests {
         }
     }
 
-    fn pool(name: &str, blocks: &[&str]) -> Pool {
+    pub(super) fn pool(name: &str, blocks: &[&str]) -> Pool {
         Pool {
             name: name.into(),
             blocks: blocks
@@ -912,7 +910,7 @@ mod tests {
         }
     }
 
-    fn svc(
+    pub(super) fn svc(
         name: &str,
         ips: &[&str],
         policy: TrafficPolicy,
@@ -947,7 +945,7 @@ mod tests {
 
     /// Healthy live nodes, pool `lan` = 10.0.0.0/24 + fd00::/64, one Cluster Service
     /// `default/web` on 10.0.0.10 with an endpoint on a node outside the list.
-    fn world(nodes: &[&str]) -> Inputs {
+    pub(super) fn world(nodes: &[&str]) -> Inputs {
         Inputs {
             nodes: nodes.iter().map(|n| node(n)).collect(),
             members: nodes.iter().map(|n| n.to_string()).collect(),
@@ -1739,7 +1737,7 @@ mod tests {
             })
     }
 
-    fn arb_inputs() -> impl Strategy<Value = Inputs> {
+    pub(super) fn arb_inputs() -> impl Strategy<Value = Inputs> {
         let nodes = NAMES.map(|n| prop::option::weighted(0.85, arb_node(n)));
         (
             nodes,
