@@ -129,6 +129,11 @@ impl PacketSocket {
         unsafe { tokio::io::unix::AsyncFd::register(self) }.map_err(io::Error::from)
     }
 
+    /// The index of the interface the socket is bound to.
+    pub fn ifindex(&self) -> u32 {
+        u32::try_from(self.ifindex).unwrap_or(0)
+    }
+
     /// Accepts (or, with `join == false`, stops accepting) frames sent to a link-layer
     /// multicast address on this interface, e.g. an IPv6 solicited-node group's MAC.
     pub fn multicast(&self, mac: [u8; 6], join: bool) -> io::Result<()> {
