@@ -1,6 +1,7 @@
 //! The speaker's lab benchmark: failover time (crash and graceful), the speaker's CPU while
-//! the client floods the owner node with traffic that is not ARP or NDP, and the speakers'
-//! memory with 1,000 announced IPs. Runs against a running 3-node IPv4 lab and prints a
+//! the client floods the owner node with traffic that is not ARP or NDP, the speakers'
+//! memory with 1,000 announced IPs, and their CPU while EndpointSlices of Services they do
+//! not announce change 50 times a second beside those 1,000 IPs. Runs against a running 3-node IPv4 lab and prints a
 //! Markdown report (docs/benchmarks.md keeps the committed one).
 //!
 //! `make bench-lab`, or by hand:
@@ -55,6 +56,8 @@ enum Case {
     Cpu,
     /// Speaker memory with 1,000 announced IPs.
     Memory,
+    /// Speaker CPU while EndpointSlices of Services it does not announce change.
+    Churn,
 }
 
 /// ferrolb speaker benchmark on a running 3-node IPv4 lab.
@@ -151,6 +154,13 @@ async fn main() -> anyhow::Result<()> {
         if let Err(e) = memory(&lab, &args, &mut report).await {
             say!("memory section failed: {e:#}");
             failed.push(format!("memory: {e:#}"));
+        }
+        delete_pool(&lab).await;
+    }
+    if args.runs(Case::Churn) {
+        if let Err(e) = churn(&lab, &args, &mut report).await {
+            say!("churn section failed: {e:#}");
+            failed.push(format!("churn: {e:#}"));
         }
         delete_pool(&lab).await;
     }
@@ -846,6 +856,25 @@ fn pool_api(lab: &Lab) -> Api<ferrolb_crds::IPPool> {
     Api::all(lab.client())
 }
 
+/// The memory and churn cases' pool: only `MEM_NODE` announces it.
+async fn apply_pool(lab: &Lab) -> anyhow::Result<()> {
+    let pool: ferrolb_crds::IPPool = serde_json::from_value(json!({
+        "apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool",
+        "metadata": {"name": MEM_POOL},
+        "spec": {"addresses": [MEM_POOL_CIDR], "autoAssign": false,
+            "l2": {"nodeSelector": {"matchLabels": {"kubernetes.io/hostname": MEM_NODE}},
+                   "interfaces": ["eth0"]}}
+    }))?;
+    pool_api(lab)
+        .patch(
+            MEM_POOL,
+            &PatchParams::apply("speaker-bench").force(),
+            &Patch::Apply(&pool),
+        )
+        .await?;
+    Ok(())
+}
+
 async fn delete_pool(lab: &Lab) {
     match pool_api(lab)
         .delete(MEM_POOL, &DeleteParams::default())
@@ -855,6 +884,34 @@ async fn delete_pool(lab: &Lab) {
         Err(kube::Error::Api(e)) if e.code == 404 => {}
         Err(e) => say!("deleting IPPool {MEM_POOL}: {e}"),
     }
+}
+
+/// Creates `n` LoadBalancer Services of the bench pool in `ns`, selecting the pods labelled
+/// `app: bench-mem`; returns `n` and how many creations failed.
+async fn create_services(lab: &Lab, ns: &str, n: usize) -> (usize, usize) {
+    let api: Api<Service> = Api::namespaced(lab.client(), ns);
+    let results: Vec<Result<Service, kube::Error>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let svc: Service = serde_json::from_value(json!({
+                    "metadata": {"name": format!("m{i:04}"),
+                        "annotations": {"ferrolb.io/ip-pool": MEM_POOL}},
+                    "spec": {"type": "LoadBalancer", "selector": {"app": "bench-mem"},
+                        "ports": [{"port": 80, "targetPort": 8080}]}
+                }))
+                .map_err(kube::Error::SerdeError)?;
+                api.create(&PostParams::default(), &svc).await
+            }
+        })
+        .buffer_unordered(MEM_CONCURRENCY)
+        .collect()
+        .await;
+    let errors = results.iter().filter(|r| r.is_err()).count();
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        say!("{errors} Service creations failed, e.g. {e}");
+    }
+    (n, errors)
 }
 
 /// One round of the memory case, as measured.
@@ -888,20 +945,7 @@ async fn memory(lab: &Lab, args: &Args, report: &mut String) -> anyhow::Result<(
     let before = speakers_vm(lab)?;
     say!("memory before (lab idle): {before:?}; announced {base:?}");
 
-    let pool: ferrolb_crds::IPPool = serde_json::from_value(json!({
-        "apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool",
-        "metadata": {"name": MEM_POOL},
-        "spec": {"addresses": [MEM_POOL_CIDR], "autoAssign": false,
-            "l2": {"nodeSelector": {"matchLabels": {"kubernetes.io/hostname": MEM_NODE}},
-                   "interfaces": ["eth0"]}}
-    }))?;
-    pool_api(lab)
-        .patch(
-            MEM_POOL,
-            &PatchParams::apply("speaker-bench").force(),
-            &Patch::Apply(&pool),
-        )
-        .await?;
+    apply_pool(lab).await?;
     let node1 = lab
         .node_names()
         .iter()
@@ -939,31 +983,9 @@ async fn memory(lab: &Lab, args: &Args, report: &mut String) -> anyhow::Result<(
 async fn memory_round(lab: &Lab, args: &Args, ns: &str, base_owner: u64) -> anyhow::Result<Round> {
     lab.echo_pod(ns, "mem", MEM_NODE, json!({"app": "bench-mem"}))
         .await?;
-    let api: Api<Service> = Api::namespaced(lab.client(), ns);
-    let n = args.services;
     let t0 = Instant::now();
-    let results: Vec<Result<Service, kube::Error>> = futures::stream::iter(0..n)
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                let svc: Service = serde_json::from_value(json!({
-                    "metadata": {"name": format!("m{i:04}"),
-                        "annotations": {"ferrolb.io/ip-pool": MEM_POOL}},
-                    "spec": {"type": "LoadBalancer", "selector": {"app": "bench-mem"},
-                        "ports": [{"port": 80, "targetPort": 8080}]}
-                }))
-                .map_err(kube::Error::SerdeError)?;
-                api.create(&PostParams::default(), &svc).await
-            }
-        })
-        .buffer_unordered(MEM_CONCURRENCY)
-        .collect()
-        .await;
+    let (n, errors) = create_services(lab, ns, args.services).await;
     let created_in = t0.elapsed();
-    let errors = results.iter().filter(|r| r.is_err()).count();
-    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
-        say!("{errors} Service creations failed, e.g. {e}");
-    }
     say!(
         "{ns}: {} Services created in {:.1} s",
         n - errors,
@@ -1105,6 +1127,203 @@ fn memory_report(
             .map_or("?".into(), |v| format!("{:.1}", mib(v.2)));
         row.push_str(&format!(" | {growth} | {hwm} |"));
         writeln!(report, "{row}")?;
+    }
+    writeln!(report)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// CPU under EndpointSlice churn of Services the speakers do not announce.
+
+/// EndpointSlice updates per second in the churn case, spread over this many Services.
+const CHURN_RATE: u32 = 50;
+const CHURN_SERVICES: usize = 10;
+const CHURN_WINDOW: Duration = Duration::from_secs(20);
+
+/// CPU seconds of each node's speaker over one window while `during` runs.
+async fn speakers_cpu<F: std::future::Future<Output = anyhow::Result<u64>>>(
+    lab: &Lab,
+    during: F,
+) -> anyhow::Result<(Vec<(String, f64)>, u64, f64)> {
+    let nodes = lab.node_names();
+    let pids: Vec<u32> = nodes
+        .iter()
+        .map(|n| {
+            lab.speaker_pid(n)
+                .ok_or_else(|| anyhow!("the speaker of {n} is not running"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let before: Vec<u64> = pids
+        .iter()
+        .map(|p| cpu_ticks(*p))
+        .collect::<anyhow::Result<_>>()?;
+    let t = Instant::now();
+    let done = during.await?;
+    let seconds = t.elapsed().as_secs_f64();
+    let after: Vec<u64> = pids
+        .iter()
+        .map(|p| cpu_ticks(*p))
+        .collect::<anyhow::Result<_>>()?;
+    let tick = clock_ticks();
+    let cpu = nodes
+        .into_iter()
+        .zip(before.iter().zip(&after))
+        .map(|(n, (b, a))| (n, a.saturating_sub(*b) as f64 / tick))
+        .collect();
+    Ok((cpu, done, seconds))
+}
+
+fn slice_json(i: usize, ready: bool) -> serde_json::Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("c{i}-bench"),
+            "labels": {"kubernetes.io/service-name": format!("c{i}"),
+                       "endpointslice.kubernetes.io/managed-by": "speaker-bench.ferrolb.io"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [format!("10.99.0.{}", i + 1)],
+                       "conditions": {"ready": ready}}],
+        "ports": [{"port": 80, "protocol": "TCP"}]
+    })
+}
+
+async fn churn(lab: &Lab, args: &Args, report: &mut String) -> anyhow::Result<()> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    wait_converged(lab, Duration::from_secs(90)).await?;
+    apply_pool(lab).await?;
+    let ns = lab.namespace("bench-churn").await?;
+    lab.echo_pod(&ns.name, "mem", MEM_NODE, json!({"app": "bench-mem"}))
+        .await?;
+    let t0 = Instant::now();
+    let (n, errors) = create_services(lab, &ns.name, args.services).await;
+    let want = (n - errors) as u64;
+    loop {
+        if lab
+            .speaker_metric(MEM_NODE, ANNOUNCED_IPS)
+            .is_some_and(|v| v >= want)
+        {
+            break;
+        }
+        if t0.elapsed() > MEM_TIMEOUT {
+            bail!("{MEM_NODE} did not announce {want} IPs within {MEM_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    say!(
+        "churn: {want} IPs announced by {MEM_NODE} after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Services no speaker announces: ClusterIP, no selector, slices written from here.
+    let services: Api<Service> = Api::namespaced(lab.client(), &ns.name);
+    let slices: Api<EndpointSlice> = Api::namespaced(lab.client(), &ns.name);
+    let apply = PatchParams::apply("speaker-bench").force();
+    for i in 0..CHURN_SERVICES {
+        let svc = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("c{i}")},
+            "spec": {"type": "ClusterIP", "ports": [{"port": 80}]}});
+        services
+            .patch(&format!("c{i}"), &apply, &Patch::Apply(&svc))
+            .await?;
+        slices
+            .patch(
+                &format!("c{i}-bench"),
+                &apply,
+                &Patch::Apply(&slice_json(i, true)),
+            )
+            .await?;
+    }
+    let elections = |lab: &Lab| -> Vec<Option<u64>> {
+        lab.node_names()
+            .iter()
+            .map(|n| lab.speaker_metric(n, "ferrolb_elections_total"))
+            .collect()
+    };
+    // Idle means idle: the conditions of the new Services written, the loops quiet (at most
+    // two rounds per speaker in 5 s), for up to two minutes.
+    let settle = Instant::now();
+    loop {
+        let a = elections(lab);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let b = elections(lab);
+        let quiet = a.iter().zip(&b).all(|(a, b)| match (a, b) {
+            (Some(a), Some(b)) => b.saturating_sub(*a) <= 2,
+            _ => false,
+        });
+        if quiet || settle.elapsed() > Duration::from_secs(120) {
+            say!(
+                "churn: quiet {quiet} after {:.0} s",
+                settle.elapsed().as_secs_f64()
+            );
+            break;
+        }
+    }
+    let idle_rounds = elections(lab);
+    let (idle, _, idle_s) = speakers_cpu(lab, async {
+        tokio::time::sleep(CHURN_WINDOW).await;
+        Ok(0)
+    })
+    .await?;
+    let churn_rounds = elections(lab);
+    let period = Duration::from_secs(1) / CHURN_RATE;
+    let (busy, updates, busy_s) = speakers_cpu(lab, async {
+        let start = Instant::now();
+        let mut sent = 0u64;
+        let mut k = 0usize;
+        while start.elapsed() < CHURN_WINDOW {
+            let i = k % CHURN_SERVICES;
+            let ready = (k / CHURN_SERVICES) % 2 == 1;
+            slices
+                .patch(
+                    &format!("c{i}-bench"),
+                    &apply,
+                    &Patch::Apply(&slice_json(i, ready)),
+                )
+                .await?;
+            sent += 1;
+            k += 1;
+            let next = start + period * u32::try_from(k).unwrap_or(u32::MAX);
+            tokio::time::sleep_until(next.into()).await;
+        }
+        Ok(sent)
+    })
+    .await?;
+    let after_rounds = elections(lab);
+    say!("churn: idle {idle:?}; {updates} updates in {busy_s:.1} s: {busy:?}");
+    drop(ns);
+
+    let rounds = |a: &[Option<u64>], b: &[Option<u64>], k: usize| match (a.get(k), b.get(k)) {
+        (Some(Some(a)), Some(Some(b))) => b.saturating_sub(*a).to_string(),
+        _ => "?".into(),
+    };
+    writeln!(
+        report,
+        "### Speaker CPU under EndpointSlice churn of Services it does not announce\n"
+    )?;
+    writeln!(
+        report,
+        "{want} LoadBalancer Services announced by {MEM_NODE} (pool {MEM_POOL_CIDR}, one echo \
+         pod); {CHURN_SERVICES} ClusterIP Services without a selector whose EndpointSlices \
+         this program rewrites (an endpoint's `ready` flipped) {CHURN_RATE} times a second, \
+         round robin, for {} s: {updates} updates in {busy_s:.1} s ({:.1}/s). CPU = utime + \
+         stime of each speaker from `/proc/PID/stat` over the window; rounds = \
+         `ferrolb_elections_total` over it (the loop's turns, each reading what changed).\n",
+        CHURN_WINDOW.as_secs(),
+        updates as f64 / busy_s
+    )?;
+    writeln!(
+        report,
+        "| node | idle CPU ({idle_s:.0} s) | under churn | rounds idle | rounds under churn |"
+    )?;
+    writeln!(report, "|---|---:|---:|---:|---:|")?;
+    for (k, ((node, i), (_, b))) in idle.iter().zip(&busy).enumerate() {
+        writeln!(
+            report,
+            "| {node} | {:.1} % | {:.1} % | {} | {} |",
+            100.0 * i / idle_s,
+            100.0 * b / busy_s,
+            rounds(&idle_rounds, &churn_rounds, k),
+            rounds(&churn_rounds, &after_rounds, k),
+        )?;
     }
     writeln!(report)?;
     Ok(())

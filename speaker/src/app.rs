@@ -667,6 +667,12 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut owned: BTreeMap<IpAddr, String> = BTreeMap::new();
     let mut members_now = BTreeMap::new();
     let mut members_dirty = true;
+    let mut locals_changed = true;
+    let mut apply_now = true;
+    // The pools' l2.interfaces, compiled when the pools change.
+    let mut named: Vec<regex::Regex> = Vec::new();
+    // The Services the status writer was told about as ours.
+    let mut told_status: BTreeSet<String> = BTreeSet::new();
     // What this speaker's identity says once it announces (Ready; Stale while its view of
     // the cluster may be old). Its own elections use it at once, while gossip still says
     // Starting, so that it answers for its share before its peers let go of it.
@@ -695,23 +701,40 @@ pub async fn run(args: Args) -> Result<(), String> {
                 }
                 d.members = true;
             }
-            if d.nodes.all || !d.nodes.keys.is_empty() {
+            let nodes_changed = d.nodes.all || !d.nodes.keys.is_empty();
+            if nodes_changed {
                 crate::publish(
                     &seeds_tx,
                     seeds(&nodes.state(), &me, family_v4, args.gossip_port),
                 );
             }
-            let members_changed = d.members;
+            let (members_changed, pools_changed) = (d.members, d.pools);
             let changed = view.apply(d, &stores, &members_now);
             metrics.elections.fetch_add(1, Ordering::Relaxed);
             let elector = view.elector();
-            let named: Vec<regex::Regex> = elector
-                .pools()
-                .iter()
-                .flat_map(|p| p.interfaces.iter())
-                .filter_map(|re| election::interface_regex(re).ok())
-                .collect();
-            crate::publish(&advertised_tx, interfaces::announcing(&local_now, &named));
+            if pools_changed {
+                named = elector
+                    .pools()
+                    .iter()
+                    .flat_map(|p| p.interfaces.iter())
+                    .filter_map(|re| election::interface_regex(re).ok())
+                    .collect();
+            }
+            if pools_changed || locals_changed {
+                crate::publish(&advertised_tx, interfaces::announcing(&local_now, &named));
+            }
+            // A round that moved nothing of ours (an event about a Service that is not a
+            // LoadBalancer of ours, a Node field nothing reads) ends here: the responders
+            // and the forwarding rules have nothing new to apply.
+            apply_now = !changed.ips.is_empty()
+                || changed
+                    .services
+                    .iter()
+                    .any(|k| elector.service(k).is_some())
+                || nodes_changed
+                || pools_changed
+                || members_changed
+                || locals_changed;
             for ip in &changed.ips {
                 match elector.election().decision(*ip) {
                     Some(Decision::Owner { node, interface }) if *node == me => {
@@ -722,64 +745,76 @@ pub async fn run(args: Args) -> Result<(), String> {
                     }
                 }
             }
-            let (node_v4, node_v6) = nodes
-                .get(&ObjectRef::new(&me))
-                .map(|n| first_per_family(internal_ips(&n)))
-                .unwrap_or_default();
-            let holding: BTreeMap<String, &Service> = owned
-                .keys()
-                .flat_map(|ip| elector.holders(*ip))
-                .map(|s| (s.key(), s))
-                .collect();
-            let (rules, forwarding_problems) = forwarding::plan(
-                owned.keys().copied(),
-                holding.values().copied(),
-                node_v4,
-                node_v6,
-            );
-            forwarding = rules;
-            let problems: Vec<String> = view
-                .pool_errors()
-                .iter()
-                .cloned()
-                .chain(elector.election().problems.iter().map(ToString::to_string))
-                .chain(
-                    forwarder
-                        .is_some()
-                        .then_some(forwarding_problems)
-                        .into_iter()
-                        .flatten(),
-                )
-                .collect();
-            if problems != last_problems {
-                for p in &problems {
-                    warn!(problem = %p, "configuration problem");
+            if apply_now {
+                let (node_v4, node_v6) = nodes
+                    .get(&ObjectRef::new(&me))
+                    .map(|n| first_per_family(internal_ips(&n)))
+                    .unwrap_or_default();
+                let holding: BTreeMap<String, &Service> = owned
+                    .keys()
+                    .flat_map(|ip| elector.holders(*ip))
+                    .map(|s| (s.key(), s))
+                    .collect();
+                let (rules, forwarding_problems) = forwarding::plan(
+                    owned.keys().copied(),
+                    holding.values().copied(),
+                    node_v4,
+                    node_v6,
+                );
+                forwarding = rules;
+                let problems: Vec<String> = view
+                    .pool_errors()
+                    .iter()
+                    .cloned()
+                    .chain(elector.election().problems.iter().map(ToString::to_string))
+                    .chain(
+                        forwarder
+                            .is_some()
+                            .then_some(forwarding_problems)
+                            .into_iter()
+                            .flatten(),
+                    )
+                    .collect();
+                if problems != last_problems {
+                    for p in &problems {
+                        warn!(problem = %p, "configuration problem");
+                    }
+                    last_problems = problems;
                 }
-                last_problems = problems;
             }
             if members_changed {
                 let _ = status_tx.send(StatusUpdate::Members(elector.members().clone()));
             }
             for key in changed.services {
+                // The status writer hears of a Service that is not ours only when it had
+                // heard of it as ours.
                 let update = ServiceStatus::of(&view, &key);
+                if update.is_some() {
+                    told_status.insert(key.clone());
+                } else if !told_status.remove(&key) {
+                    continue;
+                }
                 let _ = status_tx.send(StatusUpdate::Service(key, update));
             }
         }
-        let announcements: Vec<election::Announcement> = owned
-            .iter()
-            .map(|(ip, interface)| election::Announcement {
-                ip: *ip,
-                interface: interface.clone(),
-            })
-            .collect();
-        // Rules for an IP are in place before its gratuitous burst, and stay until its
-        // responder stopped.
-        if let Some(f) = forwarder.as_mut() {
-            f.begin(&forwarding).await;
-        }
-        announcer.apply(&announcements, &local_now);
-        if let Some(f) = forwarder.as_mut() {
-            f.finish(forwarding.clone()).await;
+        locals_changed = false;
+        if apply_now {
+            let announcements: Vec<election::Announcement> = owned
+                .iter()
+                .map(|(ip, interface)| election::Announcement {
+                    ip: *ip,
+                    interface: interface.clone(),
+                })
+                .collect();
+            // Rules for an IP are in place before its gratuitous burst, and stay until its
+            // responder stopped.
+            if let Some(f) = forwarder.as_mut() {
+                f.begin(&forwarding).await;
+            }
+            announcer.apply(&announcements, &local_now);
+            if let Some(f) = forwarder.as_mut() {
+                f.finish(forwarding.clone()).await;
+            }
         }
         // The first round always elects: from here on this node's share is announced, and
         // its peers may hand it over.
@@ -788,6 +823,8 @@ pub async fn run(args: Args) -> Result<(), String> {
         loop_health.progress();
 
         recompute = true;
+        // A tick round retries the responders; a recomputing round says for itself.
+        apply_now = true;
         tokio::select! {
             _ = signal.cancelled() => break,
             _ = changed.notified() => {
@@ -802,7 +839,12 @@ pub async fn run(args: Args) -> Result<(), String> {
                 }
                 members_dirty = true;
             }
-            r = locals.changed() => if r.is_err() { break },
+            r = locals.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                locals_changed = true;
+            }
             _ = tick.tick() => recompute = false,
             _ = counters_tick.tick(), if forwarder.is_some() => {
                 if let Some(f) = forwarder.as_mut() {
