@@ -286,6 +286,7 @@ mod tests {
             failure: Some(Failure {
                 reason: AllocationReason::PoolExhausted,
                 message: "no free IPv4 address in lan".into(),
+                crowded: true,
             }),
             incomplete: false,
         };
@@ -385,6 +386,7 @@ mod tests {
             failure: Some(Failure {
                 reason: AllocationReason::FamilyUnavailable,
                 message: "no IPPool available to this Service has IPv6 addresses".into(),
+                crowded: false,
             }),
             incomplete: true,
         };

@@ -207,6 +207,7 @@ fn decide(snapshot: &Service, ctx: &Context) -> Result<Option<Decision>, Error> 
                         failure: Some(Failure {
                             reason: AllocationReason::InvalidRequest,
                             message,
+                            crowded: false,
                         }),
                         incomplete: false,
                     }

@@ -121,6 +121,10 @@ impl ServiceRequest {
 pub struct Failure {
     pub reason: AllocationReason,
     pub message: String,
+    /// The failure comes from what other Services hold (an exhausted pool, a requested
+    /// address taken or not shareable): it may end without any change to this Service or
+    /// the pools, and it may begin the same way.
+    pub crowded: bool,
 }
 
 impl Failure {
@@ -128,6 +132,14 @@ impl Failure {
         Failure {
             reason,
             message: message.into(),
+            crowded: false,
+        }
+    }
+
+    fn crowded(reason: AllocationReason, message: impl Into<String>) -> Failure {
+        Failure {
+            crowded: true,
+            ..Failure::new(reason, message)
         }
     }
 }
@@ -683,8 +695,15 @@ impl Allocator {
                     self.attach(svc, h.ip);
                     chosen.push(h);
                 }
+                // The failure reported is one only a change to the Service or the pools
+                // can end, when a family has one, then the first family's: so that it
+                // does not depend on what other Services held when it was decided (a
+                // restart would otherwise report another family's exhaustion).
                 Err(e) => {
-                    if failure.is_none() {
+                    if failure
+                        .as_ref()
+                        .is_none_or(|cur: &Failure| cur.crowded && !e.crowded)
+                    {
                         failure = Some(e);
                     }
                 }
@@ -958,11 +977,11 @@ impl Allocator {
                     ip,
                     pool: pool.pool.name.clone(),
                 }),
-                Some(Compat::Taken(k)) => Err(Failure::new(
+                Some(Compat::Taken(k)) => Err(Failure::crowded(
                     RequestedIPUnavailable,
                     format!("{ip} is already used by {k}"),
                 )),
-                Some(Compat::SharingConflict(why)) => Err(Failure::new(
+                Some(Compat::SharingConflict(why)) => Err(Failure::crowded(
                     SharingConflict,
                     format!("{ip} cannot be shared: {why}"),
                 )),
@@ -1014,7 +1033,7 @@ impl Allocator {
             }
         }
         let names: Vec<&str> = with_family.iter().map(|s| s.pool.name.as_str()).collect();
-        Err(Failure::new(
+        Err(Failure::crowded(
             PoolExhausted,
             format!("no free {f} address in {}", names.join(", ")),
         ))

@@ -179,6 +179,29 @@ fn priority_then_name_orders_pools_and_selectors_filter() {
 }
 
 #[test]
+fn the_reason_given_does_not_depend_on_what_other_services_hold() {
+    // A RequireDualStack Service whose requested IPv6 address no pool holds: that is the
+    // reason, whether the IPv4 pool has an address left or not (found by the chaos run:
+    // a restart after the pool ran out reported the exhaustion instead, and a new event).
+    let mut a = Allocator::new();
+    a.set_pool(pool("v4", 1, &["10.0.0.1"]));
+    a.set_pool(pool("v6", 2, &["2001:db8::/120"]));
+    let mut s = svc("s");
+    s.families = vec![Family::V4, Family::V6];
+    s.policy = FamilyPolicy::RequireDualStack;
+    s.requested = vec![ip("fd00::13")];
+    let free = a.ensure(&s);
+    assert_eq!(reason(&free), Some(RequestedIPUnavailable));
+    assert!(free.ips.is_empty());
+    assert_eq!(a.ensure(&svc("other")).addresses(), [ip("10.0.0.1")]);
+    let exhausted = a.ensure(&s);
+    assert_eq!(
+        exhausted.failure, free.failure,
+        "the same reason and message"
+    );
+}
+
+#[test]
 fn dual_stack_policies() {
     let mut a = Allocator::new();
     a.set_pool(pool("v4", 1, &["10.0.0.1"]));
