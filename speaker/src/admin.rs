@@ -353,6 +353,7 @@ pub struct Readiness(Arc<ReadinessState>);
 struct ReadinessState {
     ready: AtomicBool,
     stopping: AtomicBool,
+    stale: AtomicBool,
 }
 
 impl Readiness {
@@ -366,10 +367,18 @@ impl Readiness {
         self.0.stopping.store(true, Ordering::Release);
     }
 
+    /// A watch keeps failing (`true`) or works again: the speaker's view of the cluster
+    /// may be old, and it is not ready while it is.
+    pub fn set_stale(&self, stale: bool) {
+        self.0.stale.store(stale, Ordering::Release);
+    }
+
     /// `Ok` when ready, else why not.
     pub fn check(&self) -> Result<(), &'static str> {
         if self.0.stopping.load(Ordering::Acquire) {
             Err("shutting down")
+        } else if self.0.stale.load(Ordering::Acquire) {
+            Err("a watch keeps failing: the view of the cluster may be stale")
         } else if self.0.ready.load(Ordering::Acquire) {
             Ok(())
         } else {
@@ -634,6 +643,19 @@ mod tests {
         assert_eq!(respond(&Method::GET, "/metrics", &m, &r, &h).status(), 200);
         assert_eq!(respond(&Method::POST, "/metrics", &m, &r, &h).status(), 405);
         assert_eq!(respond(&Method::GET, "/nope", &m, &r, &h).status(), 404);
+    }
+
+    #[test]
+    fn a_stale_view_is_not_ready_until_fresh_again() {
+        let r = Readiness::default();
+        r.set_ready();
+        r.set_stale(true);
+        assert_eq!(
+            r.check(),
+            Err("a watch keeps failing: the view of the cluster may be stale")
+        );
+        r.set_stale(false);
+        assert_eq!(r.check(), Ok(()));
     }
 
     #[test]

@@ -103,6 +103,12 @@ pub struct Args {
     #[arg(long, default_value_t = 900.0)]
     pub healthz_api_timeout: f64,
 
+    /// Seconds a watch's errors may keep coming without a success before this speaker
+    /// counts its view of the cluster as stale: it turns unready, its gossip identity says
+    /// Stale, and it keeps only the IPs no speaker with a fresh view can take.
+    #[arg(long, default_value_t = 30.0)]
+    pub stale_after: f64,
+
     /// Handle LoadBalancer Services that set no spec.loadBalancerClass (besides those of
     /// class ferrolb.io/l2). Must match the controller's flag.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -263,6 +269,7 @@ fn watch_into<K>(
     config: watcher::Config,
     changed: Arc<Notify>,
     health: Reporter,
+    fresh: Reporter,
     mut restart: watch::Receiver<u64>,
     mut mark: impl FnMut(&watcher::Event<K>) + Send + 'static,
 ) -> (
@@ -293,11 +300,17 @@ where
                         Some(Ok(ev)) => {
                             writer.apply_watcher_event(&ev);
                             mark(&ev);
-                            health.progress();
+                            // `Init` comes before the list is even asked for: only what
+                            // the API server sent proves the watch works.
+                            if !matches!(ev, watcher::Event::Init) {
+                                health.progress();
+                                fresh.progress();
+                            }
                             changed.notify_one();
                         }
                         Some(Err(e)) => {
                             health.failed(&e);
+                            fresh.failed(&e);
                             debug!(%e, "watch error (retrying)");
                         }
                         None => break 'watch,
@@ -313,6 +326,7 @@ where
             }
         }
         health.ended();
+        fresh.ended();
     };
     (reader, task)
 }
@@ -436,9 +450,21 @@ pub async fn run(args: Args) -> Result<(), String> {
     let api_timeout = Duration::try_from_secs_f64(args.healthz_api_timeout)
         .map_err(|_| "--healthz-api-timeout must be a number of seconds, 0 for never")?;
     let api_timeout = Some(api_timeout).filter(|d| !d.is_zero());
+    let stale_after = Duration::try_from_secs_f64(args.stale_after)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or("--stale-after must be a positive number of seconds")?;
     let health = Health::new();
     let watch_health =
         |kind: &str| health.register(format!("{kind} watch"), Limits::calling_api(api_timeout));
+    // The same watches against the shorter limit: past it the view counts as stale.
+    let freshness = Health::new();
+    let watch_fresh = |kind: &str| {
+        freshness.register(
+            format!("{kind} watch"),
+            Limits::calling_api(Some(stale_after)),
+        )
+    };
 
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
@@ -506,6 +532,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         watcher::Config::default(),
         changed.clone(),
         watch_health("Node"),
+        watch_fresh("Node"),
         restart_rx.clone(),
         {
             let d = dirty.clone();
@@ -517,6 +544,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         watcher::Config::default(),
         changed.clone(),
         watch_health("Service"),
+        watch_fresh("Service"),
         restart_rx.clone(),
         {
             let d = dirty.clone();
@@ -528,6 +556,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         watcher::Config::default().labels(SERVICE_NAME_LABEL),
         changed.clone(),
         watch_health("EndpointSlice"),
+        watch_fresh("EndpointSlice"),
         restart_rx.clone(),
         {
             let d = dirty.clone();
@@ -539,6 +568,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         watcher::Config::default(),
         changed.clone(),
         watch_health("IPPool"),
+        watch_fresh("IPPool"),
         restart_rx.clone(),
         {
             let d = dirty.clone();
@@ -676,7 +706,8 @@ pub async fn run(args: Args) -> Result<(), String> {
     // What this speaker's identity says once it announces (Ready; Stale while its view of
     // the cluster may be old). Its own elections use it at once, while gossip still says
     // Starting, so that it answers for its share before its peers let go of it.
-    let my_standing = Standing::Ready;
+    let mut my_standing = Standing::Ready;
+    let mut last_rewatch = Instant::now();
     let mut recompute = true;
     loop {
         if signal.is_cancelled() {
@@ -689,6 +720,32 @@ pub async fn run(args: Args) -> Result<(), String> {
             restart_watches.send_modify(|n| *n += 1);
         }
         last_links = now_links;
+        // A watch that keeps failing makes the view stale (checked on every round, the 2 s
+        // tick included): peers with a fresh view take what they can.
+        let stale = freshness.check();
+        let standing = if stale.is_empty() {
+            Standing::Ready
+        } else {
+            Standing::Stale
+        };
+        if standing != my_standing {
+            if stale.is_empty() {
+                info!("the watches work again: the view of the cluster is fresh");
+            }
+            for p in &stale {
+                warn!(problem = %p, "the view of the cluster is stale: not ready, and this node keeps only the IPs no speaker with a fresh view can take");
+            }
+            my_standing = standing;
+            readiness.set_stale(!stale.is_empty());
+            members_dirty = true;
+            recompute = true;
+        }
+        // While stale, the watches start afresh every few seconds instead of waiting out
+        // their growing backoff: the view is fresh again soon after the API is back.
+        if my_standing == Standing::Stale && last_rewatch.elapsed() >= STALE_REWATCH {
+            last_rewatch = Instant::now();
+            restart_watches.send_modify(|n| *n += 1);
+        }
         if recompute {
             // Read what changed, re-decide what it can affect, announce.
             let mut d = std::mem::take(&mut *lock(&dirty));
@@ -870,6 +927,9 @@ pub async fn run(args: Args) -> Result<(), String> {
     info!("stopped");
     Ok(())
 }
+
+/// How often a speaker whose view is stale starts its watches afresh.
+const STALE_REWATCH: Duration = Duration::from_secs(5);
 
 /// How often the gossip Secret is read again for rotated keys.
 const KEY_POLL: Duration = Duration::from_secs(10);
