@@ -134,6 +134,20 @@ pub fn service<'a>(
     })
 }
 
+/// An IPPool as the election sees it; the entries that did not parse go to `errors`, one
+/// sentence each.
+pub fn pool(p: &IPPool, errors: &mut Vec<String>) -> Pool {
+    let name = p.metadata.name.as_deref().unwrap_or_default();
+    let created = p
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second());
+    let (pool, errs) = Pool::from_spec(name, created, &p.spec);
+    errors.extend(errs.into_iter().map(|e| format!("pool {name}: {e}")));
+    pool
+}
+
 /// The election's inputs from the cluster's objects and the live gossip members. Every
 /// node's interfaces, this node's included, come from gossip, so that every speaker
 /// elects from the same data. Returns the inputs and the pool entries that did not parse.
@@ -181,20 +195,7 @@ pub fn gather<'a>(
         })
         .collect();
     let mut errors = Vec::new();
-    let pools = pools
-        .into_iter()
-        .map(|p| {
-            let name = p.metadata.name.as_deref().unwrap_or_default();
-            let created = p
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.as_second());
-            let (pool, errs) = Pool::from_spec(name, created, &p.spec);
-            errors.extend(errs.into_iter().map(|e| format!("pool {name}: {e}")));
-            pool
-        })
-        .collect();
+    let pools = pools.into_iter().map(|p| pool(p, &mut errors)).collect();
     (
         Inputs {
             nodes,

@@ -299,17 +299,7 @@ impl View {
         let mut pools: Vec<Pool> = store
             .state()
             .iter()
-            .map(|p| {
-                let name = p.metadata.name.as_deref().unwrap_or_default();
-                let created = p
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0.as_second());
-                let (pool, errs) = Pool::from_spec(name, created, &p.spec);
-                errors.extend(errs.into_iter().map(|e| format!("pool {name}: {e}")));
-                pool
-            })
+            .map(|p| inputs::pool(p, &mut errors))
             .collect();
         pools.sort_by(|a, b| a.name.cmp(&b.name));
         errors.sort();
