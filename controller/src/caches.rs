@@ -21,11 +21,13 @@ use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::info;
 
 use crate::allocator::ServiceKey;
+use crate::catch_up::{prove_current, revision};
 use crate::reconcile::key_of;
 
 /// What changed in the caches, in the order the watches saw it. Every change is in its
@@ -56,6 +58,84 @@ pub struct Caches {
     service_keys: Arc<Mutex<BTreeSet<ServiceKey>>>,
     /// The current subscriber (the leader's term), if any.
     subscriber: Arc<Mutex<Option<mpsc::UnboundedSender<Change>>>>,
+    /// Where each watch stands, to prove a cache current before a leader trusts it.
+    service_progress: Arc<Progress>,
+    pool_progress: Arc<Progress>,
+    namespace_progress: Arc<Progress>,
+}
+
+/// Where one watch stands: the newest revision its store holds, how many full lists it
+/// has completed, and a way to make it list again.
+#[derive(Debug)]
+pub struct Progress {
+    applied: watch::Sender<u64>,
+    lists: watch::Sender<u64>,
+    relist: Notify,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            applied: watch::Sender::new(0),
+            lists: watch::Sender::new(0),
+            relist: Notify::new(),
+        }
+    }
+}
+
+impl Progress {
+    /// The newest revision the store holds: every change up to it is in the store.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    fn advance(&self, revision: u64) {
+        self.applied.send_if_modified(|a| {
+            let newer = revision > *a;
+            *a = (*a).max(revision);
+            newer
+        });
+    }
+
+    /// Makes the watch list everything again and waits until that list is in the store.
+    pub async fn list_again(&self) {
+        let mut lists = self.lists.subscribe();
+        let before = *lists.borrow_and_update();
+        self.relist.notify_one();
+        // Fails only when the watch is gone, and then nothing will list again.
+        let _ = lists.wait_for(|n| *n > before).await;
+    }
+
+    /// Proves the store holds every change made before this call, or lists again.
+    async fn catch_up<K>(&self, api: &Api<K>, kind: &'static str)
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let started = tokio::time::Instant::now();
+        match prove_current(api, self.applied(), CATCH_UP_WAIT).await {
+            Ok(waited) => info!(
+                kind,
+                waited_for = waited,
+                took = ?started.elapsed(),
+                "cache proven current"
+            ),
+            Err(why) => {
+                info!(kind, reason = %why, "cache not proven current; listing it again");
+                self.list_again().await;
+                info!(kind, took = ?started.elapsed(), "listed again");
+            }
+        }
+    }
+}
+
+/// How long a new leader waits for a watch to apply the changes it is shown to lack, before
+/// it lists that kind again instead.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
+
+/// The revision of an object as a number (0 when it has none or it is not a number: such an
+/// object never proves a cache current, see [`crate::catch_up`]).
+fn revision_of<K: kube::Resource>(obj: &K) -> u64 {
+    revision(obj.meta().resource_version.as_deref()).unwrap_or(0)
 }
 
 impl std::fmt::Debug for Caches {
@@ -89,6 +169,9 @@ impl Caches {
             namespaces,
             service_keys: Arc::default(),
             subscriber: Arc::default(),
+            service_progress: Arc::default(),
+            pool_progress: Arc::default(),
+            namespace_progress: Arc::default(),
         };
         let limits = Limits::calling_api(api_timeout);
         let watch = |name: &str| health.register(name, limits);
@@ -100,6 +183,7 @@ impl Caches {
                 svc_writer,
                 move || watch_all(&client_),
                 watch("Service watch"),
+                caches.service_progress.clone(),
                 move |e| services.on_service(e),
             ),
         ));
@@ -111,6 +195,7 @@ impl Caches {
                 pool_writer,
                 move || watch_all(&client_),
                 watch("IPPool watch"),
+                caches.pool_progress.clone(),
                 move |e| pools.on_pool(&e),
             ),
         ));
@@ -123,6 +208,7 @@ impl Caches {
                 ns_writer,
                 move || watch_all(&client_),
                 watch("Namespace watch"),
+                caches.namespace_progress.clone(),
                 move |e| {
                     for ns in labels.changed(e) {
                         namespaces.send(Change::NamespaceLabels(ns));
@@ -138,6 +224,25 @@ impl Caches {
         self.services.wait_until_ready().await?;
         self.pools.wait_until_ready().await?;
         self.namespaces.wait_until_ready().await
+    }
+
+    /// Before a new leader restores from the caches: proves each one holds every change
+    /// made before this call (waiting for a lagging watch to deliver what it lacks), or
+    /// lists that kind again. See [`crate::catch_up`].
+    pub async fn catch_up(&self, client: &Client) {
+        let services = Api::<Service>::all(client.clone());
+        let pools = Api::<IPPool>::all(client.clone());
+        let namespaces = Api::<Namespace>::all(client.clone());
+        tokio::join!(
+            self.service_progress.catch_up(&services, "Service"),
+            self.pool_progress.catch_up(&pools, "IPPool"),
+            self.namespace_progress.catch_up(&namespaces, "Namespace"),
+        );
+    }
+
+    /// Where the Service watch stands.
+    pub fn service_progress(&self) -> &Progress {
+        &self.service_progress
     }
 
     /// Sends every change from now on to the returned receiver, and none to an earlier
@@ -255,48 +360,74 @@ fn restart_delay(failures: u32) -> Duration {
 }
 
 /// Runs one watch for as long as the process needs it. Every event lands in `writer`'s
-/// store first, then goes to `handle`; each reports to `health`.
+/// store first, then goes to `handle`; each reports to `health`, and `progress` learns the
+/// newest revision the store holds (a list's only once the whole list is in).
 ///
 /// After an error the watch starts over with a fresh list (after [`restart_delay`])
 /// instead of resuming: a resumed watch says nothing on a quiet cluster, so `/healthz`
 /// could not tell that the API is back; a list answers at once. Errors are rare (an API
-/// restart, a network cut), so the lists cost little. A stream that ends without an error
-/// (only in tests: the watcher never ends) marks the watch as ended.
+/// restart, a network cut), so the lists cost little. Asked through `progress`, it starts
+/// over at once. A stream that ends without an error (only in tests: the watcher never
+/// ends) marks the watch as ended.
 async fn watch_forever<K, S>(
     mut writer: Writer<K>,
     mut start: impl FnMut() -> S,
     health: Reporter,
+    progress: Arc<Progress>,
     mut handle: impl FnMut(Event<K>),
 ) where
     K: kube::Resource<DynamicType = ()> + Clone + 'static,
     S: Stream<Item = Result<Event<K>, watcher::Error>>,
 {
+    enum End {
+        Ended,
+        Failed,
+        Asked,
+    }
     let mut failures = 0u32;
     loop {
         let mut stream = std::pin::pin!(start());
-        let failed = loop {
-            match stream.next().await {
-                None => break false,
+        let mut listing = 0u64;
+        let end = loop {
+            let next = tokio::select! {
+                biased;
+                () = progress.relist.notified() => break End::Asked,
+                next = stream.next() => next,
+            };
+            match next {
+                None => break End::Ended,
                 Some(Err(e)) => {
                     health.failed(&e);
-                    break true;
+                    break End::Failed;
                 }
                 Some(Ok(event)) => {
                     writer.apply_watcher_event(&event);
                     health.progress();
-                    if matches!(event, Event::InitDone) {
-                        failures = 0;
+                    match &event {
+                        Event::Init => listing = 0,
+                        Event::InitApply(o) => listing = listing.max(revision_of(o)),
+                        Event::InitDone => {
+                            failures = 0;
+                            progress.advance(listing);
+                            progress.lists.send_modify(|n| *n += 1);
+                        }
+                        Event::Apply(o) | Event::Delete(o) => progress.advance(revision_of(o)),
                     }
                     handle(event);
                 }
             }
         };
-        if !failed {
-            health.ended();
-            return;
+        match end {
+            End::Ended => {
+                health.ended();
+                return;
+            }
+            End::Asked => {}
+            End::Failed => {
+                tokio::time::sleep(restart_delay(failures)).await;
+                failures = failures.saturating_add(1);
+            }
         }
-        tokio::time::sleep(restart_delay(failures)).await;
-        failures = failures.saturating_add(1);
     }
 }
 
@@ -348,6 +479,9 @@ mod tests {
             namespaces,
             service_keys: Arc::default(),
             subscriber: Arc::default(),
+            service_progress: Arc::default(),
+            pool_progress: Arc::default(),
+            namespace_progress: Arc::default(),
         };
         (caches, svc_writer, ns_writer)
     }
@@ -385,6 +519,7 @@ mod tests {
             writer,
             move || futures::stream::iter(events.take().unwrap_or_default()),
             health.register("Service watch", Limits::calling_api(None)),
+            caches.service_progress.clone(),
             move |e| c.on_service(e),
         )
         .await;
@@ -432,6 +567,7 @@ mod tests {
             writer,
             move || futures::stream::iter(events.take().unwrap_or_default()),
             Health::new().register("Namespace watch", Limits::calling_api(None)),
+            Arc::default(),
             move |e| {
                 for ns in labels.changed(e) {
                     c.send(Change::NamespaceLabels(ns));
@@ -463,6 +599,77 @@ mod tests {
 mod restart_tests {
     use super::*;
     use serde_json::json;
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+
+    fn versioned(name: &str, rv: &str) -> Service {
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "namespace": "ns", "resourceVersion": rv}}),
+        )
+        .unwrap()
+    }
+
+    /// The applied revision covers a list only once the whole list is in the store, then
+    /// follows each change; asked to, the watch starts over with a fresh list at once
+    /// (no error, no back-off) and the asker learns when that list is in.
+    #[tokio::test(start_paused = true)]
+    async fn progress_follows_what_the_store_holds_and_a_relist_can_be_asked_for() {
+        let (store, writer) = reflector::store::<Service>();
+        let health = Health::new();
+        let progress = Arc::new(Progress::default());
+        let mut applied = progress.applied();
+        let (tx, rx) = mpsc::unbounded_channel::<Result<Event<Service>, watcher::Error>>();
+        let mut rx = Some(rx);
+        let starts = Arc::new(Mutex::new(0));
+        let task = {
+            let (progress, starts) = (progress.clone(), starts.clone());
+            tokio::spawn(watch_forever(
+                writer,
+                move || {
+                    *locked(&starts) += 1;
+                    // The first start reads the test's events; a restart gets a fresh list.
+                    match rx.take() {
+                        Some(rx) => UnboundedReceiverStream::new(rx).boxed(),
+                        None => futures::stream::iter(vec![
+                            Ok(Event::Init),
+                            Ok(Event::InitApply(versioned("a", "40"))),
+                            Ok(Event::InitDone),
+                        ])
+                        .chain(futures::stream::pending())
+                        .boxed(),
+                    }
+                },
+                health.register("Service watch", Limits::calling_api(None)),
+                progress,
+                |_| {},
+            ))
+        };
+        for e in [
+            Event::Init,
+            Event::InitApply(versioned("a", "7")),
+            Event::InitApply(versioned("b", "9")),
+        ] {
+            tx.send(Ok(e)).unwrap();
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            *applied.borrow_and_update(),
+            0,
+            "the list is not in the store yet"
+        );
+        tx.send(Ok(Event::InitDone)).unwrap();
+        applied.wait_for(|a| *a == 9).await.unwrap();
+        tx.send(Ok(Event::Apply(versioned("a", "12")))).unwrap();
+        applied.wait_for(|a| *a == 12).await.unwrap();
+        assert_eq!(store.state().len(), 2);
+
+        progress.list_again().await;
+        assert_eq!(*locked(&starts), 2, "one fresh start, at once");
+        assert_eq!(*progress.applied().borrow(), 40);
+        assert_eq!(store.state().len(), 1, "the new list replaced the store");
+        assert!(health.check().is_empty(), "asking is not a failure");
+        task.abort();
+    }
 
     /// After an error the watch lists again (a fresh stream), and that list is the success
     /// `/healthz` needs to see; the first list failing is just another error.
@@ -505,6 +712,7 @@ mod restart_tests {
                 "Service watch",
                 Limits::calling_api(Some(Duration::from_secs(300))),
             ),
+            Arc::default(),
             |e| seen.push(matches!(e, Event::InitDone)),
         )
         .await;

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod allocator;
 pub mod app;
 pub mod caches;
+pub mod catch_up;
 mod error;
 pub mod events;
 pub mod gossip_secret;

@@ -1,5 +1,5 @@
-//! One leadership term: from the warm caches ([`Caches`]), rebuild the allocations
-//! (restore), then follow what changes, one change at a time: Service changes go to the
+//! One leadership term: from the warm caches ([`Caches`]), once proven current
+//! ([`crate::catch_up`]), rebuild the allocations (restore), then follow what changes, one change at a time: Service changes go to the
 //! kube-runtime controller that reconciles them, deletions release, pool changes go
 //! through the term's one [`PoolSync`], a Namespace's new labels re-examine its Services.
 //! Pool statuses are written by their own loop. Only the leader runs a term; it ends when
@@ -97,6 +97,9 @@ async fn run_term(
     if caches.synced().await.is_err() {
         return;
     }
+    // The caches may trail the API (a loaded machine, a slow watch): the last leader's
+    // latest writes must be in them before they are trusted.
+    caches.catch_up(&client).await;
     let (trigger_tx, trigger_rx) = mpsc::unbounded_channel();
     let (restored_tx, _) = watch::channel(false);
     let ctx = Arc::new(Context {

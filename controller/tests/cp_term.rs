@@ -101,6 +101,23 @@ async fn a_standby_that_takes_over_lists_nothing_again() {
     c.service("default", "second", json!({}), json!({})).await;
     c.wait_ips("default", "second", &["10.60.0.1"]).await;
     assert_ne!(holder(&c).await, leader);
+    // Before restoring, it proved each warm cache current (with two small watches each),
+    // and had no reason to list one again.
+    let log = c.wait_log(0, &["allocations rebuilt"]).await;
+    let proven: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cache proven current"))
+        .collect();
+    for kind in ["Service", "IPPool", "Namespace"] {
+        assert!(
+            proven
+                .iter()
+                .any(|l| l.contains(&format!("kind=\"{kind}\""))
+                    || l.contains(&format!("kind={kind}"))),
+            "no proof for {kind} in {proven:?}"
+        );
+    }
+    assert!(!log.contains("cache not proven current"), "{log}");
     let lists = lists_since(&audit_log, killed_at);
     assert!(
         lists.is_empty(),
