@@ -262,11 +262,14 @@ fn seeds(
     out
 }
 
-/// Watches one kind into a store, telling `mark` what each event changed, poking `changed`
-/// on every event and reporting to `health`.
+/// Watches one kind into a store, keeping of each object only what `slim` leaves, telling
+/// `mark` what each event changed, poking `changed` on every event and reporting to
+/// `health`.
+#[allow(clippy::too_many_arguments)]
 fn watch_into<K>(
     api: Api<K>,
     config: watcher::Config,
+    slim: fn(&mut K),
     changed: Arc<Notify>,
     health: Reporter,
     fresh: Reporter,
@@ -291,7 +294,7 @@ where
         // list is complete, so readers never see it empty.
         'watch: loop {
             let stream = watcher::watcher(api.clone(), config.clone())
-                .modify(ferrolb_crds::cache::slim)
+                .modify(slim)
                 .default_backoff();
             let mut stream = std::pin::pin!(stream);
             loop {
@@ -530,6 +533,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let (nodes, nodes_task) = watch_into(
         nodes_api.clone(),
         watcher::Config::default(),
+        crate::inputs::slim_node,
         changed.clone(),
         watch_health("Node"),
         watch_fresh("Node"),
@@ -541,7 +545,9 @@ pub async fn run(args: Args) -> Result<(), String> {
     );
     let (services, services_task) = watch_into(
         Api::<K8sService>::all(client.clone()),
-        watcher::Config::default(),
+        // Only LoadBalancer Services: one that changes type leaves the watch as deleted.
+        watcher::Config::default().fields(crate::inputs::LOAD_BALANCERS),
+        ferrolb_crds::cache::slim,
         changed.clone(),
         watch_health("Service"),
         watch_fresh("Service"),
@@ -554,6 +560,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let (slices, slices_task) = watch_into(
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default().labels(SERVICE_NAME_LABEL),
+        crate::inputs::slim_slice,
         changed.clone(),
         watch_health("EndpointSlice"),
         watch_fresh("EndpointSlice"),
@@ -566,6 +573,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let (pools, pools_task) = watch_into(
         Api::<IPPool>::all(client.clone()),
         watcher::Config::default(),
+        ferrolb_crds::cache::slim,
         changed.clone(),
         watch_health("IPPool"),
         watch_fresh("IPPool"),
@@ -588,8 +596,15 @@ pub async fn run(args: Args) -> Result<(), String> {
     // Local interfaces; the announcing ones travel in our gossip identity (the main loop
     // picks them, as the pools' l2.interfaces decide which interfaces count).
     let mut locals = interfaces::watch(scan_period, root.clone());
+    let advertise = |locals: &[interfaces::LocalInterface],
+                     blocks: &[ferrolb_crds::AddressBlock],
+                     named: &[regex::Regex]| {
+        let mut list = interfaces::announcing(locals, named);
+        interfaces::by_importance(&mut list, blocks, named);
+        list
+    };
     let (advertised_tx, advertised_rx) =
-        watch::channel(interfaces::announcing(&locals.borrow_and_update(), &[]));
+        watch::channel(advertise(&locals.borrow_and_update(), &[], &[]));
 
     // Gossip.
     let gossip_addr = SocketAddr::new(node_ip, args.gossip_port);
@@ -699,8 +714,9 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut members_dirty = true;
     let mut locals_changed = true;
     let mut apply_now = true;
-    // The pools' l2.interfaces, compiled when the pools change.
+    // The pools' l2.interfaces, compiled when the pools change, and their addresses.
     let mut named: Vec<regex::Regex> = Vec::new();
+    let mut blocks: Vec<ferrolb_crds::AddressBlock> = Vec::new();
     // The Services the status writer was told about as ours.
     let mut told_status: BTreeSet<String> = BTreeSet::new();
     // What this speaker's identity says once it announces (Ready; Stale while its view of
@@ -776,9 +792,14 @@ pub async fn run(args: Args) -> Result<(), String> {
                     .flat_map(|p| p.interfaces.iter())
                     .filter_map(|re| election::interface_regex(re).ok())
                     .collect();
+                blocks = elector
+                    .pools()
+                    .iter()
+                    .flat_map(|p| p.blocks.iter().cloned())
+                    .collect();
             }
             if pools_changed || locals_changed {
-                crate::publish(&advertised_tx, interfaces::announcing(&local_now, &named));
+                crate::publish(&advertised_tx, advertise(&local_now, &blocks, &named));
             }
             // A round that moved nothing of ours (an event about a Service that is not a
             // LoadBalancer of ours, a Node field nothing reads) ends here: the responders

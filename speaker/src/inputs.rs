@@ -7,8 +7,10 @@ use std::net::IpAddr;
 
 use ferrolb_crds::IPPool;
 use ferrolb_crds::names::is_our_class;
-use k8s_openapi::api::core::v1::{Node as K8sNode, Service as K8sService};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{
+    Node as K8sNode, NodeCondition, NodeStatus, Service as K8sService,
+};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 
 use crate::election::{
     EndpointState, Inputs, Interface, Node, Pool, Protocol, Service, ServicePort, TrafficPolicy,
@@ -17,6 +19,62 @@ use crate::membership::{Member, Standing};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The field selector of the Service watch: the speaker has nothing to do with a Service
+/// of any other type (the API server serves `spec.type` selectors since Kubernetes 1.31).
+pub const LOAD_BALANCERS: &str = "spec.type=LoadBalancer";
+
+/// The Node conditions the speaker reads.
+const NODE_CONDITIONS: [&str; 2] = ["Ready", "NetworkUnavailable"];
+
+/// What the speaker keeps of a Node: its name, labels and the metadata the cache needs, its
+/// InternalIP addresses (gossip seeds) and the type and status of the conditions
+/// [`node`] reads. Images, capacity, node info, annotations (often large: CNI plugins keep
+/// their state there) and the heartbeat times that change on every status update are
+/// dropped as they arrive.
+pub fn slim_node(n: &mut K8sNode) {
+    ferrolb_crds::cache::slim(n);
+    n.metadata.annotations = None;
+    n.spec = None;
+    n.status = n.status.take().map(|st| NodeStatus {
+        addresses: st
+            .addresses
+            .map(|a| a.into_iter().filter(|a| a.type_ == "InternalIP").collect()),
+        conditions: st.conditions.map(|cs| {
+            cs.into_iter()
+                .filter(|c| NODE_CONDITIONS.contains(&c.type_.as_str()))
+                .map(|c| NodeCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    ..NodeCondition::default()
+                })
+                .collect()
+        }),
+        ..NodeStatus::default()
+    });
+}
+
+/// What the speaker keeps of an EndpointSlice: the label naming its Service and, per
+/// endpoint, the node and the conditions [`endpoints`] reads. Addresses, ports, hints and
+/// target references are dropped as they arrive. Slices of Services that are not
+/// LoadBalancers are kept in this form too: nothing on a slice says its Service's type,
+/// and a Service that becomes a LoadBalancer needs its slices at once.
+pub fn slim_slice(s: &mut EndpointSlice) {
+    ferrolb_crds::cache::slim(s);
+    s.metadata.annotations = None;
+    if let Some(labels) = s.metadata.labels.as_mut() {
+        labels.retain(|k, _| k == SERVICE_NAME_LABEL);
+    }
+    s.ports = None;
+    for ep in s.endpoints.iter_mut().flatten() {
+        *ep = Endpoint {
+            addresses: Vec::new(),
+            conditions: ep.conditions.take(),
+            node_name: ep.node_name.take(),
+            ..Endpoint::default()
+        };
+    }
+}
 
 fn condition_true(node: &K8sNode, type_: &str) -> bool {
     node.status
@@ -237,6 +295,107 @@ mod tests {
             v["spec"][k] = val.clone();
         }
         serde_json::from_value(v).unwrap()
+    }
+
+    /// A Node as a kubelet reports it, with the bulk the speaker never reads.
+    fn kubelet_node() -> K8sNode {
+        serde_json::from_value(json!({
+            "metadata": {"name": "n1", "labels": {"zone": "a"}, "resourceVersion": "77",
+                "annotations": {"flannel.alpha.coreos.com/backend-data": "x".repeat(2000)}},
+            "spec": {"podCIDR": "10.244.1.0/24", "taints": [{"key": "k", "effect": "NoSchedule"}]},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": "192.168.1.11"},
+                              {"type": "Hostname", "address": "n1"},
+                              {"type": "InternalIP", "address": "fd00::11"}],
+                "conditions": [
+                    {"type": "MemoryPressure", "status": "False", "lastHeartbeatTime": "2026-01-01T00:00:00Z"},
+                    {"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+                     "reason": "KubeletReady", "message": "kubelet is posting ready status"},
+                    {"type": "NetworkUnavailable", "status": "False"}
+                ],
+                "images": (0..50).map(|i| json!({"names": [format!("registry.example/image-{i}:v1")], "sizeBytes": 1000})).collect::<Vec<_>>(),
+                "capacity": {"cpu": "8", "memory": "32Gi"},
+                "nodeInfo": {"machineID": "m", "systemUUID": "s", "bootID": "b", "kernelVersion": "6",
+                    "osImage": "Debian", "containerRuntimeVersion": "containerd://2", "kubeletVersion": "v1.36.3",
+                    "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"}
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_slim_node_reads_the_same_and_keeps_a_fraction_of_the_bytes() {
+        let full = kubelet_node();
+        let mut slim = full.clone();
+        slim_node(&mut slim);
+        assert_eq!(node(&slim, vec![]), node(&full, vec![]));
+        let ips = |n: &K8sNode| -> Vec<String> {
+            n.status
+                .as_ref()
+                .and_then(|s| s.addresses.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|a| a.type_ == "InternalIP")
+                .map(|a| a.address)
+                .collect()
+        };
+        assert_eq!(ips(&slim), ips(&full), "the gossip seeds' addresses stay");
+        assert_eq!(slim.metadata.resource_version.as_deref(), Some("77"));
+        let size = |n: &K8sNode| serde_json::to_vec(n).unwrap().len();
+        assert!(
+            size(&slim) * 10 < size(&full),
+            "{} of {} bytes",
+            size(&slim),
+            size(&full)
+        );
+        // Only the two conditions read, without their heartbeat times.
+        let conds = slim.status.unwrap().conditions.unwrap();
+        assert_eq!(conds.len(), 2);
+        assert!(
+            conds
+                .iter()
+                .all(|c| c.last_heartbeat_time.is_none() && c.message.is_none())
+        );
+    }
+
+    #[test]
+    fn a_slim_slice_counts_the_same_endpoints() {
+        let full: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-abc", "namespace": "shop",
+                "labels": {"kubernetes.io/service-name": "web", "app": "web",
+                           "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.244.1.5"], "nodeName": "n1", "conditions": {"ready": true},
+                 "targetRef": {"kind": "Pod", "name": "web-1", "namespace": "shop"}, "zone": "a"},
+                {"addresses": ["10.244.2.5"], "nodeName": "n2",
+                 "conditions": {"ready": false, "serving": true, "terminating": true}},
+                {"addresses": ["10.244.3.5"], "nodeName": "n3", "conditions": {"ready": false}}
+            ]
+        }))
+        .unwrap();
+        let mut slim = full.clone();
+        slim_slice(&mut slim);
+        assert_eq!(endpoints([&slim]), endpoints([&full]));
+        assert_eq!(
+            slim.metadata
+                .labels
+                .as_ref()
+                .map(|l| l.keys().cloned().collect::<Vec<_>>()),
+            Some(vec![SERVICE_NAME_LABEL.to_string()])
+        );
+        let svc = lb(json!({}));
+        assert_eq!(
+            service(&svc, [&slim], true).map(|s| s.endpoints),
+            service(&svc, [&full], true).map(|s| s.endpoints)
+        );
+        assert!(
+            slim.endpoints
+                .iter()
+                .flatten()
+                .all(|e| e.addresses.is_empty() && e.target_ref.is_none())
+        );
     }
 
     #[test]

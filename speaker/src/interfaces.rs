@@ -263,14 +263,18 @@ pub const NEVER_ANNOUNCE: [&str; 21] = [
 /// The interfaces a node may announce on, as its speaker gossips them: Ethernet
 /// interfaces not matching [`NEVER_ANNOUNCE`] that the `l2.interfaces` rule could pick,
 /// that is, those with a global address or the default route, and those named by one of
-/// the pools' regexes (`named`). Link-local IPv6 addresses are left out (no pool address
-/// lives in fe80::/10). Pod veths and other address-less plumbing are not gossiped, so
-/// pods coming and going do not change what a node advertises.
+/// the pools' regexes (`named`); a pool's explicit pattern wins over [`NEVER_ANNOUNCE`]
+/// (the user asked for that interface by name). Link-local IPv6 addresses are left out (no
+/// pool address lives in fe80::/10). Pod veths and other address-less plumbing are not
+/// gossiped, so pods coming and going do not change what a node advertises.
 pub fn announcing(locals: &[LocalInterface], named: &[regex::Regex]) -> Vec<Interface> {
+    let is_named = |name: &str| named.iter().any(|r| r.is_match(name));
     locals
         .iter()
         .filter(|l| l.mac.is_some())
-        .filter(|l| !NEVER_ANNOUNCE.iter().any(|p| l.iface.name.starts_with(p)))
+        .filter(|l| {
+            !NEVER_ANNOUNCE.iter().any(|p| l.iface.name.starts_with(p)) || is_named(&l.iface.name)
+        })
         .map(|l| Interface {
             subnets: l
                 .iface
@@ -284,12 +288,50 @@ pub fn announcing(locals: &[LocalInterface], named: &[regex::Regex]) -> Vec<Inte
                 .collect(),
             ..l.iface.clone()
         })
-        .filter(|i| {
-            !i.subnets.is_empty()
-                || i.has_default_route()
-                || named.iter().any(|r| r.is_match(&i.name))
-        })
+        .filter(|i| !i.subnets.is_empty() || i.has_default_route() || is_named(&i.name))
         .collect()
+}
+
+/// Orders `interfaces` by what losing each would cost, for when the gossiped list must be
+/// trimmed (see `membership::fit_interfaces`, which keeps them in this order): first those
+/// a pool needs (a subnet that overlaps one of the pools' `blocks`, or a name one of their
+/// `l2.interfaces` patterns matches), then the default-route interface, then those with
+/// addresses; by name within each.
+pub fn by_importance(
+    interfaces: &mut [Interface],
+    blocks: &[ferrolb_crds::AddressBlock],
+    named: &[regex::Regex],
+) {
+    let needed = |i: &Interface| {
+        named.iter().any(|r| r.is_match(&i.name))
+            || i.subnets.iter().any(|(addr, len)| {
+                subnet_block(*addr, *len).is_some_and(|s| blocks.iter().any(|b| b.overlaps(&s)))
+            })
+    };
+    interfaces.sort_by_cached_key(|i| {
+        (
+            !needed(i),
+            !i.has_default_route(),
+            i.subnets.is_empty(),
+            i.name.clone(),
+        )
+    });
+}
+
+/// The addresses of the subnet `addr/len` as a block (`None` for a length beyond the
+/// family's width).
+fn subnet_block(addr: IpAddr, len: u8) -> Option<ferrolb_crds::AddressBlock> {
+    let family = ferrolb_crds::Family::of(addr);
+    let host_bits = family.bits().checked_sub(u32::from(len))?;
+    let host_mask = match host_bits {
+        0 => 0,
+        128.. => u128::MAX,
+        n => (1u128 << n) - 1,
+    };
+    let n = ferrolb_crds::address::ip_to_u128(addr);
+    let first = ferrolb_crds::address::u128_to_ip(family, n & !host_mask)?;
+    let last = ferrolb_crds::address::u128_to_ip(family, n | host_mask)?;
+    ferrolb_crds::AddressBlock::new(first, last)
 }
 
 /// How often a dump the kernel reports as interrupted is asked again before giving up
@@ -804,6 +846,16 @@ mod tests {
         );
         let named = [regex::Regex::new("^(?:vlan.*)$").unwrap()];
         assert_eq!(announcing(&all, &named).len(), 4, "unless a pool names it");
+        let named = [regex::Regex::new("^(?:cni0)$").unwrap()];
+        let names: Vec<String> = announcing(&all, &named)
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(
+            names,
+            ["eth0", "eth1", "cni0", "bond0"],
+            "a pool's explicit pattern wins over the never-announce list"
+        );
         let eth0 = &announcing(&all, &[])[0];
         assert_eq!(
             eth0.subnets,
@@ -813,6 +865,60 @@ mod tests {
             ],
             "the link-local address is not gossiped"
         );
+    }
+
+    #[test]
+    fn the_interfaces_a_pool_needs_are_kept_before_the_default_route() {
+        let iface = |name: &str, subnet: Option<(&str, u8)>, default_route: bool| Interface {
+            name: name.into(),
+            up: true,
+            subnets: subnet
+                .map(|(a, l)| vec![(a.parse().unwrap(), l)])
+                .unwrap_or_default(),
+            default_route_v4: default_route,
+            default_route_v6: false,
+        };
+        let mut all = vec![
+            iface("a-plain", Some(("172.16.0.5", 24)), false),
+            iface("b-uplink", Some(("192.168.1.10", 24)), true),
+            iface("c-lb", Some(("10.9.0.1", 16)), false),
+            iface("d-bare", None, false),
+            iface("e-named", None, false),
+            iface("f-v6", Some(("2001:db8:7::1", 64)), false),
+        ];
+        let blocks = [
+            ferrolb_crds::AddressBlock::parse("10.9.200.0/28").unwrap(),
+            ferrolb_crds::AddressBlock::parse("2001:db8:7::100-2001:db8:7::1ff").unwrap(),
+        ];
+        let named = [regex::Regex::new("^(?:e-.*)$").unwrap()];
+        by_importance(&mut all, &blocks, &named);
+        let names: Vec<&str> = all.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["c-lb", "f-v6", "e-named", "b-uplink", "a-plain", "d-bare"]
+        );
+        // With no pools, the old order: default route, then addresses, then by name.
+        by_importance(&mut all, &[], &[]);
+        let names: Vec<&str> = all.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["b-uplink", "a-plain", "c-lb", "f-v6", "d-bare", "e-named"]
+        );
+    }
+
+    #[test]
+    fn a_subnet_is_the_block_of_its_prefix() {
+        let b = subnet_block("10.1.2.3".parse().unwrap(), 24).unwrap();
+        assert_eq!(
+            (b.first().to_string(), b.last().to_string()),
+            ("10.1.2.0".into(), "10.1.2.255".into())
+        );
+        let all = subnet_block("::1".parse().unwrap(), 0).unwrap();
+        assert_eq!(
+            all.last().to_string(),
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
+        assert!(subnet_block("10.0.0.1".parse().unwrap(), 33).is_none());
     }
 
     #[test]

@@ -57,13 +57,12 @@ pub struct Member {
 /// identities) and its piggybacked updates still fit one datagram.
 pub const MAX_INTERFACES_BYTES: usize = 360;
 
-/// Trims `interfaces` to what fits in an identity: the default-route interface first, then
-/// those with addresses, in name order. Returns the kept list and how many were dropped.
+/// Trims `interfaces` to what fits in an identity, keeping them in the order given (most
+/// important first: `interfaces::by_importance` puts those the pools need first). Returns
+/// the kept list, by name, and how many were dropped.
 pub fn fit_interfaces(interfaces: &[Interface]) -> (Vec<Interface>, usize) {
-    let mut order: Vec<&Interface> = interfaces.iter().collect();
-    order.sort_by_key(|i| (!i.has_default_route(), i.subnets.is_empty(), i.name.clone()));
     let mut kept = Vec::new();
-    for i in order {
+    for i in interfaces {
         kept.push(i.clone());
         let size = postcard::to_allocvec(&kept)
             .map(|v| v.len())
@@ -672,15 +671,21 @@ mod tests {
     }
 
     #[test]
-    fn many_interfaces_are_trimmed_keeping_the_default_route_first() {
+    fn many_interfaces_are_trimmed_keeping_the_first_given() {
         let mut all: Vec<Interface> = (0..40)
             .map(|i| iface(&format!("eth{i:02}"), 2, false))
             .collect();
-        all.push(iface("uplink", 1, true));
+        all.insert(0, iface("uplink", 1, true));
+        all.push(iface("last", 1, false));
         let (kept, dropped) = fit_interfaces(&all);
         assert!(dropped > 0 && !kept.is_empty());
         assert_eq!(kept.len() + dropped, all.len());
         assert!(kept.iter().any(|i| i.name == "uplink"));
+        assert!(
+            !kept.iter().any(|i| i.name == "last"),
+            "the last given goes first"
+        );
+        assert!(kept.is_sorted_by(|a, b| a.name <= b.name), "kept by name");
         assert!(postcard::to_allocvec(&kept).unwrap().len() <= MAX_INTERFACES_BYTES);
         // A probe carries two identities and still fits a datagram.
         let id = Speaker {
