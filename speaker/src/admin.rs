@@ -55,6 +55,10 @@ pub struct Metrics {
     /// `ferrolb.io/Announced` writes and their failures.
     pub status_writes: AtomicU64,
     pub status_write_errors: AtomicU64,
+    /// Peers whose claims disagreed with this speaker's view past the grace period (each
+    /// disagreement once), and how many disagree now.
+    pub ownership_disagreements: AtomicU64,
+    pub peers_disagreeing: AtomicU64,
     /// NodePort forwarding, when it is on.
     pub forwarding: Mutex<Option<ForwardingStats>>,
 }
@@ -329,11 +333,27 @@ impl Metrics {
                 "ferrolb.io/Announced writes that failed.",
                 &self.status_write_errors,
             ),
+            (
+                "ferrolb_ownership_disagreements_total",
+                "Times a peer's claims (what it announces) disagreed with this speaker's view for longer than the grace period.",
+                &self.ownership_disagreements,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
         }
+        let name = "ferrolb_peers_disagreeing";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Peers whose claims disagree with this speaker's view now."
+        );
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(
+            out,
+            "{name} {}",
+            self.peers_disagreeing.load(Ordering::Relaxed)
+        );
         out
     }
 }

@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::admin::{self, Listen, Metrics, Readiness};
+use crate::agreement::{self, Digest};
 use crate::announcer::Announcer;
 use crate::election::{self, Decision, Election, Service};
 use crate::forwarding::kernel::{Forwarder, Kernel};
@@ -402,6 +403,8 @@ pub fn connectivity_returned(before: &Links, now: &Links, lost: &mut BTreeSet<Ip
 enum StatusUpdate {
     Service(String, Option<Box<ServiceStatus>>),
     Members(BTreeSet<String>),
+    /// What the Services this speaker reports on say of disagreeing peers (empty: none).
+    Note(String),
 }
 
 #[derive(Clone, Debug)]
@@ -612,6 +615,9 @@ pub async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     metrics.set_gossip(view.stats.clone());
+    // What the peers say they announce, and what this speaker says (see `agreement`).
+    let mut peer_claims = view.claims.clone();
+    let (owned_tx, owned_rx) = watch::channel(Digest::default());
     let (seeds_tx, seeds_rx) = watch::channel(Vec::new());
     // Peers give this speaker nothing while its identity says Starting: it cannot answer
     // before its caches have synced and its first election is applied.
@@ -623,6 +629,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             interfaces: advertised_rx,
             keys: keys_rx,
             standing: standing_rx,
+            owned: owned_rx,
         },
         gossip_cancel.clone(),
     ));
@@ -725,6 +732,11 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut my_standing = Standing::Ready;
     let mut last_rewatch = Instant::now();
     let mut recompute = true;
+    // Who owns what in this speaker's view, and how the peers' claims compare with it.
+    let mut owners = agreement::Owners::default();
+    let mut agreement = agreement::Agreement::default();
+    let mut claims_open = true;
+    let mut last_note = String::new();
     loop {
         if signal.is_cancelled() {
             break;
@@ -814,6 +826,12 @@ pub async fn run(args: Args) -> Result<(), String> {
                 || members_changed
                 || locals_changed;
             for ip in &changed.ips {
+                owners.set(
+                    *ip,
+                    elector.election().decision(*ip).and_then(Decision::owner),
+                );
+            }
+            for ip in &changed.ips {
                 match elector.election().decision(*ip) {
                     Some(Decision::Owner { node, interface }) if *node == me => {
                         owned.insert(*ip, interface.clone());
@@ -822,6 +840,9 @@ pub async fn run(args: Args) -> Result<(), String> {
                         owned.remove(ip);
                     }
                 }
+            }
+            if !changed.ips.is_empty() {
+                crate::publish(&owned_tx, Digest::of(owned.keys().copied()));
             }
             if apply_now {
                 let (node_v4, node_v6) = nodes
@@ -894,6 +915,36 @@ pub async fn run(args: Args) -> Result<(), String> {
                 f.finish(forwarding.clone()).await;
             }
         }
+        // Do the peers announce what this speaker's view gives them? (Checked every round,
+        // the 2 s tick included, so a difference is confirmed soon after its grace period.)
+        for finding in agreement.compare(
+            std::time::Instant::now(),
+            &me,
+            &peer_claims.borrow_and_update(),
+            owners.digests(),
+        ) {
+            match finding {
+                agreement::Finding::Began(d) => {
+                    metrics
+                        .ownership_disagreements
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(node = %d.node, claimed = d.claimed.count, expected = d.expected.count, "a peer's claims disagree with this speaker's view: {d}");
+                }
+                agreement::Finding::Ended(node) => {
+                    info!(%node, "a peer's claims agree with this speaker's view again");
+                }
+            }
+        }
+        let confirmed = agreement.confirmed();
+        metrics
+            .peers_disagreeing
+            .store(confirmed.len() as u64, Ordering::Relaxed);
+        let note = agreement::note(&confirmed);
+        if note != last_note {
+            let _ = status_tx.send(StatusUpdate::Note(note.clone()));
+            last_note = note;
+        }
+
         // The first round always elects: from here on this node's share is announced, and
         // its peers may hand it over.
         readiness.set_ready();
@@ -922,6 +973,10 @@ pub async fn run(args: Args) -> Result<(), String> {
                     break;
                 }
                 locals_changed = true;
+            }
+            r = peer_claims.changed(), if claims_open => {
+                claims_open = r.is_ok();
+                recompute = false;
             }
             _ = tick.tick() => recompute = false,
             _ = counters_tick.tick(), if forwarder.is_some() => {
@@ -1026,6 +1081,8 @@ struct StatusState {
     /// still shows that version it has not caught up with our write, and writing again
     /// would only repeat it. Once the Service moves on, what it says counts again.
     written: BTreeMap<String, (status::Announced, Option<String>)>,
+    /// Added to every message while peers disagree (see `agreement::note`).
+    note: String,
 }
 
 impl StatusState {
@@ -1045,6 +1102,12 @@ impl StatusState {
             StatusUpdate::Members(m) => {
                 if m != self.members {
                     self.members = m;
+                    self.dirty.extend(self.views.keys().cloned());
+                }
+            }
+            StatusUpdate::Note(n) => {
+                if n != self.note {
+                    self.note = n;
                     self.dirty.extend(self.views.keys().cloned());
                 }
             }
@@ -1102,7 +1165,10 @@ async fn status_loop(
             {
                 continue;
             }
-            let want = status::announced(svc, &v.election, sctp_refused.then_some(me.as_str()));
+            let mut want = status::announced(svc, &v.election, sctp_refused.then_some(me.as_str()));
+            if !st.note.is_empty() {
+                want.message = format!("{} {}", want.message, st.note);
+            }
             let Some(obj) = services.get(&ObjectRef::new(&svc.name).within(&svc.namespace)) else {
                 continue;
             };

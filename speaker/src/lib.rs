@@ -20,6 +20,7 @@
 //! - [`app`]: the `ferrolb-speaker` process that ties them together.
 
 pub mod admin;
+pub mod agreement;
 pub mod announcer;
 pub mod app;
 pub mod election;

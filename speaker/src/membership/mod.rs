@@ -43,6 +43,7 @@ pub use auth::GossipKey;
 use keys::KeyChain;
 pub use keys::Keyring;
 
+use crate::agreement::{Claims, Digest};
 use crate::election::Interface;
 pub use identity::{Speaker, Standing};
 
@@ -178,6 +179,7 @@ pub struct Membership {
     me: Speaker,
     settings: Settings,
     members_tx: watch::Sender<BTreeMap<String, Member>>,
+    claims_tx: watch::Sender<BTreeMap<String, Digest>>,
     stats: Arc<Stats>,
     unknown_key: Arc<Notify>,
 }
@@ -186,6 +188,9 @@ pub struct Membership {
 #[derive(Clone, Debug)]
 pub struct MembershipView {
     pub members: watch::Receiver<BTreeMap<String, Member>>,
+    /// What each live peer says it announces (see [`crate::agreement`]); a peer that sent
+    /// nothing yet (or runs a version that does not send it) is absent.
+    pub claims: watch::Receiver<BTreeMap<String, Digest>>,
     pub stats: Arc<Stats>,
     /// Notified when a datagram arrives that no known key opens: a peer may seal with a key
     /// this speaker has not read yet, so the gossip Secret is worth reading again now.
@@ -204,7 +209,14 @@ pub struct Inputs {
     pub keys: watch::Receiver<Keyring>,
     /// This speaker's standing, carried in its identity.
     pub standing: watch::Receiver<Standing>,
+    /// The digest of what this speaker announces, sent to every peer when it changes and
+    /// every [`CLAIMS_PERIOD`].
+    pub owned: watch::Receiver<Digest>,
 }
+
+/// How often a speaker repeats its claims to every peer (a peer that joined, or a lost
+/// datagram, hears them within this).
+pub const CLAIMS_PERIOD: Duration = Duration::from_secs(5);
 
 impl Membership {
     pub async fn bind(settings: Settings) -> Result<(Membership, MembershipView), MembershipError> {
@@ -238,17 +250,20 @@ impl Membership {
         )]));
         let stats = Arc::new(Stats::default());
         let unknown_key = Arc::new(Notify::new());
+        let (claims_tx, claims) = watch::channel(BTreeMap::new());
         Ok((
             Membership {
                 socket,
                 me,
                 settings,
                 members_tx,
+                claims_tx,
                 stats: stats.clone(),
                 unknown_key: unknown_key.clone(),
             },
             MembershipView {
                 members,
+                claims,
                 stats,
                 unknown_key,
             },
@@ -267,6 +282,7 @@ impl Membership {
             mut me,
             settings,
             members_tx,
+            claims_tx,
             stats,
             unknown_key,
         } = self;
@@ -275,6 +291,7 @@ impl Membership {
             mut interfaces,
             mut keys,
             mut standing,
+            mut owned,
         } = inputs;
         let mut chain = KeyChain::new(settings.keys.clone());
         chain.update(keys.borrow_and_update().clone(), Instant::now());
@@ -295,11 +312,15 @@ impl Membership {
             timer_tx,
             stats,
             unknown_key,
+            claims: BTreeMap::new(),
+            claims_tx,
         };
         let mut buf = vec![0u8; 65536];
         // Once an input is gone, its last value stays.
         let (mut keys_open, mut interfaces_open, mut standing_open) = (true, true, true);
+        let mut owned_open = true;
         let mut announce = tokio::time::interval(Duration::from_millis(500));
+        let mut claims_tick = tokio::time::interval(CLAIMS_PERIOD);
         // foca's own suspicion timer normally fires first; this is the backstop.
         let mut suspicions = Suspicions::new(settings.suspect_to_down + settings.probe_period);
         info!(node = %me.node, addr = %me.addr, standing = ?me.standing, "gossip membership started");
@@ -355,6 +376,18 @@ impl Membership {
                     if now != g.foca.identity().standing {
                         g.change_identity(|id| id.standing = now, "standing changed");
                     }
+                }
+                r = owned.changed(), if owned_open => {
+                    if r.is_err() {
+                        owned_open = false;
+                        continue;
+                    }
+                    let digest = *owned.borrow_and_update();
+                    g.send_claims(digest).await;
+                }
+                _ = claims_tick.tick() => {
+                    let digest = *owned.borrow();
+                    g.send_claims(digest).await;
                 }
                 _ = announce.tick() => {
                     let now = Instant::now();
@@ -429,6 +462,9 @@ struct Gossip {
     timer_tx: mpsc::UnboundedSender<Timer<Speaker>>,
     stats: Arc<Stats>,
     unknown_key: Arc<Notify>,
+    /// The latest claims of each live peer, with the generation they were sent under.
+    claims: BTreeMap<String, (u64, Digest)>,
+    claims_tx: watch::Sender<BTreeMap<String, Digest>>,
 }
 
 impl Gossip {
@@ -468,8 +504,10 @@ impl Gossip {
                 }
                 match kind {
                     Kind::Membership => payload,
-                    // Claims are read by a later version; nothing to do yet.
-                    Kind::Claims => return,
+                    Kind::Claims => {
+                        self.take_claims(payload, from);
+                        return;
+                    }
                 }
             }
             Err(e) => {
@@ -513,6 +551,86 @@ impl Gossip {
                 |id| id.generation = id.generation.max(above),
                 "rival identity",
             );
+        }
+    }
+
+    /// Keeps a peer's claims when they come from that live member's own address and
+    /// identity (an old identity's, or another node's, change nothing).
+    fn take_claims(&mut self, payload: &[u8], from: SocketAddr) {
+        let Ok(c) = postcard::from_bytes::<Claims>(payload) else {
+            self.stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+            debug!(%from, "dropped claims that do not decode");
+            return;
+        };
+        let sender = self
+            .foca
+            .iter_members()
+            .map(|m| m.id())
+            .find(|id| id.node == c.node);
+        match sender {
+            Some(id) if id.addr == from && id.generation == c.generation => {
+                self.claims.insert(c.node, (c.generation, c.digest));
+                self.publish_claims();
+            }
+            _ => {
+                self.stats.dropped_refused.fetch_add(1, Ordering::Relaxed);
+                debug!(%from, node = %c.node, generation = c.generation, "refused claims that are not that live member's");
+            }
+        }
+    }
+
+    /// Publishes the claims of the live members only.
+    fn publish_claims(&mut self) {
+        let live: std::collections::BTreeSet<(String, u64)> = self
+            .foca
+            .iter_members()
+            .map(|m| (m.id().node.clone(), m.id().generation))
+            .collect();
+        self.claims
+            .retain(|node, (generation, _)| live.contains(&(node.clone(), *generation)));
+        let now: BTreeMap<String, Digest> = self
+            .claims
+            .iter()
+            .map(|(n, (_, d))| (n.clone(), *d))
+            .collect();
+        self.claims_tx.send_if_modified(|cur| {
+            let changed = *cur != now;
+            if changed {
+                *cur = now;
+            }
+            changed
+        });
+    }
+
+    /// Sends this speaker's claims to every live peer that speaks v2.
+    async fn send_claims(&mut self, digest: Digest) {
+        let me = self.foca.identity();
+        let claims = Claims {
+            node: me.node.clone(),
+            generation: me.generation,
+            digest,
+        };
+        let Ok(payload) = postcard::to_allocvec(&claims) else {
+            return;
+        };
+        let peers: Vec<SocketAddr> = self
+            .foca
+            .iter_members()
+            .map(|m| m.id().addr)
+            .filter(|a| !self.guard.speaks_v1(*a))
+            .collect();
+        for to in peers {
+            self.counter += 1;
+            let sealed = auth::seal_v2(
+                self.chain.sealing(),
+                Kind::Claims,
+                self.session,
+                self.counter,
+                &payload,
+            );
+            if self.socket.send_to(&sealed, to).await.is_ok() {
+                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -561,8 +679,10 @@ impl Gossip {
         while self.rt.to_notify().is_some() {}
     }
 
-    /// Counts members by state and publishes the live ones (self included).
+    /// Counts members by state and publishes the live ones (self included), and the claims
+    /// of the live ones.
     fn publish(&mut self, members_tx: &watch::Sender<BTreeMap<String, Member>>) {
+        self.publish_claims();
         let (mut alive, mut suspect, mut down) = (0u64, 0u64, 0u64);
         for m in self.foca.iter_membership_state() {
             match m.state() {
