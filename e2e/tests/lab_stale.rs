@@ -11,54 +11,10 @@ use std::time::{Duration, Instant};
 
 use ferrolb_e2e::cluster::Cluster;
 use ferrolb_e2e::lab::cluster::speaker_admin_address;
+use ferrolb_e2e::lab::faults::NoApi;
 use ferrolb_e2e::lab::handle::Lab;
 use ferrolb_e2e::objects::announced_owners;
 use serde_json::json;
-
-const TABLE: &str = "flb-test-no-api";
-
-/// The API server out of reach from `node`'s namespace until dropped.
-struct NoApi<'a> {
-    lab: &'a Lab,
-    node: String,
-}
-
-impl<'a> NoApi<'a> {
-    fn on(lab: &'a Lab, node: &str) -> NoApi<'a> {
-        for cmd in [
-            vec!["add", "table", "inet", TABLE],
-            vec![
-                "add",
-                "chain",
-                "inet",
-                TABLE,
-                "out",
-                "{ type filter hook output priority 0; }",
-            ],
-            vec![
-                "add", "rule", "inet", TABLE, "out", "tcp", "dport", "6443", "reject", "with",
-                "tcp", "reset",
-            ],
-        ] {
-            lab.exec(node, "nft", &cmd).unwrap();
-        }
-        // The watches' open connections too.
-        lab.exec(node, "ss", &["-K", "-t", "dport", "=", ":6443"])
-            .unwrap();
-        NoApi {
-            lab,
-            node: node.to_string(),
-        }
-    }
-}
-
-impl Drop for NoApi<'_> {
-    fn drop(&mut self) {
-        let _ = self
-            .lab
-            .exec(&self.node, "nft", &["delete", "table", "inet", TABLE]);
-    }
-}
 
 /// The HTTP status of `node`'s speaker `/readyz`.
 fn readyz(lab: &Lab, node: &str) -> Option<u16> {
@@ -127,7 +83,7 @@ async fn a_speaker_cut_off_from_the_api_turns_unready_and_its_peers_take_its_ips
         "{owner}'s speaker ready at first"
     );
 
-    let cut = NoApi::on(lab, &owner);
+    let cut = NoApi::on(lab, &owner).unwrap();
     // The watches fail for --stale-after (30 s) with their retries, then the speaker turns
     // Stale: unready, and a peer with a fresh view takes the IP.
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cli;
 pub mod cluster;
 pub mod echo;
+pub mod faults;
 pub mod handle;
 pub mod netns;
 pub mod procs;

@@ -13,6 +13,11 @@
 //! every node's, and inside the identity they travel with the membership itself, so a
 //! member is never known without them. When they change, the speaker takes a new identity
 //! (a higher generation), which replaces the old one on every peer.
+//!
+//! Beside foca's messages, each speaker sends its claims (the digest of what it announces,
+//! [`crate::agreement`]) straight to every live peer, on change and every [`CLAIMS_PERIOD`];
+//! they are sealed and replay-checked like the rest, and taken only when they name the
+//! live member at the sender's address under its current generation.
 
 pub mod auth;
 pub mod identity;
