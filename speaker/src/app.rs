@@ -1083,7 +1083,15 @@ struct StatusState {
     written: BTreeMap<String, (status::Announced, Option<String>)>,
     /// Added to every message while peers disagree (see `agreement::note`).
     note: String,
+    /// When this speaker last wrote each Service's condition, and the message-only changes
+    /// waiting for their turn (see `status::pace`).
+    last_write: BTreeMap<String, Instant>,
+    deferred: BTreeMap<String, Instant>,
 }
+
+/// Condition writes per second on average, and at once (see `status::WriteBudget`).
+const WRITES_PER_SECOND: f64 = 50.0;
+const WRITES_AT_ONCE: f64 = 200.0;
 
 impl StatusState {
     fn absorb(&mut self, u: StatusUpdate) {
@@ -1098,6 +1106,8 @@ impl StatusState {
                 self.written.remove(&key);
                 self.failed.remove(&key);
                 self.dirty.remove(&key);
+                self.last_write.remove(&key);
+                self.deferred.remove(&key);
             }
             StatusUpdate::Members(m) => {
                 if m != self.members {
@@ -1126,6 +1136,7 @@ async fn status_loop(
     cancel: CancellationToken,
 ) {
     let mut st = StatusState::default();
+    let mut budget = status::WriteBudget::new(WRITES_PER_SECOND, WRITES_AT_ONCE, Instant::now());
     let mut sctp_before = false;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -1135,10 +1146,21 @@ async fn status_loop(
                 Some(u) => st.absorb(u),
                 None => return,
             },
-            // Writes that failed are tried again.
+            // Writes that failed are tried again, and deferred ones whose turn came.
             _ = tick.tick() => {
                 let mut failed = std::mem::take(&mut st.failed);
                 st.dirty.append(&mut failed);
+                let now = Instant::now();
+                let due: Vec<String> = st
+                    .deferred
+                    .iter()
+                    .filter(|(_, at)| **at <= now)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in due {
+                    st.deferred.remove(&k);
+                    st.dirty.insert(k);
+                }
             }
         }
         while let Ok(u) = input.try_recv() {
@@ -1167,7 +1189,7 @@ async fn status_loop(
             }
             let mut want = status::announced(svc, &v.election, sctp_refused.then_some(me.as_str()));
             if !st.note.is_empty() {
-                want.message = format!("{} {}", want.message, st.note);
+                want.message = format!("{}. {}", want.message, st.note);
             }
             let Some(obj) = services.get(&ObjectRef::new(&svc.name).within(&svc.namespace)) else {
                 continue;
@@ -1185,9 +1207,21 @@ async fn status_loop(
             {
                 continue;
             }
+            // A change users do not act on waits its turn; every write spends the budget.
+            let now = Instant::now();
+            if let Some(wait) = status::pace(current, &want, st.last_write.get(&key).copied(), now)
+            {
+                st.deferred.insert(key, now + wait);
+                continue;
+            }
+            st.deferred.remove(&key);
+            while let Some(wait) = budget.take(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
             let event = status::owner_changed(current, &want);
             match write_condition(&client, &obj, current, &want).await {
                 Ok(()) => {
+                    st.last_write.insert(key.clone(), Instant::now());
                     metrics.status_writes.fetch_add(1, Ordering::Relaxed);
                     info!(service = %key, status = want.status, reason = %want.reason, message = %want.message, "ferrolb.io/Announced");
                     if event {

@@ -8,6 +8,7 @@
 //!   "not announced" condition is still written, and by one speaker.
 
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use ferrolb_crds::names::{AnnouncementReason, CONDITION_ANNOUNCED};
 use k8s_openapi::api::core::v1::Service as K8sService;
@@ -134,6 +135,74 @@ pub fn owner_changed(current: Option<&Condition>, want: &Announced) -> bool {
     }
 }
 
+/// How often a condition may be rewritten when only its message changes and the change
+/// is not one users act on (see [`pace`]).
+pub const MESSAGE_ONLY_EVERY: Duration = Duration::from_secs(30);
+
+/// Does writing `want` over `current` change what users act on? Yes for a new condition, a
+/// new status or reason, and any change of an announced Service's message (who announces
+/// each IP, on which interface, what is not forwarded, whether the speakers' views differ).
+/// No when a Service stays unannounced for the same reason and only the message moved
+/// (say, the list of nodes it names as excluded).
+pub fn substantive(current: Option<&Condition>, want: &Announced) -> bool {
+    current.is_none_or(|c| {
+        c.status != status_str(want.status)
+            || c.reason != want.reason
+            || (want.status && c.message != want.message)
+    })
+}
+
+/// When `want` may be written over `current`, given when this speaker last wrote the
+/// Service's condition: a substantive change at once; a message-only change at most once
+/// per [`MESSAGE_ONLY_EVERY`].
+pub fn pace(
+    current: Option<&Condition>,
+    want: &Announced,
+    last_write: Option<Instant>,
+    now: Instant,
+) -> Option<Duration> {
+    if substantive(current, want) {
+        return None;
+    }
+    let next = last_write? + MESSAGE_ONLY_EVERY;
+    (next > now).then(|| next - now)
+}
+
+/// A bound on the speaker's condition writes: `rate` per second on average, `burst` at
+/// once (a node failure that moves many IPs writes the first `burst` at once, the rest at
+/// `rate`).
+#[derive(Clone, Debug)]
+pub struct WriteBudget {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl WriteBudget {
+    pub fn new(rate: f64, burst: f64, now: Instant) -> WriteBudget {
+        WriteBudget {
+            rate,
+            burst,
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Takes one write at `now`; `Some(wait)` when none is left, to be asked again after.
+    pub fn take(&mut self, now: Instant) -> Option<Duration> {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            None
+        } else {
+            Some(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
 pub fn status_str(status: bool) -> &'static str {
     if status { "True" } else { "False" }
 }
@@ -182,6 +251,79 @@ mod tests {
             ),
             observed_generation: None,
         }
+    }
+
+    fn announced_as(status: bool, reason: &str, message: &str) -> Announced {
+        Announced {
+            status,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn only_a_change_users_act_on_is_written_at_once() {
+        let mut not = cond("False", "10.0.0.5 not announced: NotReady: n1, n2");
+        not.reason = "NoEligibleNode".into();
+        let moved = announced_as(
+            false,
+            "NoEligibleNode",
+            "10.0.0.5 not announced: NotReady: n1, n3",
+        );
+        assert!(!substantive(Some(&not), &moved), "only the node list moved");
+        let t0 = Instant::now();
+        assert_eq!(
+            pace(Some(&not), &moved, None, t0),
+            None,
+            "never written by us"
+        );
+        assert_eq!(
+            pace(Some(&not), &moved, Some(t0), t0 + Duration::from_secs(10)),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            pace(Some(&not), &moved, Some(t0), t0 + MESSAGE_ONLY_EVERY),
+            None
+        );
+        // Another reason, announced, a new condition, an owner change: at once.
+        let other = announced_as(false, "NoLocalEndpoints", "10.0.0.5 not announced: no pod");
+        let up = announced_as(
+            true,
+            "Announced",
+            "announced: 10.0.0.5 from node n1 on eth0",
+        );
+        for want in [&other, &up] {
+            assert_eq!(pace(Some(&not), want, Some(t0), t0), None, "{want:?}");
+        }
+        assert_eq!(pace(None, &moved, Some(t0), t0), None);
+        let mut on_n1 = cond("True", "announced: 10.0.0.5 from node n1 on eth0");
+        on_n1.reason = "Announced".into();
+        let on_n2 = announced_as(
+            true,
+            "Announced",
+            "announced: 10.0.0.5 from node n2 on eth0",
+        );
+        assert!(substantive(Some(&on_n1), &on_n2));
+        assert!(!substantive(Some(&on_n1), &up), "the same");
+    }
+
+    #[test]
+    fn the_write_budget_allows_a_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let mut b = WriteBudget::new(10.0, 3.0, t0);
+        for _ in 0..3 {
+            assert_eq!(b.take(t0), None);
+        }
+        let wait = b.take(t0).expect("the burst is spent");
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-9, "{wait:?}");
+        assert_eq!(b.take(t0 + Duration::from_millis(100)), None);
+        assert!(b.take(t0 + Duration::from_millis(100)).is_some());
+        // A long pause refills only up to the burst.
+        let later = t0 + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert_eq!(b.take(later), None);
+        }
+        assert!(b.take(later).is_some());
     }
 
     #[test]
