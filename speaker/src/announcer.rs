@@ -17,7 +17,7 @@ use crate::admin::Metrics;
 use crate::election::Announcement;
 use crate::interfaces::LocalInterface;
 use crate::responder::{arp, ndp, sys::PacketSocket};
-use crate::wire::ethernet::{EtherType, Mac};
+use crate::wire::ethernet::Mac;
 
 struct Responder<T> {
     owned: watch::Sender<BTreeSet<T>>,
@@ -128,7 +128,7 @@ impl Announcer {
                     let stats = stats.arp.clone();
                     async move { arp::run(sock, mac, rx, stats, cancel).await }
                 },
-                |name| PacketSocket::open(name, EtherType::ARP.0),
+                arp::socket,
             );
             o.v6 = self.ensure(
                 o.v6.take(),

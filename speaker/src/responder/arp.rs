@@ -12,9 +12,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::sys::PacketSocket;
+use super::sys::{PacketSocket, arp_filter};
 use crate::wire::arp::{ArpOp, ArpRepr, gratuitous_frames};
-use crate::wire::ethernet::Mac;
+use crate::wire::ethernet::{EtherType, Mac};
+
+/// Opens the responder's socket on `ifname` (needs `CAP_NET_RAW`): ARP frames without a
+/// VLAN ID only.
+pub fn socket(ifname: &str) -> std::io::Result<PacketSocket> {
+    PacketSocket::open_filtered(ifname, EtherType::ARP.0, &arp_filter())
+}
 
 /// Counters for metrics.
 #[derive(Debug, Default)]

@@ -18,27 +18,52 @@ pub struct PacketSocket {
     ifindex: i32,
 }
 
-/// A classic BPF program that accepts Ethernet frames carrying an IPv6 packet whose next
-/// header is ICMPv6 and whose ICMPv6 type is Neighbor Solicitation (135) or Neighbor
-/// Advertisement (136: another MAC claiming an owned address is re-asserted against), and
-/// drops all else. (A packet with extension headers before ICMPv6 is not seen; RFC 4861
-/// senders do not add any.)
-pub fn neighbor_discovery_filter() -> [libc::sock_filter; 9] {
-    const LD_H_ABS: u16 = 0x28;
-    const LD_B_ABS: u16 = 0x30;
-    const JEQ_K: u16 = 0x15;
-    const RET_K: u16 = 0x06;
-    let f = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+const LD_W_ABS: u16 = 0x20;
+const LD_H_ABS: u16 = 0x28;
+const LD_B_ABS: u16 = 0x30;
+const JEQ_K: u16 = 0x15;
+const RET_K: u16 = 0x06;
+/// The kernel's ancillary load of the frame's packet type (`SKF_AD_OFF` + `SKF_AD_PKTTYPE`).
+const AD_PKTTYPE: u32 = 0xffff_f000 + 4;
+/// `PACKET_OTHERHOST`: a frame for another host. The kernel marks so a frame sent to another
+/// MAC (seen because the interface is promiscuous, as a bridge port is), and a frame that
+/// came with a VLAN ID the node has no device for, which reaches the parent interface with
+/// its tag taken off: answering it untagged would answer on the wrong network.
+const PACKET_OTHERHOST: u32 = 3;
+
+fn op(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// A classic BPF program for the ARP socket (bound to ARP): every frame not meant for
+/// another host (see [`PACKET_OTHERHOST`]).
+pub fn arp_filter() -> [libc::sock_filter; 4] {
     [
-        f(LD_H_ABS, 0, 0, 12),       // EtherType
-        f(JEQ_K, 0, 6, 0x86dd),      // IPv6? else drop
-        f(LD_B_ABS, 0, 0, 14 + 6),   // next header
-        f(JEQ_K, 0, 4, 58),          // ICMPv6? else drop
-        f(LD_B_ABS, 0, 0, 14 + 40),  // ICMPv6 type
-        f(JEQ_K, 1, 0, 135),         // Neighbor Solicitation: accept
-        f(JEQ_K, 0, 1, 136),         // Neighbor Advertisement: accept, else drop
-        f(RET_K, 0, 0, 0x0004_0000), // accept
-        f(RET_K, 0, 0, 0),           // drop
+        op(LD_W_ABS, 0, 0, AD_PKTTYPE),
+        op(JEQ_K, 1, 0, PACKET_OTHERHOST), // for another host: drop
+        op(RET_K, 0, 0, 0x0004_0000),      // accept
+        op(RET_K, 0, 0, 0),                // drop
+    ]
+}
+
+/// A classic BPF program that accepts Ethernet frames, not meant for another host, carrying
+/// an IPv6 packet whose next header is ICMPv6 and whose ICMPv6 type is Neighbor
+/// Solicitation (135) or Neighbor Advertisement (136: another MAC claiming an owned address
+/// is re-asserted against), and drops all else. (A packet with extension headers before
+/// ICMPv6 is not seen; RFC 4861 senders do not add any.)
+pub fn neighbor_discovery_filter() -> [libc::sock_filter; 11] {
+    [
+        op(LD_W_ABS, 0, 0, AD_PKTTYPE),
+        op(JEQ_K, 8, 0, PACKET_OTHERHOST), // for another host: drop
+        op(LD_H_ABS, 0, 0, 12),            // EtherType
+        op(JEQ_K, 0, 6, 0x86dd),           // IPv6? else drop
+        op(LD_B_ABS, 0, 0, 14 + 6),        // next header
+        op(JEQ_K, 0, 4, 58),               // ICMPv6? else drop
+        op(LD_B_ABS, 0, 0, 14 + 40),       // ICMPv6 type
+        op(JEQ_K, 1, 0, 135),              // Neighbor Solicitation: accept
+        op(JEQ_K, 0, 1, 136),              // Neighbor Advertisement: accept, else drop
+        op(RET_K, 0, 0, 0x0004_0000),      // accept
+        op(RET_K, 0, 0, 0),                // drop
     ]
 }
 
@@ -212,5 +237,79 @@ impl PacketSocket {
 impl AsRawFd for PacketSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    /// Runs a program of the instructions used here over `frame`, as the kernel would with
+    /// the frame's packet type `pkttype`; returns the bytes to keep (0: dropped).
+    fn run(prog: &[libc::sock_filter], frame: &[u8], pkttype: u32) -> u32 {
+        let (mut a, mut pc) = (0u32, 0usize);
+        loop {
+            let i = prog[pc];
+            let k = i.k as usize;
+            pc += 1;
+            match i.code {
+                LD_W_ABS if i.k == AD_PKTTYPE => a = pkttype,
+                LD_H_ABS => match frame.get(k..k + 2) {
+                    Some(b) => a = u32::from(u16::from_be_bytes([b[0], b[1]])),
+                    None => return 0,
+                },
+                LD_B_ABS => match frame.get(k) {
+                    Some(b) => a = u32::from(*b),
+                    None => return 0,
+                },
+                JEQ_K => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
+                RET_K => return i.k,
+                other => panic!("instruction {other:#x} not modelled"),
+            }
+        }
+    }
+
+    fn icmpv6(kind: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 40 + 8];
+        f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        f[14 + 6] = 58;
+        f[14 + 40] = kind;
+        f
+    }
+
+    const HOST: u32 = 0;
+    const BROADCAST: u32 = 1;
+    const MULTICAST: u32 = 2;
+
+    #[test]
+    fn the_ndp_filter_keeps_solicitations_and_advertisements_for_this_host_only() {
+        let p = neighbor_discovery_filter();
+        assert_ne!(run(&p, &icmpv6(135), MULTICAST), 0);
+        assert_ne!(run(&p, &icmpv6(135), HOST), 0, "a unicast NUD probe");
+        assert_ne!(run(&p, &icmpv6(136), MULTICAST), 0);
+        for other in [128, 133, 134, 137] {
+            assert_eq!(run(&p, &icmpv6(other), MULTICAST), 0, "ICMPv6 type {other}");
+        }
+        let mut udp = icmpv6(135);
+        udp[14 + 6] = 17;
+        assert_eq!(run(&p, &udp, MULTICAST), 0, "not ICMPv6");
+        let mut v4 = icmpv6(135);
+        v4[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        assert_eq!(run(&p, &v4, MULTICAST), 0, "not IPv6");
+        assert_eq!(
+            run(&p, &icmpv6(135), PACKET_OTHERHOST),
+            0,
+            "for another host, or from a VLAN this node has no device for"
+        );
+        assert_eq!(run(&p, &icmpv6(135)[..20], MULTICAST), 0, "too short");
+    }
+
+    #[test]
+    fn the_arp_filter_drops_only_frames_for_another_host() {
+        let p = arp_filter();
+        let frame = [0u8; 42];
+        assert_ne!(run(&p, &frame, BROADCAST), 0);
+        assert_ne!(run(&p, &frame, HOST), 0);
+        assert_eq!(run(&p, &frame, PACKET_OTHERHOST), 0);
     }
 }
