@@ -37,12 +37,12 @@ lab-bins:
 	cargo build -p ferrolb-e2e -p ferrolb-controller -p ferrolb-speaker --bins
 
 # Lab end-to-end tests: IPv4 with iptables (and a speaker cut off from the API, seen to
-# disagree by its peers),
+# disagree by its peers; a request on a VLAN the node lacks),
 # dual-stack with nftables (and a bridge that snoops MLD), IPv6 only; each lab always taken down; then the agent on its own, and
 # up/down themselves.
 lab-tests: lab-bins
 	$(LAB) up --nodes 3 --proxy-mode iptables
-	cargo test -p ferrolb-e2e --test lab_cluster --test e2e_speaker --test e2e_forwarding --test lab_stale --test lab_agreement -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
+	cargo test -p ferrolb-e2e --test lab_cluster --test e2e_speaker --test e2e_forwarding --test lab_stale --test lab_agreement --test lab_vlan -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
 	$(LAB) up --nodes 3 --proxy-mode nftables --dual-stack
 	cargo test -p ferrolb-e2e --test lab_cluster --test e2e_speaker --test e2e_forwarding --test lab_mld -- --test-threads=1; s=$$?; $(LAB) down; exit $$s
 	$(LAB) up --nodes 3 --ipv6

@@ -83,6 +83,12 @@ pub struct Args {
     #[arg(long, default_value = ferrolb_crds::names::GOSSIP_SECRET)]
     pub gossip_secret: String,
 
+    /// The Service (in --namespace) whose endpoints are the speaker pods: only the Nodes
+    /// it lists are gossiped to. While it has no endpoints (it does not exist), every Node
+    /// is.
+    #[arg(long, default_value = "ferrolb-speaker-metrics")]
+    pub speakers_service: String,
+
     /// UDP port of the gossip between speakers, on the Node's first InternalIP.
     #[arg(long, default_value_t = 7946)]
     pub gossip_port: u16,
@@ -241,9 +247,36 @@ fn first_per_family(ips: impl Iterator<Item = IpAddr>) -> (Option<Ipv4Addr>, Opt
     (v4, v6)
 }
 
-/// Gossip seeds: every other Node's InternalIP of our family, at the gossip port.
+/// The Nodes that run a speaker, from the EndpointSlices of the speakers' Service
+/// (`namespace`, `name`): every endpoint, ready or not (a starting speaker must be found
+/// too). `None` when the Service has no endpoints (it does not exist, as in the lab): then
+/// any Node may run one.
+fn speaker_nodes(
+    slices: &[Arc<EndpointSlice>],
+    namespace: &str,
+    name: &str,
+) -> Option<BTreeSet<String>> {
+    let nodes: BTreeSet<String> = slices
+        .iter()
+        .filter(|s| {
+            s.metadata.namespace.as_deref() == Some(namespace)
+                && s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                    .is_some_and(|n| n == name)
+        })
+        .flat_map(|s| s.endpoints.iter().flatten())
+        .filter_map(|e| e.node_name.clone())
+        .collect();
+    (!nodes.is_empty()).then_some(nodes)
+}
+
+/// Gossip seeds: every other Node that runs a speaker (all of them when `speakers` is
+/// `None`), at its InternalIP of our family and the gossip port.
 fn seeds(
     nodes: &[Arc<K8sNode>],
+    speakers: Option<&BTreeSet<String>>,
     me: &str,
     family_v4: bool,
     port: u16,
@@ -252,7 +285,7 @@ fn seeds(
         .iter()
         .filter_map(|n| {
             let name = n.metadata.name.clone()?;
-            if name == me {
+            if name == me || speakers.is_some_and(|s| !s.contains(&name)) {
                 return None;
             }
             let ip = internal_ips(n).find(|ip| ip.is_ipv4() == family_v4)?;
@@ -680,7 +713,17 @@ pub async fn run(args: Args) -> Result<(), String> {
         _ = signal.cancelled() => info!("SIGTERM before the caches synced: nothing was announced"),
     }
     let family_v4 = node_ip.is_ipv4();
-    let _ = seeds_tx.send(seeds(&nodes.state(), &me, family_v4, args.gossip_port));
+    let seeds_now = || {
+        let speakers = speaker_nodes(&slices.state(), &args.namespace, &args.speakers_service);
+        seeds(
+            &nodes.state(),
+            speakers.as_ref(),
+            &me,
+            family_v4,
+            args.gossip_port,
+        )
+    };
+    let _ = seeds_tx.send(seeds_now());
     let mut members = view.members.clone();
     let settle_until = Instant::now() + Duration::from_secs(3);
     let expected = seeds_tx.borrow().len() + 1;
@@ -787,11 +830,11 @@ pub async fn run(args: Args) -> Result<(), String> {
                 d.members = true;
             }
             let nodes_changed = d.nodes.all || !d.nodes.keys.is_empty();
-            if nodes_changed {
-                crate::publish(
-                    &seeds_tx,
-                    seeds(&nodes.state(), &me, family_v4, args.gossip_port),
-                );
+            // The speakers' Service lives in our namespace, where few slices change.
+            let speakers_changed =
+                d.slices.all || d.slices.keys.iter().any(|(ns, _)| *ns == args.namespace);
+            if nodes_changed || speakers_changed {
+                crate::publish(&seeds_tx, seeds_now());
             }
             let (members_changed, pools_changed) = (d.members, d.pools);
             let changed = view.apply(d, &stores, &members_now);
@@ -1316,6 +1359,64 @@ async fn wait_for_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_nodes_that_run_a_speaker_are_gossip_seeds() {
+        let node = |name: &str, ip: &str| -> Arc<K8sNode> {
+            Arc::new(
+                serde_json::from_value(serde_json::json!({"metadata": {"name": name},
+                    "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}))
+                .unwrap(),
+            )
+        };
+        let slice = |ns: &str, svc: &str, nodes: &[(&str, bool)]| -> Arc<EndpointSlice> {
+            Arc::new(
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("{svc}-x"), "namespace": ns,
+                        "labels": {SERVICE_NAME_LABEL: svc}},
+                    "addressType": "IPv4",
+                    "endpoints": nodes.iter().map(|(n, ready)| serde_json::json!({
+                        "addresses": ["10.0.0.1"], "nodeName": n,
+                        "conditions": {"ready": ready}})).collect::<Vec<_>>()}))
+                .unwrap(),
+            )
+        };
+        let nodes = [
+            node("a", "10.0.0.1"),
+            node("b", "10.0.0.2"),
+            node("cp", "10.0.0.9"),
+            node("c", "10.0.0.3"),
+        ];
+        let slices = [
+            // A starting speaker (not ready) is a seed too.
+            slice(
+                "ferrolb-system",
+                "ferrolb-speaker-metrics",
+                &[("a", true), ("b", false)],
+            ),
+            slice("ferrolb-system", "ferrolb-speaker-metrics", &[("c", true)]),
+            // The same name elsewhere, and another Service here, say nothing.
+            slice("default", "ferrolb-speaker-metrics", &[("cp", true)]),
+            slice("ferrolb-system", "other", &[("cp", true)]),
+        ];
+        let speakers = speaker_nodes(&slices, "ferrolb-system", "ferrolb-speaker-metrics");
+        let names = |v: Vec<(String, SocketAddr)>| -> Vec<String> {
+            v.into_iter().map(|(n, _)| n).collect()
+        };
+        assert_eq!(
+            names(seeds(&nodes, speakers.as_ref(), "a", true, 7946)),
+            ["b", "c"]
+        );
+        // No endpoints (no such Service, as in the lab): every other Node.
+        let none = speaker_nodes(&slices[2..], "ferrolb-system", "ferrolb-speaker-metrics");
+        assert_eq!(none, None);
+        assert_eq!(
+            names(seeds(&nodes, none.as_ref(), "a", true, 7946)),
+            ["b", "c", "cp"]
+        );
+        let s = seeds(&nodes, speakers.as_ref(), "a", true, 7946);
+        assert_eq!(s[0].1, "10.0.0.2:7946".parse().unwrap());
+    }
 
     #[test]
     fn watches_restart_when_a_link_comes_back_up_or_an_address_returns() {
