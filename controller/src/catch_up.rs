@@ -6,7 +6,7 @@
 //! address it never saw would be free to hand out while a Service's status still holds it).
 //! Listing everything again would settle it at the cost the warm standby exists to avoid.
 //!
-//! Instead, per kind, with two small requests, one after the other:
+//! Instead, per kind, with two small requests side by side:
 //! - **the current revision** `R`: a consistent watch-list that selects no object
 //!   (`metadata.name=-`, a name no object can have) ends with the bookmark that marks the end
 //!   of its initial events, carrying a revision at least as new as the moment it was asked;
@@ -35,6 +35,8 @@ use tokio::sync::watch;
 /// How long the changes-since watch runs: the server sends its bookmark two seconds before
 /// the end, so this must be at least three; three makes it come after about one second.
 const TAIL_SECONDS: u32 = 3;
+/// Changes' watches per proof: a second one when the first ended unsettled.
+const TAILS: u32 = 2;
 /// How long the current-revision request may take before it counts as unsupported.
 const REVISION_SECONDS: u32 = 5;
 /// The annotation the server puts on the bookmark that ends a watch-list's initial events.
@@ -72,8 +74,8 @@ pub struct Tail {
     from: u64,
     /// The current revision, once known.
     target: Option<u64>,
-    /// Revisions of the changes seen after `from`.
-    changes: Vec<u64>,
+    /// Revisions of the changes seen after `from` (a second watch from `from` repeats them).
+    changes: std::collections::BTreeSet<u64>,
     /// How far the watch has come: the newest bookmark or change seen (a watch delivers in
     /// order, and the server sends no bookmark that is not newer than what it sent last).
     reached: u64,
@@ -92,7 +94,7 @@ impl Tail {
     }
 
     pub fn change(&mut self, revision: u64) {
-        self.changes.push(revision);
+        self.changes.insert(revision);
         self.reached = self.reached.max(revision);
     }
 
@@ -135,35 +137,51 @@ where
     if from == 0 {
         return Err(Behind::NothingSeen);
     }
-    // First the target, then the changes: the bookmark that ends the changes must come
-    // after the server's cache has reached the target (it sends only one before the end).
+    // The two requests side by side. The changes' watch ends with one bookmark (about a
+    // second in); should it come before the server's cache reached the target, the watch
+    // ends unsettled and is asked once more.
     let mut tail = Tail::new(from);
-    tail.target(current_revision(api).await?);
+    let mut current = std::pin::pin!(current_revision(api));
+    let mut asking = true;
+    let mut tails_left = TAILS;
     let tail_params = WatchParams {
         bookmarks: true,
         timeout: Some(TAIL_SECONDS),
         ..WatchParams::default()
     };
-    let since = api.watch_metadata(&tail_params, &from.to_string()).await?;
-    let mut since = std::pin::pin!(since);
+    let mut since = api
+        .watch_metadata(&tail_params, &from.to_string())
+        .await?
+        .boxed();
+    tails_left -= 1;
     let need = loop {
         if let Some(need) = tail.settled() {
             break need;
         }
-        match since.try_next().await? {
-            None => {
-                return Err(Behind::NoBookmark {
-                    reached: tail.reached,
-                    target: tail.target.unwrap_or_default(),
-                });
+        tokio::select! {
+            r = &mut current, if asking => {
+                asking = false;
+                tail.target(r?);
             }
-            Some(WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o)) => {
-                tail.change(revision(o.metadata.resource_version.as_deref())?);
-            }
-            Some(WatchEvent::Bookmark(b)) => {
-                tail.bookmark(revision(Some(&b.metadata.resource_version))?);
-            }
-            Some(WatchEvent::Error(e)) => return Err(Behind::Api(e.to_string())),
+            event = since.try_next() => match event? {
+                None if tails_left > 0 => {
+                    tails_left -= 1;
+                    since = api.watch_metadata(&tail_params, &from.to_string()).await?.boxed();
+                }
+                None => {
+                    return Err(Behind::NoBookmark {
+                        reached: tail.reached,
+                        target: tail.target.unwrap_or_default(),
+                    });
+                }
+                Some(WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o)) => {
+                    tail.change(revision(o.metadata.resource_version.as_deref())?);
+                }
+                Some(WatchEvent::Bookmark(b)) => {
+                    tail.bookmark(revision(Some(&b.metadata.resource_version))?);
+                }
+                Some(WatchEvent::Error(e)) => return Err(Behind::Api(e.to_string())),
+            },
         }
     };
     let waited = tail.changes.iter().filter(|r| **r <= need).count();
