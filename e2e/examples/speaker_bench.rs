@@ -58,6 +58,8 @@ enum Case {
     Memory,
     /// Speaker CPU while EndpointSlices of Services it does not announce change.
     Churn,
+    /// ARP answers for an owner's IPs while its speaker restarts, with 1,000 Services.
+    Restart,
 }
 
 /// ferrolb speaker benchmark on a running 3-node IPv4 lab.
@@ -78,6 +80,9 @@ struct Args {
     /// Rounds of the memory case (create, measure, delete, measure).
     #[arg(long, default_value_t = 2)]
     memory_rounds: usize,
+    /// Restarts in the restart case.
+    #[arg(long, default_value_t = 6)]
+    restarts: usize,
     /// Also write the report to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -161,6 +166,14 @@ async fn main() -> anyhow::Result<()> {
         if let Err(e) = churn(&lab, &args, &mut report).await {
             say!("churn section failed: {e:#}");
             failed.push(format!("churn: {e:#}"));
+        }
+        delete_pool(&lab).await;
+    }
+    if args.runs(Case::Restart) {
+        if let Err(e) = restart(&lab, &args, &mut report).await {
+            say!("restart section failed: {e:#}");
+            restore_all(&lab);
+            failed.push(format!("restart: {e:#}"));
         }
         delete_pool(&lab).await;
     }
@@ -858,12 +871,20 @@ fn pool_api(lab: &Lab) -> Api<ferrolb_crds::IPPool> {
 
 /// The memory and churn cases' pool: only `MEM_NODE` announces it.
 async fn apply_pool(lab: &Lab) -> anyhow::Result<()> {
+    apply_pool_on(lab, Some(MEM_NODE)).await
+}
+
+/// The bench pool, announced by `only` or (`None`) by every node.
+async fn apply_pool_on(lab: &Lab, only: Option<&str>) -> anyhow::Result<()> {
+    let l2 = match only {
+        Some(node) => json!({"nodeSelector": {"matchLabels": {"kubernetes.io/hostname": node}},
+                             "interfaces": ["eth0"]}),
+        None => json!({"interfaces": ["eth0"]}),
+    };
     let pool: ferrolb_crds::IPPool = serde_json::from_value(json!({
         "apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool",
         "metadata": {"name": MEM_POOL},
-        "spec": {"addresses": [MEM_POOL_CIDR], "autoAssign": false,
-            "l2": {"nodeSelector": {"matchLabels": {"kubernetes.io/hostname": MEM_NODE}},
-                   "interfaces": ["eth0"]}}
+        "spec": {"addresses": [MEM_POOL_CIDR], "autoAssign": false, "l2": l2}
     }))?;
     pool_api(lab)
         .patch(
@@ -1323,6 +1344,190 @@ async fn churn(lab: &Lab, args: &Args, report: &mut String) -> anyhow::Result<()
             100.0 * b / busy_s,
             rounds(&idle_rounds, &churn_rounds, k),
             rounds(&churn_rounds, &after_rounds, k),
+        )?;
+    }
+    writeln!(report)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Restart: does any node answer ARP for an owner's IPs while its speaker restarts?
+
+/// ARP requests per probed IP: one every 10 ms for 20 s.
+const RESTART_PROBES: usize = 2000;
+const RESTART_INTERVAL: &str = "0.01";
+const RESTART_IPS: usize = 4;
+
+/// The longest run of unanswered probes in `arping` output (`index=N` on each reply),
+/// out of `count` sent: (longest run, the index it starts at, unanswered in all).
+fn unanswered(output: &str, count: usize) -> (usize, usize, usize) {
+    let answered: std::collections::BTreeSet<usize> = output
+        .lines()
+        .filter_map(|l| {
+            l.split("index=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let (mut longest, mut start, mut run, mut missing) = (0, 0, 0, 0);
+    for i in 0..count {
+        if answered.contains(&i) {
+            run = 0;
+        } else {
+            run += 1;
+            missing += 1;
+            if run > longest {
+                longest = run;
+                start = i + 1 - run;
+            }
+        }
+    }
+    (longest, start, missing)
+}
+
+/// Owner of each IP among the Services of `ns`, from their Announced conditions.
+async fn owners_in(lab: &Lab, ns: &str) -> anyhow::Result<Vec<(IpAddr, String)>> {
+    let api: Api<Service> = Api::namespaced(lab.client(), ns);
+    let mut out = Vec::new();
+    for svc in api.list(&Default::default()).await? {
+        let Some(cond) = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "ferrolb.io/Announced"))
+        else {
+            continue;
+        };
+        if cond.status == "True" {
+            out.extend(announced_owners(&cond.message));
+        }
+    }
+    Ok(out)
+}
+
+async fn restart(lab: &Lab, args: &Args, report: &mut String) -> anyhow::Result<()> {
+    wait_converged(lab, Duration::from_secs(90)).await?;
+    apply_pool_on(lab, None).await?;
+    let ns = lab.namespace("bench-restart").await?;
+    // A ready endpoint somewhere, or nothing is announced.
+    for n in lab.node_names() {
+        lab.echo_pod(
+            &ns.name,
+            &format!("mem-{n}"),
+            &n,
+            json!({"app": "bench-mem"}),
+        )
+        .await?;
+    }
+    let t0 = Instant::now();
+    let (n, errors) = create_services(lab, &ns.name, args.services).await;
+    let want = (n - errors) as u64;
+    loop {
+        let total: u64 = announced_counts(lab).into_iter().flatten().sum();
+        if total >= want {
+            break;
+        }
+        if t0.elapsed() > MEM_TIMEOUT {
+            bail!("only {total} of {want} IPs announced within {MEM_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    say!(
+        "restart: {want} IPs announced after {:.1} s: {:?}",
+        t0.elapsed().as_secs_f64(),
+        announced_counts(lab)
+    );
+    let nodes = lab.node_names();
+    let mut rows = Vec::new();
+    for trial in 0..args.restarts {
+        wait_converged(lab, Duration::from_secs(90)).await?;
+        let node = nodes[trial % nodes.len()].clone();
+        let ips: Vec<IpAddr> = owners_in(lab, &ns.name)
+            .await?
+            .into_iter()
+            .filter(|(_, o)| *o == node)
+            .map(|(ip, _)| ip)
+            .take(RESTART_IPS)
+            .collect();
+        if ips.is_empty() {
+            bail!("{node} owns none of the {want} IPs");
+        }
+        let probes: Vec<_> = ips
+            .iter()
+            .map(|ip| {
+                let ip = ip.to_string();
+                tokio::task::spawn_blocking(move || {
+                    std::process::Command::new("ip")
+                        .args(["netns", "exec", CLIENT_NS, "arping", "-i", "eth0"])
+                        .args(["-W", RESTART_INTERVAL, "-c", &RESTART_PROBES.to_string()])
+                        .arg(&ip)
+                        .output()
+                })
+            })
+            .collect();
+        let probing = Instant::now();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        say!("restart {trial}: SIGTERM to {node}'s speaker, probing {ips:?}");
+        let term_at = probing.elapsed();
+        lab.kill_speaker(&node, Signal::SIGTERM)?;
+        let exited = probing.elapsed().saturating_sub(term_at).as_millis();
+        lab.restart_speaker(&node)?;
+        let (mut longest, mut at, mut missing) = (0usize, 0usize, 0usize);
+        for p in probes {
+            let out = p.await??;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let (l, s, m) = unanswered(&text, RESTART_PROBES);
+            if l > longest {
+                (longest, at) = (l, s);
+            }
+            missing += m;
+        }
+        // Where the longest gap began, in ms from the SIGTERM (the probes went out every
+        // 10 ms from just before `probing`).
+        let from_term =
+            i128::try_from(at * 10).unwrap_or(0) - i128::try_from(term_at.as_millis()).unwrap_or(0);
+        say!(
+            "restart {trial}: longest unanswered run {longest} probes, from {from_term} ms after the SIGTERM (the speaker exited after {exited} ms), {missing} unanswered of {}",
+            RESTART_PROBES * ips.len()
+        );
+        rows.push((
+            node,
+            ips.len(),
+            longest,
+            missing,
+            (longest > 0).then_some(from_term),
+            exited,
+        ));
+    }
+    drop(ns);
+    writeln!(
+        report,
+        "### ARP answers while an owner's speaker restarts ({want} Services)\n"
+    )?;
+    writeln!(
+        report,
+        "Every node may announce the bench pool; {want} Services spread over the 3 nodes. Per restart: \
+         `arping -i eth0 -W {RESTART_INTERVAL} -c {RESTART_PROBES}` from `{CLIENT_NS}` for up to \
+         {RESTART_IPS} IPs the node owns (one request every 10 ms each, 20 s), SIGTERM to the \
+         node's speaker 3 s in, started again at once (`lab.restart_speaker`). A window is a run \
+         of requests nobody answered; a probe's reply may come late, so one unanswered request \
+         is noise of the tool, a run of them is a gap.\n"
+    )?;
+    writeln!(
+        report,
+        "| restart | node | IPs probed | longest run unanswered | it began, after the SIGTERM | the speaker exited after | unanswered of sent |\n|---:|---|---:|---:|---:|---:|---:|"
+    )?;
+    for (i, (node, k, longest, missing, from, exited)) in rows.iter().enumerate() {
+        writeln!(
+            report,
+            "| {} | {node} | {k} | {longest} ({} ms) | {} | {exited} ms | {missing} of {} |",
+            i + 1,
+            longest * 10,
+            from.map_or("-".to_string(), |f| format!("~{f} ms")),
+            RESTART_PROBES * k
         )?;
     }
     writeln!(report)?;
