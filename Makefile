@@ -51,7 +51,8 @@ lab-tests: lab-bins
 
 # Benchmarks print Markdown; the committed report is docs/benchmarks.md. `make bench` runs
 # the controller's and the speaker's election benchmark; `make bench-lab` the speaker's on a 3-node IPv4 lab (failover, CPU under
-# a flood, memory with 1,000 IPs, CPU under EndpointSlice churn; about 11 minutes; needs root and the one lab of the
+# a flood, memory with 1,000 IPs, CPU under EndpointSlice churn, ARP answers while a speaker restarts beside
+# 1,000 Services; about 15 minutes; needs root and the one lab of the
 # machine, always taken down). Neither is part of `make test`.
 bench: deps
 	cargo bench -p ferrolb-controller --bench allocator

@@ -1,8 +1,10 @@
 //! The speaker's lab benchmark: failover time (crash and graceful), the speaker's CPU while
 //! the client floods the owner node with traffic that is not ARP or NDP, the speakers'
-//! memory with 1,000 announced IPs, and their CPU while EndpointSlices of Services they do
-//! not announce change 50 times a second beside those 1,000 IPs. Runs against a running 3-node IPv4 lab and prints a
-//! Markdown report (docs/benchmarks.md keeps the committed one).
+//! memory with 1,000 announced IPs, their CPU while EndpointSlices of Services they do
+//! not announce change 50 times a second beside those 1,000 IPs, and whether any node
+//! answers ARP for a node's IPs while its speaker restarts (1,000 Services over the three).
+//! Runs against a running 3-node IPv4 lab and prints a Markdown report
+//! (docs/benchmarks.md keeps the committed one).
 //!
 //! `make bench-lab`, or by hand:
 //! `target/debug/ferrolb-lab up --nodes 3 && cargo run -p ferrolb-e2e --example speaker_bench`
