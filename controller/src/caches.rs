@@ -240,11 +240,6 @@ impl Caches {
         );
     }
 
-    /// Where the Service watch stands.
-    pub fn service_progress(&self) -> &Progress {
-        &self.service_progress
-    }
-
     /// Sends every change from now on to the returned receiver, and none to an earlier
     /// subscriber. Subscribe before reading the stores: then nothing is missed.
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Change> {

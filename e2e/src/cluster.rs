@@ -712,6 +712,31 @@ impl Cluster {
         objects::service(&self.client, ns, name, spec).await
     }
 
+    /// An echo pod `web-NODE` (label `app: web`) on each of `nodes`, and the LoadBalancer
+    /// Service `web` in front of them (port 80 to 8080), with `extra` spec fields on top.
+    pub async fn web_service(
+        &self,
+        ns: &str,
+        nodes: &[String],
+        extra: serde_json::Value,
+    ) -> Result<k8s_openapi::api::core::v1::Service> {
+        for n in nodes {
+            self.echo_pod(
+                ns,
+                &format!("web-{n}"),
+                n,
+                serde_json::json!({"app": "web"}),
+            )
+            .await?;
+        }
+        let mut spec = serde_json::json!({"type": "LoadBalancer", "selector": {"app": "web"},
+            "ports": [{"port": 80, "targetPort": 8080}]});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        self.service(ns, "web", spec).await
+    }
+
     /// Waits until the Service's EndpointSlices list exactly `ready` ready addresses.
     pub async fn wait_endpoints(&self, ns: &str, svc: &str, ready: usize) -> Result<()> {
         objects::wait_endpoints(&self.client, ns, svc, ready).await

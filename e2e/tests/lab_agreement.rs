@@ -51,20 +51,9 @@ async fn a_speaker_that_misses_a_change_is_seen_to_disagree_until_it_catches_up(
 
     // A Service the others report on: Local, with pods only on the nodes that will not be
     // cut, so only they can own it and the note has somewhere to appear.
-    for n in &others {
-        c.echo_pod(&ns.name, &format!("web-{n}"), n, json!({"app": "web"}))
-            .await
-            .unwrap();
-    }
-    c.service(
-        &ns.name,
-        "web",
-        json!({"type": "LoadBalancer", "selector": {"app": "web"},
-            "ports": [{"port": 80, "targetPort": 8080}],
-            "externalTrafficPolicy": "Local"}),
-    )
-    .await
-    .unwrap();
+    c.web_service(&ns.name, &others, json!({"externalTrafficPolicy": "Local"}))
+        .await
+        .unwrap();
     let reported = |cond: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>| {
         cond.as_ref()
             .filter(|c| c.status == "True")

@@ -55,19 +55,7 @@ async fn a_speaker_cut_off_from_the_api_turns_unready_and_its_peers_take_its_ips
     c.ensure_healthy().await.unwrap();
     let ns = c.namespace("stale").await.unwrap();
     let nodes = c.node_names();
-    for n in &nodes {
-        c.echo_pod(&ns.name, &format!("web-{n}"), n, json!({"app": "web"}))
-            .await
-            .unwrap();
-    }
-    c.service(
-        &ns.name,
-        "web",
-        json!({"type": "LoadBalancer", "selector": {"app": "web"},
-            "ports": [{"port": 80, "targetPort": 8080}]}),
-    )
-    .await
-    .unwrap();
+    c.web_service(&ns.name, &nodes, json!({})).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let (ip, owner) = loop {
         if let Some(first) = owners(&c, &ns.name).await.into_iter().next() {

@@ -70,19 +70,9 @@ async fn a_request_on_a_vlan_the_node_does_not_have_is_not_answered_untagged() {
     c.ensure_healthy().await.unwrap();
     let ns = c.namespace("vlan").await.unwrap();
     let nodes = c.node_names();
-    for n in &nodes {
-        c.echo_pod(&ns.name, &format!("web-{n}"), n, json!({"app": "web"}))
-            .await
-            .unwrap();
-    }
-    c.service(
-        &ns.name,
-        "web",
-        json!({"type": "LoadBalancer", "selector": {"app": "web"},
-            "ports": [{"port": 80, "targetPort": 8080}], "ipFamilies": ["IPv4"]}),
-    )
-    .await
-    .unwrap();
+    c.web_service(&ns.name, &nodes, json!({"ipFamilies": ["IPv4"]}))
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let (ip, owner) = loop {
         let owners = c

@@ -250,14 +250,14 @@ fn first_per_family(ips: impl Iterator<Item = IpAddr>) -> (Option<Ipv4Addr>, Opt
 /// The Nodes that run a speaker, from the EndpointSlices of the speakers' Service
 /// (`namespace`, `name`): every endpoint, ready or not (a starting speaker must be found
 /// too). `None` when the Service has no endpoints (it does not exist, as in the lab): then
-/// any Node may run one.
-fn speaker_nodes(
-    slices: &[Arc<EndpointSlice>],
+/// any Node may run one. `slices` may hold others too (at start-up, all of them).
+fn speaker_nodes<'a>(
+    slices: impl IntoIterator<Item = &'a Arc<EndpointSlice>>,
     namespace: &str,
     name: &str,
 ) -> Option<BTreeSet<String>> {
     let nodes: BTreeSet<String> = slices
-        .iter()
+        .into_iter()
         .filter(|s| {
             s.metadata.namespace.as_deref() == Some(namespace)
                 && s.metadata
@@ -713,8 +713,8 @@ pub async fn run(args: Args) -> Result<(), String> {
         _ = signal.cancelled() => info!("SIGTERM before the caches synced: nothing was announced"),
     }
     let family_v4 = node_ip.is_ipv4();
-    let seeds_now = || {
-        let speakers = speaker_nodes(&slices.state(), &args.namespace, &args.speakers_service);
+    let seeds_from = |speaker_slices: &[Arc<EndpointSlice>]| {
+        let speakers = speaker_nodes(speaker_slices, &args.namespace, &args.speakers_service);
         seeds(
             &nodes.state(),
             speakers.as_ref(),
@@ -723,7 +723,10 @@ pub async fn run(args: Args) -> Result<(), String> {
             args.gossip_port,
         )
     };
-    let _ = seeds_tx.send(seeds_now());
+    // Once at start-up from every slice; later from the speakers' Service's own slices,
+    // which the view's index names.
+    let _ = seeds_tx.send(seeds_from(&slices.state()));
+    let speakers_key = (args.namespace.clone(), args.speakers_service.clone());
     let mut members = view.members.clone();
     let settle_until = Instant::now() + Duration::from_secs(3);
     let expected = seeds_tx.borrow().len() + 1;
@@ -833,11 +836,15 @@ pub async fn run(args: Args) -> Result<(), String> {
             // The speakers' Service lives in our namespace, where few slices change.
             let speakers_changed =
                 d.slices.all || d.slices.keys.iter().any(|(ns, _)| *ns == args.namespace);
-            if nodes_changed || speakers_changed {
-                crate::publish(&seeds_tx, seeds_now());
-            }
             let (members_changed, pools_changed) = (d.members, d.pools);
             let changed = view.apply(d, &stores, &members_now);
+            if nodes_changed || speakers_changed {
+                let own: Vec<Arc<EndpointSlice>> = view
+                    .slices_of(&speakers_key)
+                    .filter_map(|n| slices.get(&ObjectRef::new(n).within(&args.namespace)))
+                    .collect();
+                crate::publish(&seeds_tx, seeds_from(&own));
+            }
             metrics.elections.fetch_add(1, Ordering::Relaxed);
             let elector = view.elector();
             if pools_changed {
@@ -869,13 +876,9 @@ pub async fn run(args: Args) -> Result<(), String> {
                 || members_changed
                 || locals_changed;
             for ip in &changed.ips {
-                owners.set(
-                    *ip,
-                    elector.election().decision(*ip).and_then(Decision::owner),
-                );
-            }
-            for ip in &changed.ips {
-                match elector.election().decision(*ip) {
+                let decision = elector.election().decision(*ip);
+                owners.set(*ip, decision.and_then(Decision::owner));
+                match decision {
                     Some(Decision::Owner { node, interface }) if *node == me => {
                         owned.insert(*ip, interface.clone());
                     }

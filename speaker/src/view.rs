@@ -202,6 +202,12 @@ impl View {
         &self.elector
     }
 
+    /// The names of the EndpointSlices of the Service `key`, as of the last
+    /// [`View::apply`].
+    pub fn slices_of(&self, key: &Key) -> impl Iterator<Item = &String> {
+        self.slices.of(key)
+    }
+
     /// Pool entries the speaker could not use (the API server rejects them; only an older
     /// or hand-edited object has them).
     pub fn pool_errors(&self) -> &[String] {
