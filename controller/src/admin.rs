@@ -58,13 +58,6 @@ pub struct AllocationLabels {
     pub result: &'static str,
 }
 
-/// Labels of `ferrolb_build_info`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BuildInfoLabels {
-    pub version: &'static str,
-    pub commit: &'static str,
-}
-
 /// An `f64` gauge: pool sizes do not fit an integer (an IPv6 /64 holds 2^64 addresses,
 /// one more than `u64::MAX`).
 type F64Gauge = Gauge<f64, AtomicU64>;
@@ -141,17 +134,10 @@ impl Metrics {
             "1 when this replica holds the leader lease, else 0",
             leader.clone(),
         );
-        let build_info = MetricFamily::<BuildInfoLabels, Gauge>::default();
-        build_info
-            .get_or_create(&BuildInfoLabels {
-                version: env!("CARGO_PKG_VERSION"),
-                commit: crate::GIT_COMMIT,
-            })
-            .set(1);
-        registry.register(
-            "build_info",
-            "Always 1; the labels say which build runs",
-            build_info,
+        ferrolb_crds::process::admin::register_build_info(
+            &mut registry,
+            env!("CARGO_PKG_VERSION"),
+            crate::GIT_COMMIT,
         );
         // Every result shows up from the first scrape, at zero, so rates work at once.
         for reason in AllocationReason::ALL {

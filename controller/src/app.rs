@@ -18,9 +18,9 @@ use std::time::Duration;
 use clap::Parser;
 use ferrolb_crds::process::admin::{AdminServer, Listen};
 use ferrolb_crds::process::logging::{self, LogFormat};
+use ferrolb_crds::process::tasks::Tasks;
 use ferrolb_crds::process::{client, signals};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
 use ferrolb_crds::health::{Health, Limits};
@@ -184,22 +184,26 @@ pub async fn run(args: Args) -> Result<(), Error> {
         admin::endpoints(metrics.clone(), readiness.clone(), health.clone()),
     )?;
 
-    let root = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    tasks.spawn(admin.serve(root.clone()));
+    let tasks = Tasks::new();
+    let root = tasks.stopping();
+    tasks.spawn("admin server", admin.serve(root.clone()));
     // Every replica keeps its caches warm: a new leader starts without listing again.
-    let caches = Caches::start(&client, &health, api_timeout, &tasks, &root);
+    let caches = Caches::start(&client, &health, api_timeout, &tasks);
     if !args.gossip_secret.is_empty() {
         // Every replica, leader or not: the API server settles who creates it.
-        tasks.spawn(gossip_secret::run(
-            client.clone(),
-            args.lease_namespace.clone(),
-            args.gossip_secret.clone(),
-            owner.clone(),
-            root.clone(),
-        ));
+        tasks.spawn(
+            "gossip Secret",
+            gossip_secret::run(
+                client.clone(),
+                args.lease_namespace.clone(),
+                args.gossip_secret.clone(),
+                owner.clone(),
+                root.clone(),
+            ),
+        );
     }
-    // The elector outlives the controller loop so that it releases the Lease last.
+    // The elector is not one of the tasks: it outlives them, so that it releases the Lease
+    // last.
     let elector_cancel = CancellationToken::new();
     let elector_task = tokio::spawn({
         let cancel = elector_cancel.clone();
@@ -213,22 +217,15 @@ pub async fn run(args: Args) -> Result<(), Error> {
         default_class: args.default_class,
         instance: identity.clone(),
     };
-    tasks.spawn(lead(
-        client,
-        caches,
-        settings,
-        leader,
-        metrics,
-        probes,
-        root.clone(),
-    ));
-    tasks.close();
+    tasks.spawn(
+        "controller",
+        lead(client, caches, settings, leader, metrics, probes, root),
+    );
 
     signals::terminated().await;
     info!("shutting down (a second signal aborts)");
     readiness.set_stopping();
-    root.cancel();
-    if signals::drain(&tasks).await == signals::Drained::Aborted {
+    if tasks.stop_and_drain().await == signals::Drained::Aborted {
         error!("second signal: aborting");
         std::process::exit(130);
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use ferrolb_crds::IPPool;
 use ferrolb_crds::cache::slim;
 use ferrolb_crds::health::{Health, Limits, Reporter};
+use ferrolb_crds::process::tasks::Tasks;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::Api;
@@ -22,8 +23,6 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use tokio::sync::{Notify, mpsc, watch};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::allocator::ServiceKey;
@@ -151,14 +150,14 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Caches {
-    /// Starts the three watches on `tasks`, each reporting to `health` (stuck once its errors
-    /// keep coming for longer than `api_timeout`); they run until `cancel`.
+    /// Starts the three watches as named tasks of `tasks`, each reporting to `health`
+    /// (stuck once its errors keep coming for longer than `api_timeout`); they run until
+    /// the tasks are told to stop.
     pub fn start(
         client: &Client,
         health: &Health,
         api_timeout: Option<Duration>,
-        tasks: &TaskTracker,
-        cancel: &CancellationToken,
+        tasks: &Tasks,
     ) -> Caches {
         let (services, svc_writer) = reflector::store::<Service>();
         let (pools, pool_writer) = reflector::store::<IPPool>();
@@ -176,9 +175,9 @@ impl Caches {
         let limits = Limits::calling_api(api_timeout);
         let watch = |name: &str| health.register(name, limits);
         let services = caches.clone();
-        let (c, client_) = (cancel.clone(), client.clone());
-        tasks.spawn(until_cancelled(
-            c,
+        let client_ = client.clone();
+        tasks.spawn_until_stop(
+            "Service watch",
             watch_forever(
                 svc_writer,
                 move || watch_all(&client_),
@@ -186,11 +185,11 @@ impl Caches {
                 caches.service_progress.clone(),
                 move |e| services.on_service(e),
             ),
-        ));
+        );
         let pools = caches.clone();
-        let (c, client_) = (cancel.clone(), client.clone());
-        tasks.spawn(until_cancelled(
-            c,
+        let client_ = client.clone();
+        tasks.spawn_until_stop(
+            "IPPool watch",
             watch_forever(
                 pool_writer,
                 move || watch_all(&client_),
@@ -198,12 +197,12 @@ impl Caches {
                 caches.pool_progress.clone(),
                 move |e| pools.on_pool(&e),
             ),
-        ));
+        );
         let namespaces = caches.clone();
-        let (c, client_) = (cancel.clone(), client.clone());
+        let client_ = client.clone();
         let mut labels = NamespaceLabels::default();
-        tasks.spawn(until_cancelled(
-            c,
+        tasks.spawn_until_stop(
+            "Namespace watch",
             watch_forever(
                 ns_writer,
                 move || watch_all(&client_),
@@ -215,7 +214,7 @@ impl Caches {
                     }
                 },
             ),
-        ));
+        );
         caches
     }
 
@@ -438,13 +437,6 @@ where
 {
     let api: Api<K> = Api::all(client.clone());
     watcher::watcher(api, watcher::Config::default()).modify(slim)
-}
-
-async fn until_cancelled(cancel: CancellationToken, task: impl Future<Output = ()>) {
-    tokio::select! {
-        () = cancel.cancelled() => {}
-        () = task => {}
-    }
 }
 
 #[cfg(test)]

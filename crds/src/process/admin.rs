@@ -22,6 +22,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +57,19 @@ impl Exposition for Registry {
         prometheus_client::encoding::text::encode(&mut text, self)?;
         Ok(text)
     }
+}
+
+/// Registers `build_info` in `registry`: a gauge, always 1, whose `version` and `commit`
+/// labels say which build runs.
+pub fn register_build_info(registry: &mut Registry, version: &'static str, commit: &'static str) {
+    let info = Family::<[(&'static str, &'static str); 2], Gauge>::default();
+    info.get_or_create(&[("version", version), ("commit", commit)])
+        .set(1);
+    registry.register(
+        "build_info",
+        "Always 1; the labels say which build runs",
+        info,
+    );
 }
 
 /// What `/readyz` asks: `Ok` with a short reason when ready, `Err` with why not.
@@ -333,6 +348,7 @@ mod tests {
         let counter = Counter::<u64>::default();
         counter.inc();
         registry.register("test_things", "Things counted in a test", counter);
+        register_build_info(&mut registry, "1.2.3", "abc\"def");
         let ready = Arc::new(Flag::default());
         let health = Health::new();
         let endpoints = Endpoints {
@@ -374,6 +390,10 @@ mod tests {
         assert_eq!(status, 200);
         assert!(raw.contains(OPENMETRICS_CONTENT_TYPE), "{raw}");
         assert!(raw.contains("ferrolb_test_things_total 1"), "{raw}");
+        assert!(
+            raw.contains("ferrolb_build_info{version=\"1.2.3\",commit=\"abc\\\"def\"} 1"),
+            "{raw}"
+        );
         assert!(raw.contains("# EOF"), "{raw}");
 
         let watch = s

@@ -1,7 +1,7 @@
 //! What every ferrolb process does around its own logic, written once for the controller
 //! and the speaker: logging set-up ([`logging`]), the Kubernetes client ([`client`]),
-//! SIGTERM handling ([`signals`]) and the admin server for `/healthz`, `/readyz` and
-//! `/metrics` ([`admin`]).
+//! SIGTERM handling ([`signals`]), named tasks under one tracker ([`tasks`]) and the
+//! admin server for `/healthz`, `/readyz` and `/metrics` ([`admin`]).
 //!
 //! This is the one part of the crate that does I/O. It decides nothing about either
 //! binary's work: what readiness means, which metrics exist and what is stuck are each
@@ -11,6 +11,7 @@ pub mod admin;
 pub mod client;
 pub mod logging;
 pub mod signals;
+pub mod tasks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
