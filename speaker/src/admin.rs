@@ -1,38 +1,36 @@
-//! The speaker's admin port: `/healthz`, `/readyz` and `/metrics` (Prometheus text format).
+//! What the speaker's admin port says: `/healthz`, `/readyz` and `/metrics` (the server
+//! itself is the one both binaries share, `ferrolb_crds::process::admin`).
 //!
-//! The counters live where the work happens (responders, membership); this module only
-//! holds them by interface and renders them. Per-interface counters survive a responder
+//! The counters live where the work happens (responders, membership, forwarding) as plain
+//! atomics; this module holds them by interface and hands them to `prometheus-client` at
+//! each scrape ([`Metrics`]' collector). Per-interface counters survive a responder
 //! restart, so they only ever grow.
 //!
 //! `/readyz` follows [`Readiness`], which the process sets once its caches have synced and
 //! its first election was applied, and clears for good at SIGTERM. `/healthz` answers 503,
 //! naming what is stuck, once [`Health`] finds a component that can no longer make
-//! progress (the bounds are the `--healthz-*` flags). The server listens on every address
-//! of both families by default: one `[::]` socket with `IPV6_V6ONLY` off.
+//! progress (the bounds are the `--healthz-*` flags).
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::fmt::Write as _;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
-use bytes::Bytes;
 use ferrolb_crds::health::Health;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use ferrolb_crds::process::admin::{self as shared, Endpoints, Exposition, ReadinessCheck};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
 
 use crate::membership::Stats as GossipStats;
 use crate::responder::arp::ArpStats;
 use crate::responder::ndp::NdpStats;
+
+/// The admin port when `--admin-address` is not given.
+pub const DEFAULT_PORT: u16 = 7473;
 
 /// The counters of one interface.
 #[derive(Debug, Default)]
@@ -43,24 +41,6 @@ pub struct InterfaceStats {
     pub ownership_changes: AtomicU64,
     /// IPs announced on this interface now.
     pub announced: AtomicU64,
-}
-
-/// Everything `/metrics` shows.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    interfaces: Mutex<BTreeMap<String, Arc<InterfaceStats>>>,
-    gossip: Mutex<Option<Arc<GossipStats>>>,
-    /// Elections run (each a full recompute).
-    pub elections: AtomicU64,
-    /// `ferrolb.io/Announced` writes and their failures.
-    pub status_writes: AtomicU64,
-    pub status_write_errors: AtomicU64,
-    /// Peers whose claims disagreed with this speaker's view past the grace period (each
-    /// disagreement once), and how many disagree now.
-    pub ownership_disagreements: AtomicU64,
-    pub peers_disagreeing: AtomicU64,
-    /// NodePort forwarding, when it is on.
-    pub forwarding: Mutex<Option<ForwardingStats>>,
 }
 
 /// What `/metrics` says of NodePort forwarding.
@@ -78,291 +58,359 @@ pub struct ForwardingStats {
     pub sctp_refused: bool,
 }
 
-impl Metrics {
-    /// The counters of `iface`, created on first use.
-    pub fn interface(&self, iface: &str) -> Arc<InterfaceStats> {
-        let mut map = self
-            .interfaces
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry(iface.to_string()).or_default().clone()
-    }
+/// What the collector reads at each scrape; shared with the code that counts.
+#[derive(Debug, Default)]
+struct Shared {
+    interfaces: Mutex<BTreeMap<String, Arc<InterfaceStats>>>,
+    gossip: Mutex<Option<Arc<GossipStats>>>,
+    forwarding: Mutex<Option<ForwardingStats>>,
+}
 
-    pub fn set_gossip(&self, stats: Arc<GossipStats>) {
-        *self
-            .gossip
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stats);
-    }
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let ifaces: Vec<(String, Arc<InterfaceStats>)> = self
-            .interfaces
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP ferrolb_build_info Always 1; the labels say which build runs."
-        );
-        let _ = writeln!(out, "# TYPE ferrolb_build_info gauge");
-        let _ = writeln!(
-            out,
-            "ferrolb_build_info{{version=\"{}\",commit=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION"),
-            escape(crate::GIT_COMMIT)
-        );
-        type Family = (
-            &'static str,
-            &'static str,
-            &'static str,
-            fn(&InterfaceStats) -> u64,
-        );
-        let per_iface: [Family; 10] = [
-            (
-                "ferrolb_arp_requests_total",
-                "counter",
-                "ARP requests received",
-                |s| s.arp.requests.load(Ordering::Relaxed),
-            ),
-            (
-                "ferrolb_arp_replies_total",
-                "counter",
-                "ARP replies sent for owned IPs",
-                |s| s.arp.replies.load(Ordering::Relaxed),
-            ),
-            (
-                "ferrolb_ndp_solicitations_total",
-                "counter",
-                "Neighbor Solicitations received",
-                |s| s.ndp.solicitations.load(Ordering::Relaxed),
-            ),
-            (
-                "ferrolb_ndp_advertisements_total",
-                "counter",
-                "Solicited Neighbor Advertisements sent for owned IPs",
-                |s| s.ndp.advertisements.load(Ordering::Relaxed),
-            ),
-            (
-                "ferrolb_gratuitous_arp_sent_total",
-                "counter",
-                "Gratuitous ARP frames sent after taking an IP",
-                |s| s.arp.gratuitous.load(Ordering::Relaxed),
-            ),
-            (
-                "ferrolb_unsolicited_na_sent_total",
-                "counter",
-                "Unsolicited Neighbor Advertisements sent after taking an IP",
-                |s| s.ndp.unsolicited.load(Ordering::Relaxed),
-            ),
-            (
-                "ferrolb_arp_conflicts_total",
-                "counter",
-                "ARP frames from another MAC that claimed an IP this node owns (each re-sends the gratuitous burst, at most once a second per IP)",
-                |s| s.arp.conflicts.load(Ordering::Relaxed),
-            ),
-            (
-                "ferrolb_ndp_conflicts_total",
-                "counter",
-                "Neighbor Advertisements from another MAC for an IP this node owns (each re-sends the unsolicited advertisements, at most once a second per IP)",
-                |s| s.ndp.conflicts.load(Ordering::Relaxed),
-            ),
-            (
-                "ferrolb_ownership_changes_total",
-                "counter",
-                "IPs this node took or gave up",
-                |s| s.ownership_changes.load(Ordering::Relaxed),
-            ),
-            (
-                "ferrolb_announced_ips",
-                "gauge",
-                "IPs this node announces now",
-                |s| s.announced.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, kind, help, get) in per_iface {
-            let _ = writeln!(out, "# HELP {name} {help}, per interface.");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (iface, s) in &ifaces {
-                let _ = writeln!(out, "{name}{{interface=\"{}\"}} {}", escape(iface), get(s));
-            }
-        }
-        let gossip = self
-            .gossip
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if let Some(g) = gossip {
-            let _ = writeln!(
-                out,
-                "# HELP ferrolb_gossip_members Gossip peers by SWIM state (this speaker not counted)."
-            );
-            let _ = writeln!(out, "# TYPE ferrolb_gossip_members gauge");
-            for (state, v) in [
-                ("alive", &g.peers_alive),
-                ("suspect", &g.peers_suspect),
-                ("dead", &g.peers_down),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "ferrolb_gossip_members{{state=\"{state}\"}} {}",
-                    v.load(Ordering::Relaxed)
-                );
-            }
-            let _ = writeln!(
-                out,
-                "# HELP ferrolb_gossip_dropped_total Gossip datagrams dropped, by cause."
-            );
-            let _ = writeln!(out, "# TYPE ferrolb_gossip_dropped_total counter");
-            for (reason, v) in [
-                ("unauthenticated", &g.dropped_unauthenticated),
-                ("malformed", &g.dropped_malformed),
-                ("refused", &g.dropped_refused),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "ferrolb_gossip_dropped_total{{reason=\"{reason}\"}} {}",
-                    v.load(Ordering::Relaxed)
-                );
-            }
-            for (name, help, v) in [
-                (
-                    "ferrolb_gossip_received_total",
-                    "Gossip datagrams received.",
-                    &g.received,
-                ),
-                (
-                    "ferrolb_gossip_sent_total",
-                    "Gossip datagrams sent.",
-                    &g.sent,
-                ),
-                (
-                    "ferrolb_gossip_suspicions_total",
-                    "Peers suspected of failure (stopped answering probes); a peer that leaves is not suspected.",
-                    &g.suspicions,
-                ),
-                (
-                    "ferrolb_gossip_rivals_total",
-                    "Times another gossip identity claimed this speaker's node and it took a higher generation to win its name back.",
-                    &g.rivals,
-                ),
-            ] {
-                let _ = writeln!(out, "# HELP {name} {help}");
-                let _ = writeln!(out, "# TYPE {name} counter");
-                let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
-            }
-        }
-        let fwd = *self
-            .forwarding
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(f) = fwd {
-            for (name, kind, help, v) in [
-                (
-                    "ferrolb_forwarded_packets_total",
-                    "counter",
-                    "Packets to forwarded LoadBalancer IPs handed to a NodePort, per family.",
-                    f.totals.forwarded,
-                ),
-                (
-                    "ferrolb_forwarded_connections_total",
-                    "counter",
-                    "New connections to forwarded LoadBalancer IPs handed to a NodePort, per family.",
-                    f.totals.connections,
-                ),
-                (
-                    "ferrolb_forwarding_dropped_packets_total",
-                    "counter",
-                    "Packets to forwarded LoadBalancer IPs dropped (a port the Service does not expose, a source outside loadBalancerSourceRanges), per family.",
-                    f.totals.dropped,
-                ),
-                (
-                    "ferrolb_forwarded_ips",
-                    "gauge",
-                    "Forwarded LoadBalancer IPs this node owns, per family.",
-                    f.ips,
-                ),
-            ] {
-                let _ = writeln!(out, "# HELP {name} {help}");
-                let _ = writeln!(out, "# TYPE {name} {kind}");
-                for (family, value) in ["IPv4", "IPv6"].iter().zip(v) {
-                    let _ = writeln!(out, "{name}{{family=\"{family}\"}} {value}");
-                }
-            }
-            for (name, help, v) in [
-                (
-                    "ferrolb_forwarding_loads_total",
-                    "Forwarding rulesets loaded into the kernel.",
-                    f.loads,
-                ),
-                (
-                    "ferrolb_forwarding_errors_total",
-                    "Forwarding rulesets the kernel (nft) refused or that could not be loaded.",
-                    f.errors,
-                ),
-            ] {
-                let _ = writeln!(out, "# HELP {name} {help}");
-                let _ = writeln!(out, "# TYPE {name} counter");
-                let _ = writeln!(out, "{name} {v}");
-            }
-            let name = "ferrolb_forwarding_sctp_refused";
-            let _ = writeln!(
-                out,
-                "# HELP {name} 1 when this node's kernel refused the SCTP forwarding rules (SCTP ports of forwarded IPs get no traffic; TCP and UDP are forwarded)."
-            );
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            let _ = writeln!(out, "{name} {}", u8::from(f.sctp_refused));
-        }
-        for (name, help, v) in [
-            (
-                "ferrolb_elections_total",
-                "Elections run (full recomputes).",
-                &self.elections,
-            ),
-            (
-                "ferrolb_status_writes_total",
-                "ferrolb.io/Announced conditions written.",
-                &self.status_writes,
-            ),
-            (
-                "ferrolb_status_write_errors_total",
-                "ferrolb.io/Announced writes that failed.",
-                &self.status_write_errors,
-            ),
-            (
-                "ferrolb_ownership_disagreements_total",
-                "Times a peer's claims (what it announces) disagreed with this speaker's view for longer than the grace period.",
-                &self.ownership_disagreements,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
-        }
-        let name = "ferrolb_peers_disagreeing";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Peers whose claims disagree with this speaker's view now."
-        );
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        let _ = writeln!(
-            out,
-            "{name} {}",
-            self.peers_disagreeing.load(Ordering::Relaxed)
-        );
-        out
+/// The speaker's metrics, all named `ferrolb_*`. Cheap to share behind an `Arc`.
+///
+/// | name | type | labels |
+/// |---|---|---|
+/// | `ferrolb_arp_requests_total`, `ferrolb_arp_replies_total`, `ferrolb_ndp_solicitations_total`, `ferrolb_ndp_advertisements_total`, `ferrolb_gratuitous_arp_sent_total`, `ferrolb_unsolicited_na_sent_total`, `ferrolb_arp_conflicts_total`, `ferrolb_ndp_conflicts_total`, `ferrolb_ownership_changes_total` | counter | `interface` |
+/// | `ferrolb_announced_ips` | gauge | `interface` |
+/// | `ferrolb_gossip_members` | gauge | `state` (alive, suspect, dead) |
+/// | `ferrolb_gossip_dropped_total` | counter | `reason` (unauthenticated, malformed, refused, replayed) |
+/// | `ferrolb_gossip_received_total`, `ferrolb_gossip_sent_total`, `ferrolb_gossip_suspicions_total`, `ferrolb_gossip_rivals_total` | counter | |
+/// | `ferrolb_forwarded_packets_total`, `ferrolb_forwarded_connections_total`, `ferrolb_forwarding_dropped_packets_total` | counter | `family` |
+/// | `ferrolb_forwarded_ips` | gauge | `family` |
+/// | `ferrolb_forwarding_loads_total`, `ferrolb_forwarding_errors_total` | counter | |
+/// | `ferrolb_forwarding_sctp_refused` | gauge | |
+/// | `ferrolb_elections_total`, `ferrolb_status_writes_total`, `ferrolb_status_write_errors_total`, `ferrolb_ownership_disagreements_total` | counter | |
+/// | `ferrolb_peers_disagreeing` | gauge | |
+/// | `ferrolb_build_info` | gauge, always 1 | `version`, `commit` |
+///
+/// The gossip series appear once gossip runs, the forwarding ones once forwarding is on.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    shared: Arc<Shared>,
+    /// Elections run (each round that re-decided something).
+    pub elections: Counter,
+    /// `ferrolb.io/Announced` writes and their failures.
+    pub status_writes: Counter,
+    pub status_write_errors: Counter,
+    /// Peers whose claims disagreed with this speaker's view past the grace period (each
+    /// disagreement once), and how many disagree now.
+    pub ownership_disagreements: Counter,
+    pub peers_disagreeing: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ferrolb");
+        let shared = Arc::new(Shared::default());
+        registry.register_collector(Box::new(Scrape(shared.clone())));
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let elections = counter(
+            &mut registry,
+            "elections",
+            "Election rounds that re-decided something",
+        );
+        let status_writes = counter(
+            &mut registry,
+            "status_writes",
+            "ferrolb.io/Announced conditions written",
+        );
+        let status_write_errors = counter(
+            &mut registry,
+            "status_write_errors",
+            "ferrolb.io/Announced writes that failed",
+        );
+        let ownership_disagreements = counter(
+            &mut registry,
+            "ownership_disagreements",
+            "Times a peer's claims (what it announces) disagreed with this speaker's view for longer than the grace period",
+        );
+        let peers_disagreeing = Gauge::default();
+        registry.register(
+            "peers_disagreeing",
+            "Peers whose claims disagree with this speaker's view now",
+            peers_disagreeing.clone(),
+        );
+        shared::register_build_info(&mut registry, env!("CARGO_PKG_VERSION"), crate::GIT_COMMIT);
+        Metrics {
+            registry,
+            shared,
+            elections,
+            status_writes,
+            status_write_errors,
+            ownership_disagreements,
+            peers_disagreeing,
+        }
+    }
+
+    /// The counters of `iface`, created on first use.
+    pub fn interface(&self, iface: &str) -> Arc<InterfaceStats> {
+        lock(&self.shared.interfaces)
+            .entry(iface.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub fn set_gossip(&self, stats: Arc<GossipStats>) {
+        *lock(&self.shared.gossip) = Some(stats);
+    }
+
+    /// What forwarding reports now (`None`: forwarding is off).
+    pub fn forwarding(&self) -> Option<ForwardingStats> {
+        *lock(&self.shared.forwarding)
+    }
+
+    /// Changes what forwarding reports.
+    pub fn update_forwarding(&self, f: impl FnOnce(&mut ForwardingStats)) {
+        f(lock(&self.shared.forwarding).get_or_insert_with(ForwardingStats::default));
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        Exposition::encode(&self.registry)
+    }
+}
+
+impl Exposition for Metrics {
+    fn encode(&self) -> Result<String, std::fmt::Error> {
+        Metrics::encode(self)
+    }
+}
+
+/// Reads the atomics at each scrape.
+#[derive(Debug)]
+struct Scrape(Arc<Shared>);
+
+type Read<T> = fn(&T) -> u64;
+
+fn relaxed(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// One family with one label: a name, a help text, the label's name and one sample per
+/// label value.
+fn family<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    label: &str,
+    samples: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (value, sample) in samples {
+        let labels = [(label, value)];
+        let series = metric.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(sample).encode(series)?,
+            _ => ConstGauge::new(sample).encode(series)?,
+        }
+    }
+    Ok(())
+}
+
+/// One family without labels.
+fn single(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    sample: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, kind)?;
+    match kind {
+        MetricType::Counter => ConstCounter::new(sample).encode(metric),
+        _ => ConstGauge::new(sample).encode(metric),
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ifaces: Vec<(String, Arc<InterfaceStats>)> = lock(&self.0.interfaces)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let per_iface: [(&str, MetricType, &str, Read<InterfaceStats>); 10] = [
+            (
+                "arp_requests",
+                MetricType::Counter,
+                "ARP requests received, per interface",
+                |s| relaxed(&s.arp.requests),
+            ),
+            (
+                "arp_replies",
+                MetricType::Counter,
+                "ARP replies sent for owned IPs, per interface",
+                |s| relaxed(&s.arp.replies),
+            ),
+            (
+                "ndp_solicitations",
+                MetricType::Counter,
+                "Neighbor Solicitations received, per interface",
+                |s| relaxed(&s.ndp.solicitations),
+            ),
+            (
+                "ndp_advertisements",
+                MetricType::Counter,
+                "Solicited Neighbor Advertisements sent for owned IPs, per interface",
+                |s| relaxed(&s.ndp.advertisements),
+            ),
+            (
+                "gratuitous_arp_sent",
+                MetricType::Counter,
+                "Gratuitous ARP frames sent after taking an IP, per interface",
+                |s| relaxed(&s.arp.gratuitous),
+            ),
+            (
+                "unsolicited_na_sent",
+                MetricType::Counter,
+                "Unsolicited Neighbor Advertisements sent after taking an IP, per interface",
+                |s| relaxed(&s.ndp.unsolicited),
+            ),
+            (
+                "arp_conflicts",
+                MetricType::Counter,
+                "ARP frames from another MAC that claimed an IP this node owns (each re-sends the gratuitous burst, at most once a second per IP), per interface",
+                |s| relaxed(&s.arp.conflicts),
+            ),
+            (
+                "ndp_conflicts",
+                MetricType::Counter,
+                "Neighbor Advertisements from another MAC for an IP this node owns (each re-sends the unsolicited advertisements, at most once a second per IP), per interface",
+                |s| relaxed(&s.ndp.conflicts),
+            ),
+            (
+                "ownership_changes",
+                MetricType::Counter,
+                "IPs this node took or gave up, per interface",
+                |s| relaxed(&s.ownership_changes),
+            ),
+            (
+                "announced_ips",
+                MetricType::Gauge,
+                "IPs this node announces now, per interface",
+                |s| relaxed(&s.announced),
+            ),
+        ];
+        for (name, kind, help, read) in per_iface {
+            let samples = ifaces.iter().map(|(iface, s)| (iface.as_str(), read(s)));
+            family(&mut encoder, name, help, kind, "interface", samples)?;
+        }
+
+        let gossip = lock(&self.0.gossip).clone();
+        if let Some(g) = gossip {
+            family(
+                &mut encoder,
+                "gossip_members",
+                "Gossip peers by SWIM state (this speaker not counted)",
+                MetricType::Gauge,
+                "state",
+                [
+                    ("alive", relaxed(&g.peers_alive)),
+                    ("suspect", relaxed(&g.peers_suspect)),
+                    ("dead", relaxed(&g.peers_down)),
+                ],
+            )?;
+            family(
+                &mut encoder,
+                "gossip_dropped",
+                "Gossip datagrams dropped, by cause",
+                MetricType::Counter,
+                "reason",
+                [
+                    ("unauthenticated", relaxed(&g.dropped_unauthenticated)),
+                    ("malformed", relaxed(&g.dropped_malformed)),
+                    ("refused", relaxed(&g.dropped_refused)),
+                    ("replayed", relaxed(&g.dropped_replayed)),
+                ],
+            )?;
+            for (name, help, v) in [
+                ("gossip_received", "Gossip datagrams received", &g.received),
+                ("gossip_sent", "Gossip datagrams sent", &g.sent),
+                (
+                    "gossip_suspicions",
+                    "Peers suspected of failure (stopped answering probes); a peer that leaves is not suspected",
+                    &g.suspicions,
+                ),
+                (
+                    "gossip_rivals",
+                    "Times another gossip identity claimed this speaker's node and it took a higher generation to win its name back",
+                    &g.rivals,
+                ),
+            ] {
+                single(&mut encoder, name, help, MetricType::Counter, relaxed(v))?;
+            }
+        }
+
+        let forwarding = *lock(&self.0.forwarding);
+        if let Some(f) = forwarding {
+            for (name, kind, help, v) in [
+                (
+                    "forwarded_packets",
+                    MetricType::Counter,
+                    "Packets to forwarded LoadBalancer IPs handed to a NodePort, per family",
+                    f.totals.forwarded,
+                ),
+                (
+                    "forwarded_connections",
+                    MetricType::Counter,
+                    "New connections to forwarded LoadBalancer IPs handed to a NodePort, per family",
+                    f.totals.connections,
+                ),
+                (
+                    "forwarding_dropped_packets",
+                    MetricType::Counter,
+                    "Packets to forwarded LoadBalancer IPs dropped (a port the Service does not expose, a source outside loadBalancerSourceRanges), per family",
+                    f.totals.dropped,
+                ),
+                (
+                    "forwarded_ips",
+                    MetricType::Gauge,
+                    "Forwarded LoadBalancer IPs this node owns, per family",
+                    f.ips,
+                ),
+            ] {
+                let samples = ["IPv4", "IPv6"].into_iter().zip(v);
+                family(&mut encoder, name, help, kind, "family", samples)?;
+            }
+            single(
+                &mut encoder,
+                "forwarding_loads",
+                "Forwarding rulesets loaded into the kernel",
+                MetricType::Counter,
+                f.loads,
+            )?;
+            single(
+                &mut encoder,
+                "forwarding_errors",
+                "Forwarding rulesets the kernel (nft) refused or that could not be loaded",
+                MetricType::Counter,
+                f.errors,
+            )?;
+            single(
+                &mut encoder,
+                "forwarding_sctp_refused",
+                "1 when this node's kernel refused the SCTP forwarding rules (SCTP ports of forwarded IPs get no traffic; TCP and UDP are forwarded)",
+                MetricType::Gauge,
+                u64::from(f.sctp_refused),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// What `/readyz` answers. Clones share one state.
@@ -394,7 +442,7 @@ impl Readiness {
     }
 
     /// `Ok` when ready, else why not.
-    pub fn check(&self) -> Result<(), &'static str> {
+    pub fn state(&self) -> Result<(), &'static str> {
         if self.0.stopping.load(Ordering::Acquire) {
             Err("shutting down")
         } else if self.0.stale.load(Ordering::Acquire) {
@@ -407,171 +455,33 @@ impl Readiness {
     }
 }
 
-fn respond(
-    method: &Method,
-    path: &str,
-    metrics: &Metrics,
-    ready: &Readiness,
-    health: &Health,
-) -> Response<Full<Bytes>> {
-    let (status, ctype, body): (StatusCode, &'static str, Bytes) =
-        if method != Method::GET && method != Method::HEAD {
-            (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                Bytes::from_static(b"only GET and HEAD are served\n"),
-            )
-        } else {
-            match path {
-                "/healthz" => {
-                    let stuck = health.check();
-                    if stuck.is_empty() {
-                        (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n"))
-                    } else {
-                        let body: String = stuck.iter().map(|p| format!("stuck: {p}\n")).collect();
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "text/plain",
-                            Bytes::from(body),
-                        )
-                    }
-                }
-                "/readyz" => match ready.check() {
-                    Ok(()) => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
-                    Err(why) => (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain",
-                        Bytes::from(format!("not ready: {why}\n")),
-                    ),
-                },
-                "/metrics" => (
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    Bytes::from(metrics.render()),
-                ),
-                _ => (
-                    StatusCode::NOT_FOUND,
-                    "text/plain",
-                    Bytes::from_static(b"not found: try /healthz, /readyz or /metrics\n"),
-                ),
-            }
-        };
-    let mut r = Response::new(Full::new(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(ctype),
-    );
-    r
-}
-
-/// The admin port when `--admin-address` is not given.
-pub const DEFAULT_PORT: u16 = 7473;
-
-/// Where the admin server listens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Listen {
-    /// Every address of both families on this port: one `[::]` socket with `IPV6_V6ONLY`
-    /// off, or `0.0.0.0` when the host has no IPv6.
-    AllFamilies(u16),
-    /// Exactly this address (an unspecified IPv6 one accepts IPv4 too).
-    Address(SocketAddr),
-}
-
-impl Listen {
-    /// `--admin-address` as given, else every address on [`DEFAULT_PORT`].
-    pub fn from_flag(addr: Option<SocketAddr>) -> Listen {
-        addr.map_or(Listen::AllFamilies(DEFAULT_PORT), Listen::Address)
+impl ReadinessCheck for Readiness {
+    fn check(&self, _now: Instant) -> Result<String, String> {
+        self.state()
+            .map(|()| "caches synced, first election applied".to_string())
+            .map_err(str::to_string)
     }
 }
 
-/// A listening socket on `addr`; an unspecified IPv6 address takes IPv4 connections too,
-/// whatever `net.ipv6.bindv6only` says.
-fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() && addr.ip().is_unspecified() {
-        socket.set_only_v6(false)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
-}
-
-/// Binds the admin server (see [`Listen`]); serving starts with [`serve`]. Needs a Tokio
-/// runtime.
-pub fn bind(listen: Listen) -> Result<TcpListener, String> {
-    let bind = |addr: SocketAddr| {
-        listen_on(addr).map_err(|e| (e, format!("admin server: cannot listen on {addr}")))
-    };
-    let bound = match listen {
-        Listen::Address(addr) => bind(addr),
-        Listen::AllFamilies(port) => match bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
-            // The errors of a host without IPv6 (a kernel without it, or IPv6 switched off).
-            Err((e, _))
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
-                ) =>
-            {
-                info!(error = %e, "admin server: no IPv6 on this host; listening on IPv4 only");
-                bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
-            }
-            other => other,
-        },
-    };
-    bound.map_err(|(e, what)| format!("{what}: {e}"))
-}
-
-/// Serves the admin endpoints until `cancel`.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    ready: Readiness,
-    health: Health,
-    cancel: CancellationToken,
-) {
-    if let Ok(a) = listener.local_addr() {
-        info!(addr = %a, "admin server listening");
-    }
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(%e, "admin server: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let metrics = metrics.clone();
-        let ready = ready.clone();
-        let health = health.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let r = respond(req.method(), req.uri().path(), &metrics, &ready, &health);
-                async move { Ok::<_, Infallible>(r) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                r = conn => if let Err(e) = r { debug!(%e, "admin connection") },
-                _ = cancel.cancelled() => {}
-            }
-        });
+/// What the three endpoints answer from.
+pub fn endpoints(metrics: Arc<Metrics>, readiness: Readiness, health: Health) -> Endpoints {
+    Endpoints {
+        metrics,
+        readiness: Arc::new(readiness),
+        health,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferrolb_crds::process::admin::respond;
+    use http::Method;
+    use std::time::Duration;
+
+    fn text(m: &Metrics) -> String {
+        m.encode().expect("the metrics encode")
+    }
 
     #[test]
     fn metrics_show_every_family_per_interface() {
@@ -585,18 +495,28 @@ mod tests {
             .fetch_add(1, Ordering::Relaxed);
         let g = Arc::new(GossipStats::default());
         g.dropped_unauthenticated.fetch_add(7, Ordering::Relaxed);
+        g.dropped_replayed.fetch_add(4, Ordering::Relaxed);
         g.peers_alive.store(2, Ordering::Relaxed);
         m.set_gossip(g);
-        let text = m.render();
+        m.elections.inc();
+        m.peers_disagreeing.set(1);
+        let text = text(&m);
         for line in [
             "ferrolb_arp_requests_total{interface=\"eth0\"} 3",
             "ferrolb_ndp_advertisements_total{interface=\"eth0\"} 2",
             "ferrolb_announced_ips{interface=\"eth0\"} 5",
             "ferrolb_ownership_changes_total{interface=\"bond\\\"0\"} 1",
             "ferrolb_gossip_dropped_total{reason=\"unauthenticated\"} 7",
+            "ferrolb_gossip_dropped_total{reason=\"replayed\"} 4",
             "ferrolb_gossip_members{state=\"alive\"} 2",
             "ferrolb_gossip_members{state=\"dead\"} 0",
-            "# TYPE ferrolb_gratuitous_arp_sent_total counter",
+            "ferrolb_gossip_received_total 0",
+            "# TYPE ferrolb_gratuitous_arp_sent counter",
+            "# TYPE ferrolb_announced_ips gauge",
+            "ferrolb_elections_total 1",
+            "ferrolb_status_write_errors_total 0",
+            "ferrolb_peers_disagreeing 1",
+            "# EOF",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -617,21 +537,34 @@ mod tests {
     }
 
     #[test]
+    fn without_gossip_or_forwarding_their_series_are_absent() {
+        let text = text(&Metrics::default());
+        assert!(!text.contains("ferrolb_gossip"), "{text}");
+        assert!(!text.contains("ferrolb_forward"), "{text}");
+        assert!(
+            text.contains("# TYPE ferrolb_arp_requests counter"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn forwarding_metrics_appear_once_forwarding_is_on() {
         let m = Metrics::default();
-        assert!(!m.render().contains("ferrolb_forwarded"), "off: no series");
-        *m.forwarding.lock().unwrap() = Some(ForwardingStats {
-            totals: crate::forwarding::kernel::Counters {
-                forwarded: [40, 7],
-                dropped: [3, 0],
-                connections: [5, 1],
-            },
-            ips: [2, 1],
-            loads: 4,
-            errors: 1,
-            sctp_refused: true,
+        assert_eq!(m.forwarding(), None);
+        m.update_forwarding(|f| {
+            *f = ForwardingStats {
+                totals: crate::forwarding::kernel::Counters {
+                    forwarded: [40, 7],
+                    dropped: [3, 0],
+                    connections: [5, 1],
+                },
+                ips: [2, 1],
+                loads: 4,
+                errors: 1,
+                sctp_refused: true,
+            }
         });
-        let text = m.render();
+        let text = text(&m);
         for line in [
             "ferrolb_forwarded_packets_total{family=\"IPv4\"} 40",
             "ferrolb_forwarded_packets_total{family=\"IPv6\"} 7",
@@ -652,17 +585,21 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_answer_and_refuse() {
-        let m = Metrics::default();
+    fn the_endpoints_answer_from_the_speakers_state() {
         let r = Readiness::default();
         let h = Health::new();
-        assert_eq!(respond(&Method::GET, "/healthz", &m, &r, &h).status(), 200);
-        assert_eq!(respond(&Method::GET, "/readyz", &m, &r, &h).status(), 503);
+        let e = endpoints(Arc::new(Metrics::default()), r.clone(), h.clone());
+        assert_eq!(respond(&Method::GET, "/healthz", &e).status(), 200);
+        assert_eq!(respond(&Method::GET, "/readyz", &e).status(), 503);
         r.set_ready();
-        assert_eq!(respond(&Method::GET, "/readyz", &m, &r, &h).status(), 200);
-        assert_eq!(respond(&Method::GET, "/metrics", &m, &r, &h).status(), 200);
-        assert_eq!(respond(&Method::POST, "/metrics", &m, &r, &h).status(), 405);
-        assert_eq!(respond(&Method::GET, "/nope", &m, &r, &h).status(), 404);
+        assert_eq!(respond(&Method::GET, "/readyz", &e).status(), 200);
+        assert_eq!(respond(&Method::GET, "/metrics", &e).status(), 200);
+        let watch = h.register(
+            "Node watch",
+            ferrolb_crds::health::Limits::calling_api(Some(Duration::from_secs(900))),
+        );
+        watch.ended();
+        assert_eq!(respond(&Method::GET, "/healthz", &e).status(), 503);
     }
 
     #[test]
@@ -671,11 +608,11 @@ mod tests {
         r.set_ready();
         r.set_stale(true);
         assert_eq!(
-            r.check(),
-            Err("a watch keeps failing: the view of the cluster may be stale")
+            ReadinessCheck::check(&r, Instant::now()),
+            Err("a watch keeps failing: the view of the cluster may be stale".to_string())
         );
         r.set_stale(false);
-        assert_eq!(r.check(), Ok(()));
+        assert_eq!(r.state(), Ok(()));
     }
 
     #[test]
@@ -683,54 +620,6 @@ mod tests {
         let r = Readiness::default();
         r.set_stopping();
         r.set_ready();
-        assert_eq!(r.check(), Err("shutting down"));
-    }
-
-    #[test]
-    fn healthz_names_what_is_stuck() {
-        let (m, r, h) = (Metrics::default(), Readiness::default(), Health::new());
-        let watch = h.register(
-            "Node watch",
-            ferrolb_crds::health::Limits::calling_api(Some(Duration::from_secs(900))),
-        );
-        watch.ended();
-        let resp = respond(&Method::GET, "/healthz", &m, &r, &h);
-        assert_eq!(resp.status(), 503);
-        let body = futures::executor::block_on(http_body_util::BodyExt::collect(resp.into_body()))
-            .unwrap()
-            .to_bytes();
-        assert_eq!(&body[..], b"stuck: Node watch: has stopped\n");
-    }
-
-    #[tokio::test]
-    async fn the_default_listener_answers_on_ipv4_and_ipv6_loopback() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = bind(Listen::AllFamilies(0)).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            Arc::new(Metrics::default()),
-            Readiness::default(),
-            Health::new(),
-            cancel.clone(),
-        ));
-        let mut targets = vec![SocketAddr::from((Ipv4Addr::LOCALHOST, port))];
-        if std::net::UdpSocket::bind("[::1]:0").is_ok() {
-            targets.push(SocketAddr::from((Ipv6Addr::LOCALHOST, port)));
-        } else {
-            eprintln!("no IPv6 on this host: only 127.0.0.1 checked");
-        }
-        for target in targets {
-            let mut s = tokio::net::TcpStream::connect(target).await.unwrap();
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .await
-                .unwrap();
-            let mut raw = String::new();
-            s.read_to_string(&mut raw).await.unwrap();
-            assert!(raw.starts_with("HTTP/1.1 200"), "{target}: {raw}");
-        }
-        cancel.cancel();
-        server.await.unwrap();
+        assert_eq!(r.state(), Err("shutting down"));
     }
 }

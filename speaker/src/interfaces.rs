@@ -466,13 +466,28 @@ async fn next_change(events: &mut Option<TokioSocket>, buf: &mut BytesMut) -> st
 /// goes down stops counting within milliseconds), and every `period` as a backstop, and
 /// publishes the interfaces whenever they change. Without netlink notifications (an
 /// error opening or reading the socket), it falls back to the periodic rescan alone.
+///
+/// Spawns its own task; [`watcher`] leaves that to the caller.
 pub fn watch(period: Duration, cancel: CancellationToken) -> watch::Receiver<Vec<LocalInterface>> {
+    let (rx, task) = watcher(period, cancel);
+    tokio::spawn(task);
+    rx
+}
+
+/// [`watch`]'s receiver, and the task that feeds it (it ends when `cancel` fires).
+pub fn watcher(
+    period: Duration,
+    cancel: CancellationToken,
+) -> (
+    watch::Receiver<Vec<LocalInterface>>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let first = scan().unwrap_or_else(|e| {
         warn!(error = %e, "scanning interfaces");
         Vec::new()
     });
     let (tx, rx) = watch::channel(first);
-    tokio::spawn(async move {
+    let task = async move {
         let mut events = match change_events() {
             Ok(s) => Some(s),
             Err(e) => {
@@ -519,8 +534,8 @@ pub fn watch(period: Duration, cancel: CancellationToken) -> watch::Receiver<Vec
                 Err(e) => warn!(%e, "interface scan task"),
             }
         }
-    });
-    rx
+    };
+    (rx, task)
 }
 
 #[cfg(test)]

@@ -17,13 +17,15 @@
 //! - [`announcer`]: this node's share of the election turned into running responders;
 //! - [`status`]: the `ferrolb.io/Announced` condition and who writes it (pure);
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`;
-//! - [`app`]: the `ferrolb-speaker` process that ties them together.
+//! - [`app`]: the `ferrolb-speaker` process that ties them together, as named tasks;
+//! - [`error`]: the process's one error type.
 
 pub mod admin;
 pub mod agreement;
 pub mod announcer;
 pub mod app;
 pub mod election;
+pub mod error;
 pub mod forwarding;
 pub mod inputs;
 pub mod interfaces;
@@ -32,6 +34,8 @@ pub mod responder;
 pub mod status;
 pub mod view;
 pub mod wire;
+
+pub use error::Error;
 
 /// The git commit this binary was built from: 12 hex digits, `-dirty` when tracked files
 /// differed from it, or `unknown` (see `build/git_commit.rs`).

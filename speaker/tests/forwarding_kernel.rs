@@ -321,14 +321,14 @@ async fn a_kernel_refusing_sctp_still_forwards_tcp_and_udp_and_says_so() {
         rules.contains("tcp dport") && !rules.contains("sctp"),
         "{rules}"
     );
-    let text = metrics.render();
+    let text = metrics.encode().unwrap();
     assert!(
         text.lines()
             .any(|l| l == "ferrolb_forwarding_sctp_refused 1"),
         "{text}"
     );
     // A later change is loaded without offering SCTP again (no error counted for it).
-    let errors = |m: &Metrics| m.forwarding.lock().unwrap().unwrap().errors;
+    let errors = |m: &Metrics| m.forwarding().unwrap().errors;
     let before = errors(&metrics);
     let mut next = rs.clone();
     next.forwards.retain(|f| f.port != 53);

@@ -8,7 +8,7 @@ async fn main() -> std::process::ExitCode {
     match ferrolb_speaker::app::run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ferrolb-speaker: {e}");
+            eprintln!("ferrolb-speaker: {}", e.chain());
             std::process::ExitCode::FAILURE
         }
     }

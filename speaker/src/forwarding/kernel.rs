@@ -255,10 +255,7 @@ const SCTP_REOFFER: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Forwarder {
     pub fn new(kernel: Kernel, metrics: Arc<Metrics>) -> Forwarder {
-        *metrics
-            .forwarding
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ForwardingStats::default());
+        metrics.update_forwarding(|s| *s = ForwardingStats::default());
         Forwarder {
             kernel,
             current: Ruleset::default(),
@@ -270,12 +267,7 @@ impl Forwarder {
     }
 
     fn stats(&self, f: impl FnOnce(&mut ForwardingStats)) {
-        let mut guard = self
-            .metrics
-            .forwarding
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(guard.get_or_insert_with(ForwardingStats::default));
+        self.metrics.update_forwarding(f);
     }
 
     async fn load(&mut self, rs: &Ruleset) -> bool {
@@ -326,11 +318,7 @@ impl Forwarder {
 
     /// Has the kernel refused the SCTP rules?
     pub fn sctp_refused(&self) -> bool {
-        self.metrics
-            .forwarding
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some_and(|s| s.sctp_refused)
+        self.metrics.forwarding().is_some_and(|s| s.sctp_refused)
     }
 
     fn loaded(&mut self, rs: &Ruleset, changed: bool) {

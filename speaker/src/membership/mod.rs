@@ -166,17 +166,6 @@ pub struct Stats {
     pub suspicions: AtomicU64,
 }
 
-/// Errors of the membership loop.
-#[derive(Debug, thiserror::Error)]
-pub enum MembershipError {
-    #[error("cannot bind the gossip socket {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// A bound, not yet running membership.
 #[derive(Debug)]
 pub struct Membership {
@@ -224,17 +213,17 @@ pub struct Inputs {
 pub const CLAIMS_PERIOD: Duration = Duration::from_secs(5);
 
 impl Membership {
-    pub async fn bind(settings: Settings) -> Result<(Membership, MembershipView), MembershipError> {
+    pub async fn bind(settings: Settings) -> Result<(Membership, MembershipView), crate::Error> {
         let socket =
             UdpSocket::bind(settings.bind)
                 .await
-                .map_err(|source| MembershipError::Bind {
+                .map_err(|source| crate::Error::GossipBind {
                     addr: settings.bind,
                     source,
                 })?;
         let local = socket
             .local_addr()
-            .map_err(|source| MembershipError::Bind {
+            .map_err(|source| crate::Error::GossipBind {
                 addr: settings.bind,
                 source,
             })?;
