@@ -10,6 +10,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use ferrolb_crds::conditions::status_str;
 use ferrolb_crds::names::{AnnouncementReason, CONDITION_ANNOUNCED};
 use k8s_openapi::api::core::v1::Service as K8sService;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -201,10 +202,6 @@ impl WriteBudget {
             Some(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
         }
     }
-}
-
-pub fn status_str(status: bool) -> &'static str {
-    if status { "True" } else { "False" }
 }
 
 #[cfg(test)]

@@ -7,12 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferrolb_crds::conditions::ConditionContent;
+use ferrolb_crds::events::{self, NewEvent, Reporter};
 use ferrolb_crds::names::{CONDITION_ANNOUNCED, FIELD_MANAGER_SPEAKER, events::ANNOUNCING};
 use k8s_openapi::api::core::v1::Service as K8sService;
-use k8s_openapi::api::events::v1::Event as K8sEvent;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -228,25 +229,24 @@ pub(super) async fn status_loop(
     }
 }
 
+/// Longest message written into the condition.
+const MAX_MESSAGE: usize = 32 * 1024;
+
 async fn write_condition(
     client: &kube::Client,
     svc: &K8sService,
     current: Option<&Condition>,
     want: &status::Announced,
 ) -> Result<(), kube::Error> {
-    let status_str = status::status_str(want.status);
-    let since = current
-        .filter(|c| c.status == status_str)
-        .map(|c| c.last_transition_time.0)
-        .unwrap_or_else(Timestamp::now);
-    let cond = Condition {
-        type_: CONDITION_ANNOUNCED.into(),
-        status: status_str.into(),
-        reason: want.reason.clone(),
-        message: want.message.chars().take(32 * 1024).collect(),
-        last_transition_time: Time(since),
+    let message: String = want.message.chars().take(MAX_MESSAGE).collect();
+    let cond = ConditionContent {
+        type_: CONDITION_ANNOUNCED,
+        status: want.status,
+        reason: &want.reason,
+        message: &message,
         observed_generation: svc.metadata.generation,
-    };
+    }
+    .build(current, Timestamp::now());
     let ns = svc.namespace().unwrap_or_default();
     let api: Api<K8sService> = Api::namespaced(client.clone(), &ns);
     let patch = json!({"apiVersion": "v1", "kind": "Service", "status": {"conditions": [cond]}});
@@ -261,29 +261,19 @@ async fn write_condition(
 
 /// One `events.k8s.io/v1` Event per owner change.
 async fn publish_announcing(client: &kube::Client, svc: &K8sService, me: &str, note: &str) {
-    let ns = svc.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<K8sEvent> = Api::namespaced(client.clone(), &ns);
-    let ev = K8sEvent {
-        metadata: kube::api::ObjectMeta {
-            name: Some(format!(
-                "{}.{:x}",
-                svc.name_any(),
-                Timestamp::now().as_nanosecond().unsigned_abs()
-            )),
-            namespace: Some(ns.clone()),
-            ..Default::default()
-        },
-        event_time: Some(MicroTime(Timestamp::now())),
-        action: Some("Announce".into()),
-        reason: Some(ANNOUNCING.into()),
-        note: Some(note.chars().take(1000).collect()),
-        type_: Some("Normal".into()),
-        regarding: Some(svc.object_ref(&())),
-        reporting_controller: Some(format!("ferrolb.io/{FIELD_MANAGER_SPEAKER}")),
-        reporting_instance: Some(format!("{FIELD_MANAGER_SPEAKER}-{me}")),
-        ..Default::default()
+    let reporter = Reporter {
+        controller: format!("ferrolb.io/{FIELD_MANAGER_SPEAKER}"),
+        instance: format!("{FIELD_MANAGER_SPEAKER}-{me}"),
     };
-    if let Err(e) = api.create(&PostParams::default(), &ev).await {
+    let event = NewEvent {
+        regarding: &svc.object_ref(&()),
+        reason: ANNOUNCING,
+        note,
+        warning: false,
+        action: "Announce",
+    }
+    .build(&reporter, Timestamp::now());
+    if let Err(e) = events::publish(client, &event).await {
         warn!(%e, "cannot publish the Announcing event");
     }
 }
