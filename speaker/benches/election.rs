@@ -5,7 +5,8 @@
 //! - `incremental`: the speaker's loop today (`View::apply`): the changed object read from
 //!   the caches and converted, and only the IPs it can affect re-decided. Measured for an
 //!   EndpointSlice change of one Service (the common event), a Node label no pool reads,
-//!   and a Node going NotReady (which every IP of its pool must be re-decided for).
+//!   a Node going NotReady (its own IPs and the unannounced ones re-decided) and Ready
+//!   again (the IPs it may take back, and the unannounced ones).
 //!
 //! `cargo bench -p ferrolb-speaker --bench election`. Report in docs/benchmarks.md.
 
@@ -252,16 +253,24 @@ fn benches(cr: &mut Criterion) {
             black_box(sp.node_event(node(7, true, &format!("r{rack}"))))
         })
     });
-    let mut ready = true;
-    group.bench_function(
-        "incremental: Node Ready flipped (its pool's 5,000 IPs re-decided)",
-        |b| {
-            b.iter(|| {
-                ready = !ready;
-                black_box(sp.node_event(node(7, ready, "r0")))
-            })
-        },
-    );
+    // Node 7 goes NotReady (timed), then Ready again (not timed), and the other way round.
+    let mut flip = |timed_ready: bool, iters: u64| {
+        let mut took = std::time::Duration::ZERO;
+        for _ in 0..iters {
+            let before = !timed_ready;
+            black_box(sp.node_event(node(7, before, "r0")));
+            let start = std::time::Instant::now();
+            black_box(sp.node_event(node(7, timed_ready, "r0")));
+            took += start.elapsed();
+        }
+        took
+    };
+    group.bench_function("incremental: Node goes NotReady", |b| {
+        b.iter_custom(|iters| flip(false, iters))
+    });
+    group.bench_function("incremental: Node Ready again", |b| {
+        b.iter_custom(|iters| flip(true, iters))
+    });
     group.finish();
 }
 

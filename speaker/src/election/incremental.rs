@@ -6,10 +6,11 @@
 //! What each change re-decides:
 //! - a Service: the IPs it held before and holds now (not the Services' other IPs, not
 //!   other pools);
-//! - a Node or a member (join, leave, standing): the IPs of the pools for which that node's
-//!   step-4 verdict changed, plus, when its interfaces or its standing changed, the pools
-//!   in which it is a candidate; a change no pool can see (a label no selector reads, a
-//!   node not yet a member changing readiness) re-decides nothing;
+//! - a Node or a member (join, leave, standing): in the pools for which that node's step-4
+//!   verdict changed, the IPs it owned (when it stops being a candidate) or may take (when
+//!   it becomes one) and the unannounced ones; when a candidate's interfaces or standing
+//!   changed, every IP of its pools; a change no pool can see (a label no selector reads,
+//!   a node not yet a member changing readiness) re-decides nothing;
 //! - the pools: everything (pools are few and change rarely).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,9 +19,20 @@ use std::net::IpAddr;
 use ferrolb_crds::overlap::Overlaps;
 
 use super::{
-    CompiledPool, ConfigProblem, Election, Node, Pool, Service, Standing, Verdicts, World,
-    compile_pools, decide, node_exclusion,
+    CompiledPool, ConfigProblem, Decision, Election, Node, Pool, Service, Standing, Verdicts,
+    World, compile_pools, decide, may_take, node_exclusion,
 };
+
+/// What a change did to one pool's candidates (see `Elector::renode`).
+#[derive(Debug, Default)]
+struct Hit {
+    /// A candidate's interfaces or standing changed: every IP may move.
+    all: bool,
+    /// Nodes that became candidates.
+    joined: BTreeSet<String>,
+    /// Nodes that stopped being candidates.
+    left: BTreeSet<String>,
+}
 
 /// What one change did: the IPs whose decision changed (new, gone, or different) and the
 /// Services touched (their own value changed, or one of their IPs' decisions did), by
@@ -62,6 +74,8 @@ pub struct Elector {
     /// Pool name -> the held IPs it governs (IPs no pool governs depend on no node).
     governed: BTreeMap<String, BTreeSet<IpAddr>>,
     election: Election,
+    /// IPs decided since this elector was made: the work the changes cost.
+    decided: u64,
 }
 
 impl Elector {
@@ -134,6 +148,12 @@ impl Elector {
 
     pub fn pools(&self) -> &[Pool] {
         &self.pool_list
+    }
+
+    /// How many IPs were decided since this elector was made (each change adds the IPs it
+    /// decided again, whether or not their decision moved).
+    pub fn decided(&self) -> u64 {
+        self.decided
     }
 
     /// Sets (`Some`) or removes (`None`) the Service `key` (`namespace/name`).
@@ -279,11 +299,19 @@ impl Elector {
         node_exclusion(node, &self.members, standing, pool)
     }
 
-    /// Re-judges the nodes `names` in every pool and re-decides the IPs of the pools whose
-    /// verdict on one of them changed, or in which one of them is a candidate and
-    /// `also(name)` says something else about it (interfaces, standing) changed.
+    /// Re-judges the nodes `names` in every pool and re-decides, in the pools whose verdict
+    /// on one of them changed or in which one of them is a candidate and `also(name)` says
+    /// something else about it (interfaces, standing) changed, the IPs that can move:
+    ///
+    /// - a node that stops being a candidate: the IPs it owned (rendezvous hashing: the
+    ///   others keep their owner, the best of the rest) and the unannounced ones (their
+    ///   message names the excluded nodes);
+    /// - a node that becomes one: the IPs it may take from their owner ([`may_take`]) and
+    ///   the unannounced ones;
+    /// - a candidate whose interfaces or standing changed: every IP of the pool;
+    /// - a node whose reason for exclusion changed: the unannounced IPs.
     fn renode(&mut self, names: &BTreeSet<String>, also: impl Fn(&str) -> bool) -> Changed {
-        let mut hit: BTreeSet<String> = BTreeSet::new();
+        let mut hits: BTreeMap<String, Hit> = BTreeMap::new();
         for (pool_name, pool) in &self.pools {
             for name in names {
                 let after = self.nodes.get(name).map(|n| self.verdict(n, pool));
@@ -292,19 +320,58 @@ impl Elector {
                     Some(v) => verdicts.insert(name.clone(), v.clone()),
                     None => verdicts.remove(name),
                 };
-                let candidate = matches!(before, Some(None)) || matches!(after, Some(None));
-                if before != after || (candidate && also(name)) {
-                    hit.insert(pool_name.clone());
+                let (was, is) = (matches!(before, Some(None)), matches!(after, Some(None)));
+                if before == after && !(is && also(name)) {
+                    continue;
+                }
+                let hit = hits.entry(pool_name.clone()).or_default();
+                match (was, is) {
+                    (true, true) => hit.all = true,
+                    (false, true) => {
+                        hit.joined.insert(name.clone());
+                    }
+                    (true, false) => {
+                        hit.left.insert(name.clone());
+                    }
+                    (false, false) => {}
                 }
             }
         }
-        let ips = hit
-            .iter()
-            .filter_map(|p| self.governed.get(p))
-            .flatten()
-            .copied()
-            .collect();
+        let mut ips = BTreeSet::new();
+        for (pool, hit) in &hits {
+            let governed = self.governed.get(pool).into_iter().flatten();
+            if hit.all {
+                ips.extend(governed.copied());
+                continue;
+            }
+            for ip in governed {
+                let owner = self.election.decisions.get(ip).and_then(Decision::owner);
+                let moves = match owner {
+                    // Unannounced (or not decided yet): its message may change.
+                    None => true,
+                    Some(owner) => {
+                        hit.left.contains(owner)
+                            || hit.joined.iter().any(|n| self.may_take(n, owner, *ip))
+                    }
+                };
+                if moves {
+                    ips.insert(*ip);
+                }
+            }
+        }
         self.redecide(ips)
+    }
+
+    /// Whether `newcomer` may take `ip` from `owner` (see [`may_take`]).
+    fn may_take(&self, newcomer: &str, owner: &str, ip: IpAddr) -> bool {
+        let services: Vec<&Service> = self
+            .holders
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.services.get(k))
+            .collect();
+        may_take(newcomer, owner, ip, &services, &self.standing)
     }
 
     /// Decides `ips` again, keeping what changed.
@@ -317,6 +384,7 @@ impl Elector {
             overlaps: &self.overlaps,
             verdicts: &self.verdicts,
         };
+        self.decided += ips.len() as u64;
         for ip in ips {
             let keys = self.holders.get(&ip);
             let decision = keys.map(|keys| {
@@ -410,6 +478,45 @@ mod tests {
         e.set_node("d", Some(d.clone()));
         d.ready = false;
         assert!(e.set_node("d", Some(d)).is_empty());
+    }
+
+    #[test]
+    fn a_node_going_not_ready_and_back_decides_only_the_ips_that_can_move() {
+        let mut inputs = world(&["a", "b", "c"]);
+        inputs.services = (10..70)
+            .map(|i| {
+                svc(
+                    &format!("s{i}"),
+                    &[&format!("10.0.0.{i}")],
+                    TrafficPolicy::Cluster,
+                    &[("elsewhere", 1, 0)],
+                )
+            })
+            .collect();
+        let mut e = elector(&inputs);
+        let owned_by = |e: &Elector, n: &str| {
+            e.election()
+                .decisions
+                .values()
+                .filter(|d| d.owner() == Some(n))
+                .count() as u64
+        };
+        let b_owned = owned_by(&e, "b");
+        assert!(b_owned > 0 && b_owned < 60, "b owns some: {b_owned}");
+        let mut down = node("b");
+        down.ready = false;
+        let start = e.decided();
+        let changed = e.set_node("b", Some(down));
+        // Only b's own IPs (the others keep their owner): not the pool's 60.
+        assert_eq!(e.decided() - start, b_owned);
+        assert_eq!(changed.ips.len() as u64, b_owned);
+        assert_eq!(owned_by(&e, "b"), 0);
+        // Back: only the IPs it may take from their owner, which are exactly those it had.
+        let start = e.decided();
+        let changed = e.set_node("b", Some(node("b")));
+        assert_eq!(e.decided() - start, b_owned);
+        assert_eq!(changed.ips.len() as u64, b_owned);
+        assert_eq!(owned_by(&e, "b"), b_owned);
     }
 
     #[test]

@@ -689,7 +689,7 @@ fn decide(ip: IpAddr, services: &[&Service], world: &World<'_>) -> Decision {
     let forwardable: Vec<&Service> = services
         .iter()
         .copied()
-        .filter(|s| !s.proxied.contains(&ip) || s.has_node_port())
+        .filter(|s| forwardable(s, ip))
         .collect();
     if forwardable.is_empty() {
         return Decision::NotAnnounced {
@@ -741,24 +741,15 @@ fn decide(ip: IpAddr, services: &[&Service], world: &World<'_>) -> Decision {
     // Each candidate's tier: a Ready speaker before a stale one, then the endpoint tier
     // (the worst over the Local Services).
     let mut tiers: BTreeMap<&str, (Standing, EndpointTier)> = BTreeMap::new();
-    candidates.retain(|node| {
-        let mut tier = EndpointTier::Ready;
-        for s in serving
-            .iter()
-            .filter(|s| s.external_traffic_policy == TrafficPolicy::Local)
-        {
-            let t = s
-                .endpoints
-                .get(&node.name)
-                .map_or(EndpointTier::None, EndpointState::tier);
-            if t == EndpointTier::None {
-                excluded.push((&node.name, Exclusion::NoLocalEndpoint(s.key())));
-                return false;
-            }
-            tier = tier.min(t);
+    candidates.retain(|node| match tier(&node.name, &serving) {
+        Ok(t) => {
+            tiers.insert(&node.name, (standing_of(&node.name), t));
+            true
         }
-        tiers.insert(&node.name, (standing_of(&node.name), tier));
-        true
+        Err(lacking) => {
+            excluded.push((&node.name, Exclusion::NoLocalEndpoint(lacking.key())));
+            false
+        }
     });
     if candidates.is_empty() {
         return not_announced(AnnouncementReason::NoLocalEndpoints, &subject, &excluded);
@@ -796,6 +787,66 @@ fn decide(ip: IpAddr, services: &[&Service], world: &World<'_>) -> Decision {
         },
         None => not_announced(AnnouncementReason::NoInterface, &subject, &excluded),
     }
+}
+
+/// Whether `s` takes part in the decision on `ip`: a forwarded IP carries only what
+/// reaches a NodePort.
+fn forwardable(s: &Service, ip: IpAddr) -> bool {
+    !s.proxied.contains(&ip) || s.has_node_port()
+}
+
+/// A candidate's endpoint tier for an IP served by `serving`: the worst over the Local
+/// Services (Ready when there are none), or the first Local Service it has no endpoint
+/// for.
+fn tier<'s>(node: &str, serving: &[&'s Service]) -> Result<EndpointTier, &'s Service> {
+    let mut tier = EndpointTier::Ready;
+    for s in serving
+        .iter()
+        .filter(|s| s.external_traffic_policy == TrafficPolicy::Local)
+    {
+        let t = s
+            .endpoints
+            .get(node)
+            .map_or(EndpointTier::None, EndpointState::tier);
+        if t == EndpointTier::None {
+            return Err(s);
+        }
+        tier = tier.min(t);
+    }
+    Ok(tier)
+}
+
+/// Whether `newcomer`, just become a candidate of the IP's pool, may take `ip` from its
+/// owner `owner`: when it serves the IP's Services at a better tier (standing, then
+/// endpoints), or at the same tier with the higher rendezvous score. When it may not, the
+/// decision stays as it is (the owner is still the best of the rest), so the IP need not
+/// be decided again.
+fn may_take(
+    newcomer: &str,
+    owner: &str,
+    ip: IpAddr,
+    services: &[&Service],
+    standing: &BTreeMap<String, Standing>,
+) -> bool {
+    let standing_of = |node: &str| standing.get(node).copied().unwrap_or(Standing::Ready);
+    let serving: Vec<&Service> = services
+        .iter()
+        .copied()
+        .filter(|s| forwardable(s, ip) && s.has_endpoints())
+        .collect();
+    let (Ok(new), Ok(old)) = (tier(newcomer, &serving), tier(owner, &serving)) else {
+        // The newcomer lacks a Local endpoint: it cannot take the IP. (The owner lacking
+        // one would mean the decision is stale: decide again.)
+        return tier(newcomer, &serving).is_ok();
+    };
+    let (new, old) = ((standing_of(newcomer), new), (standing_of(owner), old));
+    let text = ip.to_string();
+    new > old
+        || (new == old
+            && highest([
+                (score_text(newcomer, &text), newcomer),
+                (score_text(owner, &text), owner),
+            ]) == Some(newcomer))
 }
 
 fn node_exclusion(
