@@ -6,6 +6,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ipnetwork::IpNetwork;
+
 /// An address family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
@@ -65,11 +67,9 @@ pub fn u128_to_ip(family: Family, n: u128) -> Option<IpAddr> {
 /// 127 and 128 bits have none (RFC 6164 gives /127 links no anycast; /128 is one address),
 /// nor do IPv4 entries, ranges and single addresses. `None` for an entry that does not parse.
 pub fn subnet_router_anycast(entry: &str) -> Option<Ipv6Addr> {
-    let (_, len) = entry.split_once('/')?;
-    let block = AddressBlock::parse(entry).ok()?;
-    let len: u32 = len.parse().ok()?;
-    match block.first() {
-        IpAddr::V6(net) if len < 127 => Some(net),
+    let (addr, len) = entry.split_once('/')?;
+    match parse_cidr(entry, addr, len).ok()? {
+        IpNetwork::V6(net) if net.prefix() < 127 => Some(net.network()),
         _ => None,
     }
 }
@@ -134,37 +134,7 @@ impl AddressBlock {
             });
         }
         if let Some((addr, len)) = entry.split_once('/') {
-            let ip: IpAddr = addr.parse().map_err(|_| malformed())?;
-            reject_mapped(ip).ok_or_else(malformed)?;
-            let family = Family::of(ip);
-            // Digits only: `u8::from_str` would also take "+24".
-            if len.is_empty() || len.len() > 3 || !len.bytes().all(|c| c.is_ascii_digit()) {
-                return Err(malformed());
-            }
-            let len: u32 = len.parse().map_err(|_| malformed())?;
-            if len > family.bits() {
-                return Err(malformed());
-            }
-            let host_bits = family.bits() - len;
-            let host_mask: u128 = if host_bits == 128 {
-                u128::MAX
-            } else {
-                (1u128 << host_bits) - 1
-            };
-            let n = ip_to_u128(ip);
-            let first = n & !host_mask;
-            if first != n {
-                let network = u128_to_ip(family, first).ok_or_else(malformed)?;
-                return Err(AddressError::HostBits {
-                    entry: entry.to_string(),
-                    network: format!("{network}/{len}"),
-                });
-            }
-            return Ok(AddressBlock {
-                family,
-                first,
-                last: first | host_mask,
-            });
+            return parse_cidr(entry, addr, len).map(AddressBlock::from);
         }
         let ip: IpAddr = entry.parse().map_err(|_| malformed())?;
         reject_mapped(ip).ok_or_else(malformed)?;
@@ -210,6 +180,40 @@ impl AddressBlock {
     pub fn overlaps(&self, other: &AddressBlock) -> bool {
         self.family == other.family && self.first <= other.last && other.first <= self.last
     }
+}
+
+impl From<IpNetwork> for AddressBlock {
+    /// Every address of the CIDR, host bits of its address ignored.
+    fn from(net: IpNetwork) -> AddressBlock {
+        AddressBlock {
+            family: Family::of(net.ip()),
+            first: ip_to_u128(net.network()),
+            last: ip_to_u128(net.broadcast()),
+        }
+    }
+}
+
+/// The CIDR entry `entry`, split at its `/` into `addr` and `len`: a network address (no
+/// host bits set) and a prefix length of decimal digits only, no longer than the family's
+/// width.
+fn parse_cidr(entry: &str, addr: &str, len: &str) -> Result<IpNetwork, AddressError> {
+    let malformed = || AddressError::Malformed(entry.to_string());
+    let ip: IpAddr = addr.parse().map_err(|_| malformed())?;
+    reject_mapped(ip).ok_or_else(malformed)?;
+    // Digits only: `u8::from_str` would also take "+24".
+    if len.is_empty() || len.len() > 3 || !len.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(malformed());
+    }
+    let len: u8 = len.parse().map_err(|_| malformed())?;
+    // Refuses a length beyond the family's width.
+    let net = IpNetwork::new(ip, len).map_err(|_| malformed())?;
+    if net.network() != ip {
+        return Err(AddressError::HostBits {
+            entry: entry.to_string(),
+            network: format!("{}/{len}", net.network()),
+        });
+    }
+    Ok(net)
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) are refused, as the API server does.
@@ -339,6 +343,32 @@ mod tests {
         assert_eq!(
             AddressBlock::parse("10.0.0.1/24").unwrap_err().to_string(),
             "CIDR 10.0.0.1/24 has host bits set: write the network address of its prefix (10.0.0.0/24)"
+        );
+    }
+
+    #[test]
+    fn a_cidr_is_the_block_of_its_network() {
+        let b = AddressBlock::from("10.1.2.3/24".parse::<IpNetwork>().unwrap());
+        assert_eq!((b.first(), b.last()), (ip("10.1.2.0"), ip("10.1.2.255")));
+        assert_eq!(AddressBlock::parse("10.1.2.0/24"), Ok(b));
+        let all = AddressBlock::from("::/0".parse::<IpNetwork>().unwrap());
+        assert_eq!(AddressBlock::parse("::/0"), Ok(all));
+        assert_eq!(
+            AddressBlock::parse("2001:db8::1/64")
+                .unwrap_err()
+                .to_string(),
+            "CIDR 2001:db8::1/64 has host bits set: write the network address of its prefix (2001:db8::/64)"
+        );
+        for bad in ["10.0.0.0/256", "10.0.0.0/999", "10.0.0.0/0024", "::/1e2"] {
+            assert_eq!(
+                AddressBlock::parse(bad),
+                Err(AddressError::Malformed(bad.into())),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            AddressBlock::parse("10.0.0.0/024").map(|b| b.span()),
+            Ok(255)
         );
     }
 

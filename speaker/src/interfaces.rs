@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use ipnetwork::IpNetwork;
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
@@ -321,17 +322,9 @@ pub fn by_importance(
 /// The addresses of the subnet `addr/len` as a block (`None` for a length beyond the
 /// family's width).
 fn subnet_block(addr: IpAddr, len: u8) -> Option<ferrolb_crds::AddressBlock> {
-    let family = ferrolb_crds::Family::of(addr);
-    let host_bits = family.bits().checked_sub(u32::from(len))?;
-    let host_mask = match host_bits {
-        0 => 0,
-        128.. => u128::MAX,
-        n => (1u128 << n) - 1,
-    };
-    let n = ferrolb_crds::address::ip_to_u128(addr);
-    let first = ferrolb_crds::address::u128_to_ip(family, n & !host_mask)?;
-    let last = ferrolb_crds::address::u128_to_ip(family, n | host_mask)?;
-    ferrolb_crds::AddressBlock::new(first, last)
+    IpNetwork::new(addr, len)
+        .ok()
+        .map(ferrolb_crds::AddressBlock::from)
 }
 
 /// How often a dump the kernel reports as interrupted is asked again before giving up

@@ -4,7 +4,8 @@
 //! block, whose anycast address (IPv6 CIDRs) lies inside it.
 //!
 //! The module is compiled in by path, as the codec is for `wire`: it depends on `thiserror`
-//! only, and this keeps kube and the rest of `ferrolb-crds` out of the instrumented build.
+//! and `ipnetwork` only, and this keeps kube and the rest of `ferrolb-crds` out of the
+//! instrumented build.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -3,8 +3,8 @@
 //! answer that itself parses.
 //!
 //! The module is compiled in by path, not through the `ferrolb-speaker` crate: it is pure and
-//! depends on `thiserror` only, and this keeps the instrumented build from compiling kube,
-//! tokio and the rest of the speaker's dependencies.
+//! depends on `thiserror` and `pnet_packet` only, and this keeps the instrumented build from
+//! compiling kube, tokio and the rest of the speaker's dependencies.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

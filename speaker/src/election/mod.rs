@@ -69,7 +69,8 @@ use ferrolb_crds::overlap::Overlaps;
 
 pub use crate::membership::Standing;
 use ferrolb_crds::selector::{Selector, SelectorError};
-use ferrolb_crds::{AddressBlock, AddressError, Family, IPPoolSpec};
+use ferrolb_crds::{AddressBlock, AddressError, IPPoolSpec};
+use ipnetwork::IpNetwork;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use regex::Regex;
 use sha2::{Digest, Sha256};
@@ -626,19 +627,7 @@ pub fn announcing_interface<'a>(
 /// `ip` lies in `addr/len` (host bits of `addr` ignored; a length beyond the family's width
 /// or another family never matches).
 fn subnet_contains(addr: IpAddr, len: u8, ip: IpAddr) -> bool {
-    let family = Family::of(addr);
-    if family != Family::of(ip) || u32::from(len) > family.bits() {
-        return false;
-    }
-    let host_bits = family.bits() - u32::from(len);
-    let (a, b) = (
-        ferrolb_crds::address::ip_to_u128(addr),
-        ferrolb_crds::address::ip_to_u128(ip),
-    );
-    if host_bits >= 128 {
-        return true;
-    }
-    (a >> host_bits) == (b >> host_bits)
+    IpNetwork::new(addr, len).is_ok_and(|net| net.contains(ip))
 }
 
 /// What [`decide`] reads besides the IP's Services: the nodes, the pools, and step 4's
@@ -1468,6 +1457,24 @@ mod tests {
             announcing_interface(ip("2001:db8:99::1"), &only_v4, false),
             Err(InterfaceProblem::NoSubnetOrDefaultRoute)
         );
+    }
+
+    #[test]
+    fn subnet_contains_ignores_host_bits_and_refuses_other_families() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(subnet_contains(ip("10.1.2.3"), 24, ip("10.1.2.254")));
+        assert!(!subnet_contains(ip("10.1.2.3"), 24, ip("10.1.3.1")));
+        assert!(subnet_contains(ip("10.1.2.3"), 0, ip("192.0.2.1")));
+        assert!(subnet_contains(ip("10.1.2.3"), 32, ip("10.1.2.3")));
+        assert!(!subnet_contains(ip("10.1.2.3"), 32, ip("10.1.2.4")));
+        assert!(!subnet_contains(ip("10.1.2.3"), 33, ip("10.1.2.3")));
+        assert!(subnet_contains(ip("2001:db8::5"), 64, ip("2001:db8::ffff")));
+        assert!(subnet_contains(ip("2001:db8::5"), 0, ip("::1")));
+        assert!(!subnet_contains(ip("2001:db8::5"), 128, ip("2001:db8::6")));
+        assert!(!subnet_contains(ip("2001:db8::5"), 129, ip("2001:db8::5")));
+        // The same numbers in the other family.
+        assert!(!subnet_contains(ip("::a01:203"), 96, ip("10.1.2.3")));
+        assert!(!subnet_contains(ip("10.1.2.3"), 0, ip("::1")));
     }
 
     #[test]

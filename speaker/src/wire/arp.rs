@@ -3,7 +3,9 @@
 
 use std::net::Ipv4Addr;
 
-use super::bytes::Reader;
+use pnet_packet::arp::{ArpHardwareType, ArpOperation, ArpPacket, MutableArpPacket};
+use pnet_packet::ethernet::EtherType as Protocol;
+
 use super::{EtherType, EthernetFrame, Mac, WireError};
 
 const HTYPE_ETHERNET: u16 = 1;
@@ -38,45 +40,42 @@ pub struct ArpRepr {
 
 impl ArpRepr {
     /// Bytes of an Ethernet/IPv4 ARP packet.
-    pub const LEN: usize = 28;
+    pub const LEN: usize = ArpPacket::minimum_packet_size();
 
     /// Parses an ARP packet (the Ethernet payload); trailing padding is ignored.
     pub fn parse(packet: &[u8]) -> Result<ArpRepr, WireError> {
-        if packet.len() < Self::LEN {
-            return Err(WireError::Truncated {
-                layer: "ARP",
-                need: Self::LEN,
-                got: packet.len(),
-            });
-        }
-        let mut r = Reader::new("ARP", packet);
-        let htype = r.u16()?;
+        let arp = ArpPacket::new(packet).ok_or(WireError::Truncated {
+            layer: "ARP",
+            need: Self::LEN,
+            got: packet.len(),
+        })?;
+        let htype = arp.get_hardware_type().0;
         if htype != HTYPE_ETHERNET {
             return Err(WireError::ArpHardwareType(htype));
         }
-        let ptype = r.u16()?;
+        let ptype = arp.get_protocol_type().0;
         if ptype != PTYPE_IPV4 {
             return Err(WireError::ArpProtocolType(ptype));
         }
-        let hlen = r.u8()?;
+        let hlen = arp.get_hw_addr_len();
         if hlen != HLEN_ETHERNET {
             return Err(WireError::ArpHardwareLength(hlen));
         }
-        let plen = r.u8()?;
+        let plen = arp.get_proto_addr_len();
         if plen != PLEN_IPV4 {
             return Err(WireError::ArpProtocolLength(plen));
         }
-        let op = match r.u16()? {
+        let op = match arp.get_operation().0 {
             1 => ArpOp::Request,
             2 => ArpOp::Reply,
             other => return Err(WireError::ArpOperation(other)),
         };
         Ok(ArpRepr {
             op,
-            sender_mac: r.mac()?,
-            sender_ip: r.ipv4()?,
-            target_mac: r.mac()?,
-            target_ip: r.ipv4()?,
+            sender_mac: Mac(arp.get_sender_hw_addr().octets()),
+            sender_ip: arp.get_sender_proto_addr(),
+            target_mac: Mac(arp.get_target_hw_addr().octets()),
+            target_ip: arp.get_target_proto_addr(),
         })
     }
 
@@ -88,26 +87,29 @@ impl ArpRepr {
 
     pub fn to_bytes(&self) -> [u8; Self::LEN] {
         let mut out = [0u8; Self::LEN];
-        let fields = [
-            &HTYPE_ETHERNET.to_be_bytes()[..],
-            &PTYPE_IPV4.to_be_bytes(),
-            &[HLEN_ETHERNET, PLEN_IPV4],
-            &self.op.code().to_be_bytes(),
-            &self.sender_mac.0,
-            &self.sender_ip.octets(),
-            &self.target_mac.0,
-            &self.target_ip.octets(),
-        ];
-        // The fields add up to exactly LEN bytes, so `zip` never cuts one short.
-        for (dst, src) in out.iter_mut().zip(fields.into_iter().flatten()) {
-            *dst = *src;
-        }
+        // Cannot fail: the array is exactly one packet long.
+        let _ = self.emit(&mut out);
         out
     }
 
     /// Writes the 28-byte ARP packet to the front of `buf`.
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, WireError> {
-        super::emit_into(&self.to_bytes(), buf)
+        let got = buf.len();
+        // The view writes the packet's 28 bytes only, whatever follows them in `buf`.
+        let mut arp = MutableArpPacket::new(buf).ok_or(WireError::BufferTooSmall {
+            need: Self::LEN,
+            got,
+        })?;
+        arp.set_hardware_type(ArpHardwareType(HTYPE_ETHERNET));
+        arp.set_protocol_type(Protocol(PTYPE_IPV4));
+        arp.set_hw_addr_len(HLEN_ETHERNET);
+        arp.set_proto_addr_len(PLEN_IPV4);
+        arp.set_operation(ArpOperation(self.op.code()));
+        arp.set_sender_hw_addr(self.sender_mac.0.into());
+        arp.set_sender_proto_addr(self.sender_ip);
+        arp.set_target_hw_addr(self.target_mac.0.into());
+        arp.set_target_proto_addr(self.target_ip);
+        Ok(Self::LEN)
     }
 
     /// A complete Ethernet frame carrying this packet (padded to 60 bytes).

@@ -4,8 +4,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use pnet_packet::ethernet::{self as layout, EthernetPacket, MutableEthernetPacket};
+
 use super::WireError;
-use super::bytes::Reader;
 
 /// A 48-bit IEEE 802 MAC address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -90,17 +91,19 @@ pub struct EthernetFrame {
 }
 
 impl EthernetFrame {
-    pub const HEADER_LEN: usize = 14;
+    pub const HEADER_LEN: usize = EthernetPacket::minimum_packet_size();
     /// The shortest frame on the wire without FCS; shorter ones are padded with zeros.
     pub const MIN_LEN: usize = 60;
 
     /// Parses the header and returns it with the payload (padding included: the upper layer
     /// knows its own length).
     pub fn parse(frame: &[u8]) -> Result<(EthernetFrame, &[u8]), WireError> {
-        let mut r = Reader::new("Ethernet", frame);
-        let dst = r.mac()?;
-        let src = r.mac()?;
-        let ethertype = r.u16()?;
+        let packet = EthernetPacket::new(frame).ok_or(WireError::Truncated {
+            layer: "Ethernet",
+            need: Self::HEADER_LEN,
+            got: frame.len(),
+        })?;
+        let ethertype = packet.get_ethertype().0;
         if EtherType::VLAN_TPIDS.contains(&ethertype) {
             return Err(WireError::VlanTagged { tpid: ethertype });
         }
@@ -108,11 +111,13 @@ impl EthernetFrame {
             return Err(WireError::NotEthernetII { length: ethertype });
         }
         let header = EthernetFrame {
-            dst,
-            src,
+            dst: Mac(packet.get_destination().octets()),
+            src: Mac(packet.get_source().octets()),
             ethertype: EtherType(ethertype),
         };
-        Ok((header, r.rest()))
+        // `new` saw at least HEADER_LEN bytes, so the payload slice always exists.
+        let payload = frame.get(Self::HEADER_LEN..).unwrap_or_default();
+        Ok((header, payload))
     }
 
     /// Parses the header and checks that it carries `expected`.
@@ -131,15 +136,24 @@ impl EthernetFrame {
     }
 
     pub fn to_bytes(&self) -> [u8; Self::HEADER_LEN] {
-        let [d0, d1, d2, d3, d4, d5] = self.dst.0;
-        let [s0, s1, s2, s3, s4, s5] = self.src.0;
-        let [t0, t1] = self.ethertype.0.to_be_bytes();
-        [d0, d1, d2, d3, d4, d5, s0, s1, s2, s3, s4, s5, t0, t1]
+        let mut out = [0u8; Self::HEADER_LEN];
+        // Cannot fail: the array is exactly one header long.
+        let _ = self.emit(&mut out);
+        out
     }
 
     /// Writes the 14-byte header to the front of `buf`.
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, WireError> {
-        super::emit_into(&self.to_bytes(), buf)
+        let got = buf.len();
+        // The view writes the header's 14 bytes only, whatever follows them in `buf`.
+        let mut packet = MutableEthernetPacket::new(buf).ok_or(WireError::BufferTooSmall {
+            need: Self::HEADER_LEN,
+            got,
+        })?;
+        packet.set_destination(self.dst.0.into());
+        packet.set_source(self.src.0.into());
+        packet.set_ethertype(layout::EtherType(self.ethertype.0));
+        Ok(Self::HEADER_LEN)
     }
 
     /// This header followed by `payload`, zero-padded to [`Self::MIN_LEN`].
@@ -239,6 +253,21 @@ mod tests {
             EthernetFrame::parse(&frame).map(|(h, _)| h.emit(&mut small)),
             Ok(Err(WireError::BufferTooSmall { need: 14, got: 13 }))
         );
+    }
+
+    #[test]
+    fn every_cut_header_needs_14_bytes() {
+        let frame = [0u8; 14];
+        for len in 0..14 {
+            assert_eq!(
+                EthernetFrame::parse(&frame[..len]),
+                Err(WireError::Truncated {
+                    layer: "Ethernet",
+                    need: 14,
+                    got: len
+                })
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,10 @@
 
 use std::net::Ipv6Addr;
 
-use super::bytes::Reader;
+use pnet_packet::icmpv6::{Icmpv6Packet, MutableIcmpv6Packet};
+use pnet_packet::ip::IpNextHeaderProtocol;
+use pnet_packet::ipv6::{Ipv6Packet, MutableIpv6Packet};
+
 use super::{EtherType, EthernetFrame, WireError};
 
 /// Next-header value of ICMPv6.
@@ -21,29 +24,24 @@ pub struct Ipv6Header {
 }
 
 impl Ipv6Header {
-    pub const LEN: usize = 40;
+    pub const LEN: usize = Ipv6Packet::minimum_packet_size();
 
     /// Parses the header and returns it with exactly `payload_len` bytes of payload (link-layer
     /// padding dropped).
     pub fn parse(packet: &[u8]) -> Result<(Ipv6Header, &[u8]), WireError> {
-        if packet.len() < Self::LEN {
-            return Err(WireError::Truncated {
-                layer: "IPv6",
-                need: Self::LEN,
-                got: packet.len(),
-            });
-        }
-        let mut r = Reader::new("IPv6", packet);
-        let version = (r.u32()? >> 28) as u8;
+        let ip = Ipv6Packet::new(packet).ok_or(WireError::Truncated {
+            layer: "IPv6",
+            need: Self::LEN,
+            got: packet.len(),
+        })?;
+        let version = ip.get_version();
         if version != 6 {
             return Err(WireError::Ipv6Version(version));
         }
-        let payload_len = r.u16()?;
-        let next_header = r.u8()?;
-        let hop_limit = r.u8()?;
-        let src = r.ipv6()?;
-        let dst = r.ipv6()?;
-        let rest = r.rest();
+        let payload_len = ip.get_payload_length();
+        // `new` saw at least LEN bytes. The view's own payload would be cut silently to the
+        // bytes present, so the declared length is checked here.
+        let rest = packet.get(Self::LEN..).unwrap_or_default();
         let payload = rest
             .get(..usize::from(payload_len))
             .ok_or(WireError::Ipv6PayloadLength {
@@ -51,10 +49,10 @@ impl Ipv6Header {
                 available: rest.len(),
             })?;
         let header = Ipv6Header {
-            src,
-            dst,
-            next_header,
-            hop_limit,
+            src: ip.get_source(),
+            dst: ip.get_destination(),
+            next_header: ip.get_next_header().0,
+            hop_limit: ip.get_hop_limit(),
             payload_len,
         };
         Ok((header, payload))
@@ -69,24 +67,28 @@ impl Ipv6Header {
 
     pub fn to_bytes(&self) -> [u8; Self::LEN] {
         let mut out = [0u8; Self::LEN];
-        let fixed = [0x60, 0, 0, 0]; // version 6, traffic class 0, flow label 0
-        let fields = [
-            &fixed[..],
-            &self.payload_len.to_be_bytes(),
-            &[self.next_header, self.hop_limit],
-            &self.src.octets(),
-            &self.dst.octets(),
-        ];
-        // The fields add up to exactly LEN bytes.
-        for (dst, src) in out.iter_mut().zip(fields.into_iter().flatten()) {
-            *dst = *src;
-        }
+        // Cannot fail: the array is exactly one header long.
+        let _ = self.emit(&mut out);
         out
     }
 
     /// Writes the 40-byte header to the front of `buf`.
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, WireError> {
-        super::emit_into(&self.to_bytes(), buf)
+        let got = buf.len();
+        // The view writes the header's 40 bytes only, whatever follows them in `buf`.
+        let mut ip = MutableIpv6Packet::new(buf).ok_or(WireError::BufferTooSmall {
+            need: Self::LEN,
+            got,
+        })?;
+        ip.set_version(6);
+        ip.set_traffic_class(0);
+        ip.set_flow_label(0);
+        ip.set_payload_length(self.payload_len);
+        ip.set_next_header(IpNextHeaderProtocol(self.next_header));
+        ip.set_hop_limit(self.hop_limit);
+        ip.set_source(self.src);
+        ip.set_destination(self.dst);
+        Ok(Self::LEN)
     }
 }
 
@@ -120,7 +122,9 @@ fn pseudo_header_sum(src: &Ipv6Addr, dst: &Ipv6Addr, len: usize) -> u64 {
 }
 
 /// The ICMPv6 checksum of `message` sent from `src` to `dst`, with the message's own checksum
-/// field (bytes 2..4) counted as zero whatever it holds.
+/// field (bytes 2..4) counted as zero whatever it holds. Summed in 64 bits here rather than
+/// by `pnet_packet::icmpv6::checksum`, whose 32-bit sum overflows (a panic in debug builds)
+/// on messages of more than 128 KiB, and which needs a message of at least 4 bytes.
 pub fn icmpv6_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, message: &[u8]) -> u16 {
     let acc = pseudo_header_sum(src, dst, message.len());
     // Bytes 0..2 and 4.. (an even offset, so word alignment is kept); skip the checksum field.
@@ -129,24 +133,22 @@ pub fn icmpv6_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, message: &[u8]) -> u16 {
     !fold(acc)
 }
 
-/// The checksum stored in `message` and the one it should hold.
+/// The checksum stored in `message` (0 if it is too short to hold one) and the one it
+/// should hold.
 pub(super) fn checksum_found_and_expected(
     src: &Ipv6Addr,
     dst: &Ipv6Addr,
     message: &[u8],
 ) -> (u16, u16) {
-    let found = match message.get(2..4) {
-        Some(&[hi, lo]) => u16::from_be_bytes([hi, lo]),
-        _ => 0,
-    };
+    let found = Icmpv6Packet::new(message).map_or(0, |icmp| icmp.get_checksum());
     (found, icmpv6_checksum(src, dst, message))
 }
 
-/// Writes the checksum of `message` into its bytes 2..4.
+/// Writes the checksum of `message` into its checksum field (nothing if it has none).
 pub(super) fn fill_icmpv6_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, message: &mut [u8]) {
     let sum = icmpv6_checksum(src, dst, message);
-    if let Some(field) = message.get_mut(2..4) {
-        field.copy_from_slice(&sum.to_be_bytes());
+    if let Some(mut icmp) = MutableIcmpv6Packet::new(message) {
+        icmp.set_checksum(sum);
     }
 }
 

@@ -4,12 +4,16 @@
 //!
 //! Pure on purpose: no sockets, no clock, no idea which IPs this node owns. The responders
 //! decide whether to answer; this module only says what a packet means and builds the answer.
-//! Every parser returns a [`WireError`] on malformed input and never panics: all reads go
-//! through a bounds-checked reader, and no slice is indexed directly.
+//! Every parser returns a [`WireError`] on malformed input and never panics. Fixed fields
+//! are read and written through `pnet_packet`'s views, whose constructors refuse a buffer
+//! shorter than the fixed part (our [`WireError::Truncated`], or
+//! [`WireError::Icmpv6TooShort`] for NDP); what follows it (payloads, NDP options) is sliced
+//! with checked `get` and `split_at_checked`, and no slice is indexed directly. The views'
+//! accessors of variable parts (payloads, option lists) are not used: NDP options are
+//! walked by our own code.
 //! Must not touch: sockets, interfaces, election state.
 
 pub mod arp;
-mod bytes;
 pub mod ethernet;
 pub mod ipv6;
 pub mod ndp;

@@ -9,7 +9,12 @@
 
 use std::net::Ipv6Addr;
 
-use super::bytes::Reader;
+use pnet_packet::icmpv6::ndp::{
+    MutableNeighborAdvertPacket, MutableNeighborSolicitPacket, NeighborAdvertFlags,
+    NeighborAdvertPacket, NeighborSolicitPacket,
+};
+use pnet_packet::icmpv6::{Icmpv6Code, Icmpv6Type};
+
 use super::ipv6::{self, Ipv6Header, NEXT_HEADER_ICMPV6};
 use super::{EtherType, EthernetFrame, Mac, WireError};
 
@@ -25,11 +30,11 @@ const TYPE_NA: u8 = 136;
 const OPTION_SOURCE_LLADDR: u8 = 1;
 const OPTION_TARGET_LLADDR: u8 = 2;
 /// ICMPv6 header, reserved/flags word and target address: the part both messages share.
-const FIXED_LEN: usize = 24;
-
-const FLAG_ROUTER: u32 = 0x8000_0000;
-const FLAG_SOLICITED: u32 = 0x4000_0000;
-const FLAG_OVERRIDE: u32 = 0x2000_0000;
+/// The options follow it.
+const FIXED_LEN: usize = NeighborSolicitPacket::minimum_packet_size();
+const _: () = assert!(NeighborAdvertPacket::minimum_packet_size() == FIXED_LEN);
+/// A link-layer address option for Ethernet: type, length 1 (in units of 8 bytes), MAC.
+const LLADDR_OPTION_LEN: usize = 8;
 
 /// The solicited-node multicast address of `ip` (RFC 4291 §2.7.1): ff02::1:ffXX:XXXX with
 /// the low 24 bits of `ip`. Solicitations for `ip` are sent there.
@@ -223,7 +228,7 @@ impl NaRepr {
         hop_limit: u8,
     ) -> Result<NaRepr, WireError> {
         let nd = NdMessage::parse(message, TYPE_NA, src, dst, hop_limit)?;
-        let solicited = nd.word & FLAG_SOLICITED != 0;
+        let solicited = nd.flags & NeighborAdvertFlags::Solicited != 0;
         if solicited && dst.is_multicast() {
             return Err(WireError::SolicitedToMulticast(dst));
         }
@@ -231,27 +236,27 @@ impl NaRepr {
             src,
             dst,
             target: nd.target,
-            router: nd.word & FLAG_ROUTER != 0,
+            router: nd.flags & NeighborAdvertFlags::Router != 0,
             solicited,
-            override_: nd.word & FLAG_OVERRIDE != 0,
+            override_: nd.flags & NeighborAdvertFlags::Override != 0,
             target_lladdr: link_layer_option(nd.options, OPTION_TARGET_LLADDR)?,
         })
     }
 
     /// The ICMPv6 message, checksum filled in for `self.src` → `self.dst`.
     pub fn icmpv6_bytes(&self) -> Vec<u8> {
-        let mut word = 0;
+        let mut flags = 0;
         for (set, flag) in [
-            (self.router, FLAG_ROUTER),
-            (self.solicited, FLAG_SOLICITED),
-            (self.override_, FLAG_OVERRIDE),
+            (self.router, NeighborAdvertFlags::Router),
+            (self.solicited, NeighborAdvertFlags::Solicited),
+            (self.override_, NeighborAdvertFlags::Override),
         ] {
             if set {
-                word |= flag;
+                flags |= flag;
             }
         }
         let option = self.target_lladdr.map(|mac| (OPTION_TARGET_LLADDR, mac));
-        nd_message(TYPE_NA, word, self.target, option, &self.src, &self.dst)
+        nd_message(TYPE_NA, flags, self.target, option, &self.src, &self.dst)
     }
 
     /// Writes the ICMPv6 message to the front of `buf`.
@@ -280,14 +285,16 @@ pub fn unsolicited_na_frame(mac: Mac, ip: Ipv6Addr) -> Vec<u8> {
 /// The validated fixed part of a solicitation or advertisement.
 #[derive(Debug)]
 struct NdMessage<'a> {
-    /// Reserved word of an NS, flags word of an NA.
-    word: u32,
+    /// The R, S and O bits of an NA (the high byte of its flags word); 0 for an NS.
+    flags: u8,
     target: Ipv6Addr,
+    /// The raw bytes after the fixed part, walked by [`link_layer_option`].
     options: &'a [u8],
 }
 
 impl<'a> NdMessage<'a> {
     /// The checks RFC 4861 §7.1.1 and §7.1.2 share, plus a unicast source (RFC 4291 §2.7).
+    /// `expected_type` is [`TYPE_NS`] or [`TYPE_NA`].
     fn parse(
         message: &'a [u8],
         expected_type: u8,
@@ -302,12 +309,15 @@ impl<'a> NdMessage<'a> {
                 found,
             });
         }
-        if message.len() < FIXED_LEN {
-            return Err(WireError::Icmpv6TooShort(message.len()));
-        }
-        let mut r = Reader::new("ICMPv6", message);
-        let _type = r.u8()?;
-        let code = r.u8()?;
+        let too_short = WireError::Icmpv6TooShort(message.len());
+        // Both views need FIXED_LEN bytes and read their fixed fields only.
+        let (code, flags, target) = if expected_type == TYPE_NA {
+            let na = NeighborAdvertPacket::new(message).ok_or(too_short)?;
+            (na.get_icmpv6_code().0, na.get_flags(), na.get_target_addr())
+        } else {
+            let ns = NeighborSolicitPacket::new(message).ok_or(too_short)?;
+            (ns.get_icmpv6_code().0, 0, ns.get_target_addr())
+        };
         if code != 0 {
             return Err(WireError::Icmpv6Code(code));
         }
@@ -318,9 +328,6 @@ impl<'a> NdMessage<'a> {
         if found != expected {
             return Err(WireError::Checksum { found, expected });
         }
-        let _checksum = r.u16()?;
-        let word = r.u32()?;
-        let target = r.ipv6()?;
         if target.is_multicast() {
             return Err(WireError::MulticastTarget(target));
         }
@@ -328,15 +335,17 @@ impl<'a> NdMessage<'a> {
             return Err(WireError::MulticastSource(src));
         }
         Ok(NdMessage {
-            word,
+            flags,
             target,
-            options: r.rest(),
+            options: message.get(FIXED_LEN..).unwrap_or_default(),
         })
     }
 }
 
 /// Checks every option's length and returns the first link-layer address option of `wanted`.
-/// Unknown options are skipped, as RFC 4861 §4.6 requires.
+/// Unknown options are skipped, as RFC 4861 §4.6 requires. Our own walk over the raw bytes,
+/// in `usize`: `pnet_packet`'s option views compute an option's length in `u8` arithmetic,
+/// which overflows for options of 32 units (256 bytes) or more.
 fn link_layer_option(mut options: &[u8], wanted: u8) -> Result<Option<Mac>, WireError> {
     let mut found = None;
     loop {
@@ -372,20 +381,34 @@ fn link_layer_option(mut options: &[u8], wanted: u8) -> Result<Option<Mac>, Wire
     }
 }
 
+/// An NS (`kind` [`TYPE_NS`]) or NA ([`TYPE_NA`], with `flags`) for `target`, with at most
+/// one link-layer address option, checksum filled in for `src` → `dst`.
 fn nd_message(
     kind: u8,
-    word: u32,
+    flags: u8,
     target: Ipv6Addr,
     option: Option<(u8, Mac)>,
     src: &Ipv6Addr,
     dst: &Ipv6Addr,
 ) -> Vec<u8> {
-    let mut msg = Vec::with_capacity(FIXED_LEN + 8);
-    msg.extend_from_slice(&[kind, 0, 0, 0]); // type, code 0, checksum filled in below
-    msg.extend_from_slice(&word.to_be_bytes());
-    msg.extend_from_slice(&target.octets());
+    let mut msg = Vec::with_capacity(FIXED_LEN + LLADDR_OPTION_LEN);
+    msg.resize(FIXED_LEN, 0);
+    // The views write the fixed part; the checksum is filled in below, reserved bits stay 0.
+    if kind == TYPE_NA {
+        if let Some(mut na) = MutableNeighborAdvertPacket::new(&mut msg) {
+            na.set_icmpv6_type(Icmpv6Type(kind));
+            na.set_icmpv6_code(Icmpv6Code(0));
+            na.set_flags(flags);
+            na.set_target_addr(target);
+        }
+    } else if let Some(mut ns) = MutableNeighborSolicitPacket::new(&mut msg) {
+        ns.set_icmpv6_type(Icmpv6Type(kind));
+        ns.set_icmpv6_code(Icmpv6Code(0));
+        ns.set_target_addr(target);
+    }
     if let Some((option_kind, mac)) = option {
-        msg.extend_from_slice(&[option_kind, 1]); // length in units of 8 bytes
+        // Type, length in units of 8 bytes, MAC: what `link_layer_option` reads back.
+        msg.extend_from_slice(&[option_kind, 1]);
         msg.extend_from_slice(&mac.0);
     }
     ipv6::fill_icmpv6_checksum(src, dst, &mut msg);
@@ -813,6 +836,35 @@ pub(super) mod tests {
         with_more.extend_from_slice(&msg[24..]);
         with_more.extend_from_slice(&[1, 1, 2, 2, 2, 2, 2, 2]);
         assert_eq!(parse_ns_fixed(with_more, src, dst), Ok(resolution_ns()));
+    }
+
+    /// An option's length is up to 255 units of 8 bytes (2040 bytes): long unknown options
+    /// are skipped whole, and one cut short is refused.
+    #[test]
+    fn walks_options_of_any_length() {
+        let (msg, src, dst) = icmpv6_of(&NS_FRAME);
+        for units in [31u8, 32, 200, 255] {
+            let mut with_long = msg[..24].to_vec();
+            let len = usize::from(units) * 8;
+            with_long.extend_from_slice(&[14, units]);
+            with_long.resize(24 + len, 0xee);
+            with_long.extend_from_slice(&msg[24..]);
+            assert_eq!(
+                parse_ns_fixed(with_long.clone(), src, dst),
+                Ok(resolution_ns()),
+                "{units} units"
+            );
+            with_long.truncate(24 + len - 1);
+            assert_eq!(
+                parse_ns_fixed(with_long, src, dst),
+                Err(WireError::OptionTruncated {
+                    kind: 14,
+                    need: len,
+                    got: len - 1
+                }),
+                "{units} units, cut short"
+            );
+        }
     }
 
     #[test]
