@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,8 @@ struct OnInterface {
 pub struct Announcer {
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
+    /// Fired at SIGTERM: every responder answers until a peer announces its addresses.
+    handover: CancellationToken,
     on: BTreeMap<String, OnInterface>,
 }
 
@@ -59,6 +62,7 @@ impl Announcer {
         Announcer {
             metrics,
             cancel,
+            handover: CancellationToken::new(),
             on: BTreeMap::new(),
         }
     }
@@ -124,9 +128,9 @@ impl Announcer {
                 o.v4.take(),
                 iface,
                 v4,
-                |sock, rx, cancel| {
+                |sock, rx, cancel, handover| {
                     let stats = stats.arp.clone();
-                    async move { arp::run(sock, mac, rx, stats, cancel).await }
+                    async move { arp::run(sock, mac, rx, stats, cancel, handover).await }
                 },
                 arp::socket,
             );
@@ -134,9 +138,9 @@ impl Announcer {
                 o.v6.take(),
                 iface,
                 v6,
-                |sock, rx, cancel| {
+                |sock, rx, cancel, handover| {
                     let stats = stats.ndp.clone();
-                    async move { ndp::run(sock, mac, rx, stats, cancel).await }
+                    async move { ndp::run(sock, mac, rx, stats, cancel, handover).await }
                 },
                 ndp::socket,
             );
@@ -178,7 +182,12 @@ impl Announcer {
     ) -> Option<Responder<T>>
     where
         T: Ord + Clone + Send + Sync + 'static,
-        F: FnOnce(PacketSocket, watch::Receiver<BTreeSet<T>>, CancellationToken) -> Fut,
+        F: FnOnce(
+            PacketSocket,
+            watch::Receiver<BTreeSet<T>>,
+            CancellationToken,
+            CancellationToken,
+        ) -> Fut,
         Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
     {
         if want.is_empty() {
@@ -199,7 +208,7 @@ impl Announcer {
         };
         let (tx, rx) = watch::channel(want);
         let cancel = self.cancel.child_token();
-        let fut = start(socket, rx, cancel.clone());
+        let fut = start(socket, rx, cancel.clone(), self.handover.clone());
         let iface_name = iface.to_string();
         let done = cancel.clone();
         tokio::spawn(async move {
@@ -210,6 +219,29 @@ impl Announcer {
             done.cancel();
         });
         Some(Responder { owned: tx, cancel })
+    }
+
+    /// Hands over (SIGTERM, after leaving gossip): every responder keeps answering each of
+    /// its addresses until a peer announces it, for at most `longest`; then all stop. A
+    /// peer's first gratuitous frame ends this node's answers, its later ones (half a second
+    /// on) correct any neighbour that heard this node in between.
+    pub async fn hand_over(&mut self, longest: Duration) {
+        self.handover.cancel();
+        let running: Vec<CancellationToken> = self
+            .on
+            .values()
+            .flat_map(|o| {
+                let v4 = o.v4.as_ref().map(|r| r.cancel.clone());
+                let v6 = o.v6.as_ref().map(|r| r.cancel.clone());
+                v4.into_iter().chain(v6)
+            })
+            .collect();
+        let all_done = futures::future::join_all(running.iter().map(|c| c.cancelled()));
+        if tokio::time::timeout(longest, all_done).await.is_err() {
+            let left: BTreeSet<&String> = self.on.keys().collect();
+            info!(interfaces = ?left, "handing over: no peer announced some addresses in time; stopping anyway");
+        }
+        self.stop_all();
     }
 
     /// Stops every responder at once.

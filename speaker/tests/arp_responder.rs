@@ -35,7 +35,14 @@ async fn answers_only_for_owned_addresses_and_sees_only_arp() {
     let (owned_tx, owned) = watch::channel(BTreeSet::from([Ipv4Addr::new(10, 99, 0, 100)]));
     let stats = Arc::new(arp::ArpStats::default());
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(arp::run(socket, mac, owned, stats.clone(), cancel.clone()));
+    let task = tokio::spawn(arp::run(
+        socket,
+        mac,
+        owned,
+        stats.clone(),
+        cancel.clone(),
+        CancellationToken::new(),
+    ));
 
     let owned_answer = tokio::task::spawn_blocking(|| arping("10.99.0.100"))
         .await
@@ -134,7 +141,14 @@ async fn a_released_address_is_not_announced_any_more() {
     let (owned_tx, owned) = watch::channel(BTreeSet::from([Ipv4Addr::new(10, 98, 0, 100)]));
     let stats = Arc::new(arp::ArpStats::default());
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(arp::run(socket, mac, owned, stats.clone(), cancel.clone()));
+    let task = tokio::spawn(arp::run(
+        socket,
+        mac,
+        owned,
+        stats.clone(),
+        cancel.clone(),
+        CancellationToken::new(),
+    ));
 
     // The burst's first step (request and reply forms) goes out at once; then the address
     // is given up, long before the next step.
@@ -168,7 +182,14 @@ async fn a_claim_from_another_mac_is_counted_and_reasserted_once_a_second() {
     let (owned_tx, owned) = watch::channel(BTreeSet::from([owned_ip]));
     let stats = Arc::new(arp::ArpStats::default());
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(arp::run(socket, mac, owned, stats.clone(), cancel.clone()));
+    let task = tokio::spawn(arp::run(
+        socket,
+        mac,
+        owned,
+        stats.clone(),
+        cancel.clone(),
+        CancellationToken::new(),
+    ));
     // The burst on taking the address: two frames at each of the schedule's four steps.
     let per_burst = 2 * ferrolb_speaker::responder::ANNOUNCE_SCHEDULE.len() as u64;
     tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
@@ -213,4 +234,81 @@ async fn a_claim_from_another_mac_is_counted_and_reasserted_once_a_second() {
     );
     cancel.cancel();
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_responder_handing_over_answers_each_address_until_a_peer_announces_it() {
+    const G: &str = "flbt-arp-g";
+    const H: &str = "flbt-arp-h";
+    let _ns = Pair::up(G, H, "10.96.0.1/24", "10.96.0.2/24", "10.96.0.1");
+    let mac = mac_of(G, "a0");
+    let peer = mac_of(H, "b0");
+    let (first, second) = (Ipv4Addr::new(10, 96, 0, 100), Ipv4Addr::new(10, 96, 0, 101));
+    let socket = in_ns(G, || PacketSocket::open("a0", EtherType::ARP.0).unwrap());
+    let (_owned_tx, owned) = watch::channel(BTreeSet::from([first, second]));
+    let stats = Arc::new(arp::ArpStats::default());
+    let (cancel, handover) = (CancellationToken::new(), CancellationToken::new());
+    let task = tokio::spawn(arp::run(
+        socket,
+        mac,
+        owned,
+        stats.clone(),
+        cancel.clone(),
+        handover.clone(),
+    ));
+    let per_burst = 2 * ferrolb_speaker::responder::ANNOUNCE_SCHEDULE.len() as u64;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(stats.gratuitous.load(Ordering::Relaxed), 2 * per_burst);
+    let arping = |ip: Ipv4Addr| {
+        tokio::task::spawn_blocking(move || {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                H,
+                "arping",
+                "-c",
+                "1",
+                "-w",
+                "2",
+                "-I",
+                "b0",
+                &ip.to_string(),
+            ])
+        })
+    };
+
+    // Handing over: both still answered while no peer announces them.
+    handover.cancel();
+    for ip in [first, second] {
+        let (answered, out) = arping(ip).await.unwrap();
+        assert!(answered, "{ip} unanswered while handing over: {out}");
+    }
+    // The peer announces the first: it is not answered any more, the second still is.
+    let peer_socket = in_ns(H, || PacketSocket::open("b0", EtherType::ARP.0).unwrap());
+    for frame in gratuitous_frames(peer, first) {
+        peer_socket.send(&frame).unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (answered, out) = arping(first).await.unwrap();
+    assert!(
+        !answered,
+        "{first} answered after the peer announced it: {out}"
+    );
+    let (answered, out) = arping(second).await.unwrap();
+    assert!(answered, "{second} unanswered: {out}");
+    assert!(!task.is_finished());
+    // The peer announces the second too: nothing left, the responder ends by itself.
+    peer_socket
+        .send(&gratuitous_frames(peer, second)[0])
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), task)
+        .await
+        .expect("the responder ends once every address is taken")
+        .unwrap()
+        .unwrap();
+    // A takeover is not a conflict, and this node did not announce again.
+    assert_eq!(stats.conflicts.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.gratuitous.load(Ordering::Relaxed), 2 * per_burst);
+    cancel.cancel();
 }

@@ -36,7 +36,14 @@ async fn answers_solicitations_and_nud_probes_for_owned_addresses_only() {
     let (owned_tx, owned) = watch::channel(BTreeSet::from([owned_ip]));
     let stats = Arc::new(ndp::NdpStats::default());
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(ndp::run(socket, mac, owned, stats.clone(), cancel.clone()));
+    let task = tokio::spawn(ndp::run(
+        socket,
+        mac,
+        owned,
+        stats.clone(),
+        cancel.clone(),
+        CancellationToken::new(),
+    ));
 
     // A multicast solicitation (to the solicited-node group), as any host sends.
     let (ok, out) = tokio::task::spawn_blocking(|| ndisc6("fd99::100"))
@@ -151,7 +158,14 @@ async fn an_advertisement_from_another_mac_is_counted_and_reasserted_once_a_seco
     let (_owned_tx, owned) = watch::channel(BTreeSet::from([owned_ip]));
     let stats = Arc::new(ndp::NdpStats::default());
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(ndp::run(socket, mac, owned, stats.clone(), cancel.clone()));
+    let task = tokio::spawn(ndp::run(
+        socket,
+        mac,
+        owned,
+        stats.clone(),
+        cancel.clone(),
+        CancellationToken::new(),
+    ));
     let per_burst = ferrolb_speaker::responder::ANNOUNCE_SCHEDULE.len() as u64;
     tokio::time::sleep(Duration::from_millis(3000)).await;
     assert_eq!(stats.unsolicited.load(Ordering::Relaxed), per_burst);

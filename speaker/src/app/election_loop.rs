@@ -39,6 +39,12 @@ use crate::interfaces::{self, LocalInterface};
 use crate::membership::{Member, MembershipView, Standing};
 use crate::view::View;
 
+/// The longest a speaker that leaves goes on answering for addresses no peer announced yet
+/// (a busy peer, or an address no peer may take). It stops answering each address as soon
+/// as a peer announces it, so the two answer together for one frame's time at most, and a
+/// neighbour that heard this node last is corrected by the new owner's repeats.
+const HANDOVER_LONGEST: Duration = Duration::from_secs(1);
+
 /// How often a speaker whose view is stale starts its watches afresh.
 const STALE_REWATCH: Duration = Duration::from_secs(5);
 
@@ -496,12 +502,13 @@ impl ElectionLoop {
         }
     }
 
-    /// Leaves gossip (peers elect without us at once), then stops answering.
+    /// Leaves gossip (peers elect without us at once), then answers each address until a
+    /// peer announces it (at most [`HANDOVER_LONGEST`]), then stops.
     async fn hand_over(mut self) {
         self.readiness.set_stopping();
         self.to_gossip.leave.cancel();
         let _ = (&mut self.to_gossip.task).await;
-        self.announcer.stop_all();
+        self.announcer.hand_over(HANDOVER_LONGEST).await;
         if let Some(f) = self.forwarder.as_mut() {
             f.stop().await;
         }

@@ -29,20 +29,23 @@ pub struct ArpStats {
     pub replies: AtomicU64,
     pub gratuitous: AtomicU64,
     pub ignored: AtomicU64,
-    /// Frames from another MAC that claimed an owned address.
+    /// Frames from another MAC that claimed an owned address (not counted while handing
+    /// over, when a peer taking the addresses is expected).
     pub conflicts: AtomicU64,
 }
 
 /// Answers ARP on `socket` until `cancel`. `owned` is the set this node announces on this
-/// interface; addresses that join it get a gratuitous burst.
+/// interface; addresses that join it get a gratuitous burst. From `handover` on, each
+/// address is answered until another MAC announces it (see `responder::serve`).
 pub async fn run(
     socket: PacketSocket,
     mac: Mac,
     owned: watch::Receiver<BTreeSet<Ipv4Addr>>,
     stats: Arc<ArpStats>,
     cancel: CancellationToken,
+    handover: CancellationToken,
 ) -> std::io::Result<()> {
-    super::serve(socket, owned, Arp { mac, stats }, "ARP", cancel).await
+    super::serve(socket, owned, Arp { mac, stats }, "ARP", cancel, handover).await
 }
 
 struct Arp {
@@ -64,6 +67,10 @@ impl super::Family<Ipv4Addr> for Arp {
         }
     }
 
+    fn conflict(&self) {
+        self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn answer(
         &mut self,
         fd: &AsyncFd<PacketSocket>,
@@ -81,7 +88,6 @@ impl super::Family<Ipv4Addr> for Arp {
             && (arp.sender_mac != self.mac || eth.src != self.mac))
             .then_some(arp.sender_ip);
         if claimed.is_some() {
-            stats.conflicts.fetch_add(1, Ordering::Relaxed);
             debug!(ip = %arp.sender_ip, mac = %arp.sender_mac, "ARP from another MAC for an owned address");
         }
         if arp.op != ArpOp::Request {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use sys::PacketSocket;
 
@@ -130,8 +130,10 @@ pub(crate) trait Family<T> {
     fn burst(&self, ip: T) -> Vec<Vec<u8>>;
     /// Counts one burst frame sent; it runs on the burst's task.
     fn burst_sent(&self) -> impl Fn() + Send + 'static;
+    /// Counts a claim from another MAC on an address this node keeps.
+    fn conflict(&self);
     /// Handles one received frame, given the addresses owned now; returns an owned address
-    /// the frame claimed from another MAC (counted by the family as a conflict).
+    /// the frame claimed from another MAC.
     fn answer(
         &mut self,
         fd: &AsyncFd<PacketSocket>,
@@ -143,14 +145,20 @@ pub(crate) trait Family<T> {
 /// Runs a responder on `socket` until `cancel` (or until the owned set's sender is gone):
 /// follows `owned`, announcing each address it takes, and hands every received frame to
 /// `family` with the current set. When a frame from another MAC claims an owned address,
-/// the address's burst is sent again (at most once per [`REASSERT_GAP`]). The set is compared only when it changes, never per
-/// frame.
+/// the address's burst is sent again (at most once per [`REASSERT_GAP`]). The set is
+/// compared only when it changes, never per frame.
+///
+/// Once `handover` fires (SIGTERM: this node left gossip, its peers take its addresses),
+/// the set is kept as it is, nothing is announced again, and each address is answered
+/// until another MAC announces it (the peer that took it over): no moment in which nobody
+/// answers. The responder ends when it answers for nothing any more (or at `cancel`).
 pub(crate) async fn serve<T: Ord + Copy + std::fmt::Display>(
     socket: PacketSocket,
     mut owned: watch::Receiver<BTreeSet<T>>,
     mut family: impl Family<T>,
     what: &'static str,
     cancel: CancellationToken,
+    handover: CancellationToken,
 ) -> std::io::Result<()> {
     let fd = Arc::new(socket.into_async()?);
     let mut buf = vec![0u8; 2048];
@@ -160,6 +168,7 @@ pub(crate) async fn serve<T: Ord + Copy + std::fmt::Display>(
     let mut bursts: BTreeMap<T, CancellationToken> = BTreeMap::new();
     let mut reassertions = Reassertions::default();
     let mut changed = true;
+    let mut handing_over = false;
     loop {
         if changed {
             let now: BTreeSet<T> = owned.borrow_and_update().clone();
@@ -179,7 +188,13 @@ pub(crate) async fn serve<T: Ord + Copy + std::fmt::Display>(
         }
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            r = owned.changed() => {
+            _ = handover.cancelled(), if !handing_over => {
+                handing_over = true;
+                if announced.is_empty() {
+                    return Ok(());
+                }
+            }
+            r = owned.changed(), if !handing_over => {
                 if r.is_err() {
                     return Ok(());
                 }
@@ -187,12 +202,29 @@ pub(crate) async fn serve<T: Ord + Copy + std::fmt::Display>(
             }
             r = recv_frame(&fd, &mut buf) => match r {
                 Ok(n) => {
-                    let claimed = family.answer(&fd, buf.get(..n).unwrap_or(&[]), &announced);
-                    if let Some(ip) = claimed.filter(|ip| announced.contains(ip))
-                        && reassertions.claimed(ip, Instant::now())
-                    {
-                        warn!(%ip, "{what}: another MAC claims an address this node owns; announcing it again");
-                        start_burst(&fd, &family, &cancel, &mut bursts, ip, REASSERT_DELAY);
+                    let claimed = family
+                        .answer(&fd, buf.get(..n).unwrap_or(&[]), &announced)
+                        .filter(|ip| announced.contains(ip));
+                    match claimed {
+                        Some(ip) if handing_over => {
+                            debug!(%ip, "{what}: another node announces an address this node hands over; no longer answering for it");
+                            announced.remove(&ip);
+                            family.changed(&fd, ip, false);
+                            if let Some(burst) = bursts.remove(&ip) {
+                                burst.cancel();
+                            }
+                            if announced.is_empty() {
+                                return Ok(());
+                            }
+                        }
+                        Some(ip) => {
+                            family.conflict();
+                            if reassertions.claimed(ip, Instant::now()) {
+                                warn!(%ip, "{what}: another MAC claims an address this node owns; announcing it again");
+                                start_burst(&fd, &family, &cancel, &mut bursts, ip, REASSERT_DELAY);
+                            }
+                        }
+                        None => {}
                     }
                 }
                 Err(e) => warn!(%e, "{what} receive"),

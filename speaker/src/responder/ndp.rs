@@ -33,7 +33,8 @@ pub struct NdpStats {
     pub advertisements: AtomicU64,
     pub unsolicited: AtomicU64,
     pub invalid: AtomicU64,
-    /// Neighbor Advertisements from another MAC for an owned address.
+    /// Neighbor Advertisements from another MAC for an owned address (not counted while
+    /// handing over).
     pub conflicts: AtomicU64,
 }
 
@@ -42,17 +43,19 @@ pub fn socket(ifname: &str) -> std::io::Result<PacketSocket> {
     PacketSocket::open_filtered(ifname, EtherType::IPV6.0, &neighbor_discovery_filter())
 }
 
-/// Answers NDP on `socket` until `cancel`.
+/// Answers NDP on `socket` until `cancel`; from `handover` on, each address until another
+/// MAC advertises it (see `responder::serve`).
 pub async fn run(
     socket: PacketSocket,
     mac: Mac,
     owned: watch::Receiver<BTreeSet<Ipv6Addr>>,
     stats: Arc<NdpStats>,
     cancel: CancellationToken,
+    handover: CancellationToken,
 ) -> std::io::Result<()> {
     let groups = Groups::open(socket.ifindex());
     let ndp = Ndp { mac, stats, groups };
-    super::serve(socket, owned, ndp, "NDP", cancel).await
+    super::serve(socket, owned, ndp, "NDP", cancel, handover).await
 }
 
 struct Ndp {
@@ -159,6 +162,10 @@ impl super::Family<Ipv6Addr> for Ndp {
         }
     }
 
+    fn conflict(&self) {
+        self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn answer(
         &mut self,
         fd: &AsyncFd<PacketSocket>,
@@ -193,7 +200,6 @@ impl super::Family<Ipv6Addr> for Ndp {
                     && (other != self.mac || eth.src != self.mac))
                     .then_some(na.target);
                 if claimed.is_some() {
-                    stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     debug!(target_ip = %na.target, mac = %other, "neighbor advertisement from another MAC for an owned address");
                 }
                 claimed
