@@ -292,10 +292,12 @@ pub async fn run(args: Args) -> Result<(), Error> {
     tokio::spawn({
         let signal = signal.clone();
         let readiness = readiness.clone();
+        let tasks = tasks.clone();
         async move {
             signals::terminated().await;
             info!("signal: handing over and stopping (a second signal aborts)");
             readiness.set_stopping();
+            tasks.shutting_down();
             signal.cancel();
             signals::terminated().await;
             error!("second signal: aborting");

@@ -1,9 +1,9 @@
 //! The process's long-running tasks: each has a name, all run under one [`TaskTracker`],
 //! and one token tells them to stop.
 //!
-//! A task that ends on its own while the process runs is logged by name (nothing restarts
-//! it; `/healthz` says whether the process can still make progress without it), so that a
-//! dead loop is never silent.
+//! A task that ends on its own while the process runs (before [`Tasks::shutting_down`] or
+//! [`Tasks::stop`]) is logged by name (nothing restarts it; `/healthz` says whether the
+//! process can still make progress without it), so that a dead loop is never silent.
 
 use std::future::Future;
 
@@ -19,6 +19,8 @@ use super::signals::{self, Drained};
 pub struct Tasks {
     tracker: TaskTracker,
     stop: CancellationToken,
+    /// Shutdown has begun (the tasks may end in the order it needs, before `stop`).
+    closing: CancellationToken,
 }
 
 impl Tasks {
@@ -38,11 +40,11 @@ impl Tasks {
         F: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        let stop = self.stop.clone();
+        let quiet = self.closing.clone();
         self.tracker.spawn(async move {
             debug!(task = name, "task started");
             let out = task.await;
-            ended(name, &stop);
+            ended(name, &quiet);
             out
         })
     }
@@ -53,14 +55,20 @@ impl Tasks {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let stop = self.stop.clone();
+        let (stop, quiet) = (self.stop.clone(), self.closing.clone());
         self.tracker.spawn(async move {
             debug!(task = name, "task started");
             tokio::select! {
                 () = stop.cancelled() => debug!(task = name, "task stopped"),
-                () = task => ended(name, &stop),
+                () = task => ended(name, &quiet),
             }
         })
+    }
+
+    /// Says that shutdown has begun: tasks that end from now on (a handover ending its
+    /// own tasks before the rest are told to stop) are not reported as dead.
+    pub fn shutting_down(&self) {
+        self.closing.cancel();
     }
 
     /// Tells every task to stop.
@@ -71,14 +79,15 @@ impl Tasks {
     /// Tells every task to stop and waits until all have ended, or until a second signal
     /// arrives ([`Drained::Aborted`]: the caller should exit at once).
     pub async fn stop_and_drain(&self) -> Drained {
+        self.closing.cancel();
         self.stop.cancel();
         self.tracker.close();
         signals::drain(&self.tracker).await
     }
 }
 
-fn ended(name: &'static str, stop: &CancellationToken) {
-    if stop.is_cancelled() {
+fn ended(name: &'static str, closing: &CancellationToken) {
+    if closing.is_cancelled() {
         debug!(task = name, "task stopped");
     } else {
         warn!(

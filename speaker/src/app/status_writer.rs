@@ -168,6 +168,10 @@ pub(super) async fn status_loop(
             st.dirty.extend(st.views.keys().cloned());
         }
         for key in std::mem::take(&mut st.dirty) {
+            // Stopping (after the handover): what is left unwritten, the peers write.
+            if cancel.is_cancelled() {
+                return;
+            }
             let Some(v) = st.views.get(&key) else {
                 continue;
             };
@@ -206,7 +210,10 @@ pub(super) async fn status_loop(
             }
             st.deferred.remove(&key);
             while let Some(wait) = budget.take(Instant::now()) {
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
             }
             let event = status::owner_changed(current, &want);
             match write_condition(&client, &obj, current, &want).await {
