@@ -89,14 +89,7 @@ pub enum Error {
 impl Error {
     /// The error and its sources on one line, for logs and the binary's last words.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
+        ferrolb_crds::process::error_chain(self)
     }
 }
 

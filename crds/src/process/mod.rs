@@ -26,6 +26,18 @@ pub fn retry_delay(attempt: u32, first: Duration, cap: Duration) -> Duration {
         .min(cap)
 }
 
+/// `err` and its sources on one line (`a: b: c`), for logs and a binary's last words.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// Errors of the process plumbing, each naming what the user can fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
